@@ -1,0 +1,22 @@
+# The two commands of the README: `make demo` and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test lint typecheck
+
+$(VENV)/.edgedfl-setup: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+
+setup: $(VENV)/.edgedfl-setup
+
+demo: setup
+	$(VENV)/bin/edgedfl demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check edgedfl tests
+
+typecheck: setup
+	$(VENV)/bin/mypy edgedfl

@@ -1,0 +1,140 @@
+"""One error tree for all of edgedfl.
+
+Every error edgedfl raises on purpose derives from :class:`EdgeDFLError`; each
+leaf also subclasses the builtin a caller would naturally catch, so
+``except ValueError`` keeps working for code that does not know edgedfl.
+
+::
+
+    EdgeDFLError
+    ├── ConfigError                (ValueError)    a bad setting, names field and value
+    ├── BackendUnavailable         (ImportError)   optional dependency missing; says what to install
+    ├── ModelError                 (RuntimeError)
+    │   └── ModelLoadError         (OSError)       model id / path / gguf cannot be loaded
+    ├── AdapterError               (ValueError)    slot, mask or adapter shape problems
+    ├── DataError                  (ValueError)    malformed JSONL / dataset rows, unknown task
+    ├── CheckpointError            (RuntimeError)  no complete checkpoint, corrupt checkpoint
+    ├── WireError                  (ValueError)    anything wrong with bytes that came off the wire
+    │   ├── MalformedMessage                       cannot be parsed (truncated, bad header, bad JSON)
+    │   ├── SchemaVersionError                     unknown wire schema version
+    │   ├── IntegrityError                         content hash does not match the body
+    │   ├── SignatureError                         signature missing or does not verify
+    │   │   └── UnknownSigner                      signed by a key nobody configured
+    │   ├── TensorValidationError                  names, dtypes, shapes, finiteness, norms
+    │   ├── PayloadTooLarge                        over a size limit (also raised before publishing)
+    │   ├── ChunkError                             chunk out of bounds, inconsistent, or timed out
+    │   ├── StaleRound                             message for a round that is already closed
+    │   └── DuplicateMessage                       (sender, round, seq) seen before
+    ├── TransportError             (ConnectionError)
+    │   ├── BrokerUnavailable                      cannot reach / start the broker
+    │   └── NotConnected                           publish while the link is down and no queueing
+    └── RoundError                 (RuntimeError)
+        └── QuorumNotReached       (TimeoutError)  deadline passed without enough peers
+"""
+
+from __future__ import annotations
+
+
+class EdgeDFLError(Exception):
+    """Root of every error edgedfl raises on purpose."""
+
+
+class ConfigError(EdgeDFLError, ValueError):
+    """A configuration value is invalid; the message names the field and the value."""
+
+
+class BackendUnavailable(EdgeDFLError, ImportError):
+    """An optional backend is not installed or not usable here; the message says what to install."""
+
+
+class ModelError(EdgeDFLError, RuntimeError):
+    """A problem with the base model."""
+
+
+class ModelLoadError(ModelError, OSError):
+    """The model could not be loaded from the given hub id, directory or GGUF file."""
+
+
+class AdapterError(EdgeDFLError, ValueError):
+    """Adapter slots, masks or shapes are inconsistent."""
+
+
+class DataError(EdgeDFLError, ValueError):
+    """Training or evaluation data is malformed or refers to an unknown task."""
+
+
+class CheckpointError(EdgeDFLError, RuntimeError):
+    """No complete checkpoint, or a checkpoint that fails its own checks."""
+
+
+# --- wire -------------------------------------------------------------------
+
+
+class WireError(EdgeDFLError, ValueError):
+    """Bytes from the wire were rejected. Nothing of them reached a model."""
+
+
+class MalformedMessage(WireError):
+    """The bytes cannot be parsed as an edgedfl message."""
+
+
+class SchemaVersionError(WireError):
+    """The message uses a wire schema version this build does not speak."""
+
+
+class IntegrityError(WireError):
+    """The content hash in the envelope does not match the body."""
+
+
+class SignatureError(WireError):
+    """The message signature is missing or does not verify."""
+
+
+class UnknownSigner(SignatureError):
+    """The message is signed by a key that is not among the configured ones."""
+
+
+class TensorValidationError(WireError):
+    """A tensor has an unexpected name, dtype, shape, non-finite value or too large a norm."""
+
+
+class PayloadTooLarge(WireError):
+    """A payload exceeds a size limit (the broker's, or a receiver's bound)."""
+
+
+class ChunkError(WireError):
+    """A chunk is out of bounds, inconsistent with its siblings, or its message timed out."""
+
+
+class StaleRound(WireError):
+    """The message belongs to a round that is already closed."""
+
+
+class DuplicateMessage(WireError):
+    """A message with this (sender, round, sequence) was already accepted."""
+
+
+# --- transport ----------------------------------------------------------------
+
+
+class TransportError(EdgeDFLError, ConnectionError):
+    """The transport failed."""
+
+
+class BrokerUnavailable(TransportError):
+    """The broker cannot be reached or started."""
+
+
+class NotConnected(TransportError):
+    """The operation needs a live connection and there is none."""
+
+
+# --- rounds -----------------------------------------------------------------
+
+
+class RoundError(EdgeDFLError, RuntimeError):
+    """A federated round could not complete."""
+
+
+class QuorumNotReached(RoundError, TimeoutError):
+    """The round deadline passed before a quorum of peers reported."""

