@@ -505,9 +505,9 @@ class Ledger:
             )
             return True, result
 
-    def applied(self, *, kind: str = "update", round: int | None = None, slot: int | None = None) -> list[
-        AppliedRecord
-    ]:
+    def applied(
+        self, *, kind: str = "update", round: int | None = None, slot: int | None = None
+    ) -> list[AppliedRecord]:
         """Applied messages, optionally for one round / slot, in application order."""
         where: list[str] = ["kind = ?"]
         args: list[object] = [kind]
@@ -560,7 +560,9 @@ class Ledger:
             row = c.execute("SELECT value FROM meta WHERE key = 'current_round'").fetchone()
             cur = int(row[0]) if row else -1
             if round > cur:
-                c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('current_round', ?)", (str(round),))
+                c.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('current_round', ?)", (str(round),)
+                )
                 cur = round
         return cur
 

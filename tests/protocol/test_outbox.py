@@ -27,7 +27,9 @@ def test_pending_survives_a_crash(tmp_path: Path) -> None:
     # Prepare: record two messages, ack one receiver of the first only
     path = tmp_path / "o.sqlite"
     ob = Outbox(path)
-    ob.record("a/0/0", kind="update", round=0, slot=0, seq=ob.next_seq(), parts=_parts(), receivers={"b", "c"})
+    ob.record(
+        "a/0/0", kind="update", round=0, slot=0, seq=ob.next_seq(), parts=_parts(), receivers={"b", "c"}
+    )
     ob.record("a/0/1", kind="update", round=0, slot=1, seq=ob.next_seq(), parts=_parts(3), receivers={"b"})
     ob.mark_sent("a/0/0")
     ob.mark_acked("a/0/0", "b")
@@ -95,8 +97,8 @@ def test_apply_once_is_atomic(tmp_path: Path) -> None:
 
         return fn
 
-    assert led.apply_once("b/0/0", add(5), seq=0, **kw) == (True, 5)  # type: ignore[arg-type]
-    assert led.apply_once("b/0/0", add(5), seq=0, **kw) == (False, None)  # type: ignore[arg-type]
+    assert led.apply_once("b/0/0", add(5), seq=0, sender="b", round=0, slot=0) == (True, 5)
+    assert led.apply_once("b/0/0", add(5), seq=0, sender="b", round=0, slot=0) == (False, None)
 
     def boom(c: sqlite3.Connection) -> None:
         c.execute("UPDATE model SET v = v + 100")
@@ -110,7 +112,7 @@ def test_apply_once_is_atomic(tmp_path: Path) -> None:
     led2 = Ledger(path)
     assert led2._store._conn.execute("SELECT v FROM model").fetchone()[0] == 5
     assert led2.is_applied("b/0/0")
-    assert led2.apply_once("b/0/1", add(1), seq=1, **kw) == (True, 1)  # type: ignore[arg-type]
+    assert led2.apply_once("b/0/1", add(1), seq=1, sender="b", round=0, slot=0) == (True, 1)
     assert [r.message_id for r in led2.applied(round=0, slot=0)] == ["b/0/0", "b/0/1"]
     led2.close()
 
