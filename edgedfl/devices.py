@@ -1,0 +1,65 @@
+"""Device profiles: what a phone, a Jetson board and a laptop can do.
+
+A profile sets the emulated compute slow-down, memory cap and link (rate,
+latency, loss), and picks the default quantization backend for the base model:
+torchao weight-only on CPUs (int4 on phones, int8 on laptops), bitsandbytes nf4
+on CUDA boards. Stdlib only: a phone-side tool can read profiles without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from edgedfl.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    #: multiplier on compute time when emulating this device on a faster host
+    compute_slowdown: float
+    #: memory the device may use for the model and training, in MiB
+    memory_cap_mb: int
+    #: uplink/downlink rate on the local Wi-Fi, bits per second
+    link_rate_bps: int
+    #: one-way latency added to every link, milliseconds
+    latency_ms: float
+    #: packet loss on the link, percent
+    loss_pct: float
+    #: quantization backend picked when the user names none
+    default_quant: str
+    #: accelerator the profile expects ("cpu" or "cuda")
+    accelerator: str = "cpu"
+
+
+PROFILES: dict[str, DeviceProfile] = {
+    "phone": DeviceProfile("phone", 4.0, 3072, 20_000_000, 20.0, 0.5, "torchao-int4"),
+    "jetson": DeviceProfile("jetson", 1.5, 6144, 100_000_000, 5.0, 0.0, "bnb-nf4", "cuda"),
+    "laptop": DeviceProfile("laptop", 1.0, 8192, 200_000_000, 2.0, 0.0, "torchao-int8"),
+}
+
+
+def get_profile(name: str) -> DeviceProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ConfigError(f"unknown device profile {name!r}; known: {sorted(PROFILES)}") from None
+
+
+def is_jetson() -> bool:
+    """True on an NVIDIA Jetson (L4T) board."""
+    return Path("/etc/nv_tegra_release").exists() or "tegra" in os.uname().release
+
+
+def has_cuda_device() -> bool:
+    """Cheap CUDA check without importing torch (driver device nodes)."""
+    return Path("/dev/nvidia0").exists() or Path("/dev/nvhost-gpu").exists() or is_jetson()
+
+
+def detect_profile() -> DeviceProfile:
+    """The profile that fits the machine this runs on."""
+    if is_jetson():
+        return PROFILES["jetson"]
+    return PROFILES["laptop"]

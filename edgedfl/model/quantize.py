@@ -1,0 +1,194 @@
+"""Quantized base models: a dispatcher over optional backends.
+
+Backends, first available match wins when ``auto`` is asked:
+
+==============  ===========================================  ===============
+name            what                                         needs
+==============  ===========================================  ===============
+none            fp32 / bf16 weights as loaded                 -
+torchao-int8    int8 weight-only, per row                     torchao
+torchao-int4    int4 weight-only, groups of 32 (CPU default   torchao
+                on phones)
+bnb-nf4         bitsandbytes 4-bit NF4 (CUDA default)         bitsandbytes
+bnb-int8        bitsandbytes LLM.int8                         bitsandbytes
+==============  ===========================================  ===============
+
+Only the decoder's ``nn.Linear`` layers are quantized; embeddings, norms and
+``lm_head`` stay in full precision. LoRA wraps the quantized layers through
+peft afterwards, so every base that peft's LoRA supports trains.
+
+bitsandbytes on CPUs with AVX512-BF16: after an eval-mode forward a
+``Linear4bit`` repacks itself and later LoRA gradients are silently zero. Every
+``Linear4bit`` gets ``support_avx512bf16_for_cpu = False`` right here, before
+any forward can happen (see :func:`guard_bnb_cpu`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from edgedfl.devices import DeviceProfile, detect_profile
+from edgedfl.errors import BackendUnavailable, ConfigError
+
+log = logging.getLogger("edgedfl.model")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantBackend:
+    name: str
+    description: str
+    package: str | None
+    install_hint: str
+    apply: Callable[[Any], Any]
+    needs_cuda: bool = False
+
+
+def _linear_filter(module: Any, fqn: str) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.Linear) and not fqn.endswith("lm_head")
+
+
+def _torchao(config_factory: Callable[[], Any]) -> Callable[[Any], Any]:
+    def apply(model: Any) -> Any:
+        from torchao.quantization import quantize_
+
+        quantize_(model, config_factory(), filter_fn=_linear_filter)
+        return model
+
+    return apply
+
+
+def _torchao_int8() -> Any:
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    return Int8WeightOnlyConfig()
+
+
+def _torchao_int4() -> Any:
+    import torch
+    from torchao.quantization import IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerGroup
+
+    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))
+
+
+def _bnb(kind: str) -> Callable[[Any], Any]:
+    def apply(model: Any) -> Any:
+        import bitsandbytes as bnb
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        for fqn, parent in list(model.named_modules()):
+            for cname, child in list(parent.named_children()):
+                full = f"{fqn}.{cname}" if fqn else cname
+                if not _linear_filter(child, full):
+                    continue
+                weight = child.weight.data.detach().clone().float()
+                if kind == "nf4":
+                    new = bnb.nn.Linear4bit(
+                        child.in_features,
+                        child.out_features,
+                        bias=child.bias is not None,
+                        compute_dtype=weight.dtype,
+                        quant_type="nf4",
+                    )
+                    new.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
+                else:
+                    new = bnb.nn.Linear8bitLt(
+                        child.in_features, child.out_features, bias=child.bias is not None, has_fp16_weights=False
+                    )
+                    new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+                if child.bias is not None:
+                    new.bias = torch.nn.Parameter(child.bias.data.clone(), requires_grad=False)
+                new = new.to(device)  # quantizes the weights
+                setattr(parent, cname, new)
+        guard_bnb_cpu(model)
+        if kind == "int8":
+            # LLM.int8 on CPU warns about a float16 cast on every call.
+            warnings.filterwarnings("ignore", message=".*inputs will be cast from.*")
+        return model
+
+    return apply
+
+
+def guard_bnb_cpu(model: Any) -> int:
+    """Turn off the AVX512-BF16 repacking of every ``Linear4bit``; returns how many were guarded."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+BACKENDS: dict[str, QuantBackend] = {
+    "none": QuantBackend("none", "full-precision weights", None, "", lambda m: m),
+    "torchao-int8": QuantBackend(
+        "torchao-int8", "torchao int8 weight-only", "torchao", "pip install torchao==0.18.0", _torchao(_torchao_int8)
+    ),
+    "torchao-int4": QuantBackend(
+        "torchao-int4", "torchao int4 weight-only", "torchao", "pip install torchao==0.18.0", _torchao(_torchao_int4)
+    ),
+    "bnb-nf4": QuantBackend(
+        "bnb-nf4", "bitsandbytes 4-bit NF4", "bitsandbytes", "pip install 'edgedfl[bnb]'", _bnb("nf4")
+    ),
+    "bnb-int8": QuantBackend(
+        "bnb-int8", "bitsandbytes LLM.int8", "bitsandbytes", "pip install 'edgedfl[bnb]'", _bnb("int8")
+    ),
+}
+
+
+def is_available(name: str) -> bool:
+    backend = BACKENDS[name]
+    return backend.package is None or importlib.util.find_spec(backend.package) is not None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def available_backends() -> list[str]:
+    return [name for name in BACKENDS if is_available(name)]
+
+
+def choose_backend(requested: str = "auto", profile: DeviceProfile | None = None) -> str:
+    """Resolve ``requested`` (a backend name or ``auto``) to an available backend.
+
+    ``auto`` takes the device profile's default, falling back on CPUs from a
+    CUDA default (bnb-nf4) to torchao-int8, then to none.
+    """
+    if requested != "auto":
+        if requested not in BACKENDS:
+            raise ConfigError(f"quant={requested!r}: unknown backend; choose from {['auto', *BACKENDS]}")
+        if not is_available(requested):
+            b = BACKENDS[requested]
+            raise BackendUnavailable(f"quantization backend {requested!r} needs {b.package}: {b.install_hint}")
+        return requested
+    profile = profile or detect_profile()
+    order = [profile.default_quant]
+    if profile.accelerator == "cuda" and not _cuda_available():
+        order = []
+    order += ["torchao-int8", "none"]
+    for name in order:
+        if is_available(name):
+            return name
+    return "none"  # pragma: no cover - "none" is always available
+
+
+def quantize_model(model: Any, backend: str = "auto", profile: DeviceProfile | None = None) -> tuple[Any, str]:
+    """Quantize ``model`` in place with the chosen backend; returns (model, backend name)."""
+    name = choose_backend(backend, profile)
+    log.info("quantizing base with %s", name)
+    return BACKENDS[name].apply(model), name
