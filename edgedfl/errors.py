@@ -21,13 +21,18 @@ leaf also subclasses the builtin a caller would naturally catch, so
     │   ├── SignatureError                         signature missing or does not verify
     │   │   └── UnknownSigner                      signed by a key nobody configured
     │   ├── TensorValidationError                  names, dtypes, shapes, finiteness, norms
+    │   ├── UnknownMask                            sparse update refers to a mask not (yet) held
     │   ├── PayloadTooLarge                        over a size limit (also raised before publishing)
     │   ├── ChunkError                             chunk out of bounds, inconsistent, or timed out
     │   ├── StaleRound                             message for a round that is already closed
     │   └── DuplicateMessage                       (sender, round, seq) seen before
     ├── TransportError             (ConnectionError)
     │   ├── BrokerUnavailable                      cannot reach / start the broker
-    │   └── NotConnected                           publish while the link is down and no queueing
+    │   ├── NotConnected                           publish while the link is down and no queueing
+    │   ├── NotAuthorized          (PermissionError) credentials or ACL refused by the broker
+    │   ├── PublishRefused                         broker answered a publish with a failure code
+    │   ├── PublishTimeout         (TimeoutError)  no PUBACK within the publish timeout
+    │   └── InvalidTopic           (ValueError)    topic or filter that MQTT does not allow
     └── RoundError                 (RuntimeError)
         └── QuorumNotReached       (TimeoutError)  deadline passed without enough peers
 """
@@ -98,6 +103,10 @@ class TensorValidationError(WireError):
     """A tensor has an unexpected name, dtype, shape, non-finite value or too large a norm."""
 
 
+class UnknownMask(WireError):
+    """A sparse update refers to a mask id this receiver does not hold (yet)."""
+
+
 class PayloadTooLarge(WireError):
     """A payload exceeds a size limit (the broker's, or a receiver's bound)."""
 
@@ -127,6 +136,22 @@ class BrokerUnavailable(TransportError):
 
 class NotConnected(TransportError):
     """The operation needs a live connection and there is none."""
+
+
+class NotAuthorized(TransportError, PermissionError):
+    """The broker refused the credentials, the certificate, or (ACL) the topic."""
+
+
+class PublishRefused(TransportError):
+    """The broker acknowledged a publish with a failure reason code (MQTT 5)."""
+
+
+class PublishTimeout(TransportError, TimeoutError):
+    """No acknowledgement for a QoS >= 1 publish within the timeout (it may still arrive later)."""
+
+
+class InvalidTopic(TransportError, ValueError):
+    """A topic name or filter that MQTT does not allow (wildcards in a topic, empty, NUL, ...)."""
 
 
 # --- rounds -----------------------------------------------------------------
