@@ -22,7 +22,6 @@ leaf also subclasses the builtin a caller would naturally catch, so
     │   │   └── UnknownSigner                      signed by a key nobody configured
     │   ├── TensorValidationError                  names, dtypes, shapes, finiteness, norms
     │   ├── UnknownMask                            sparse update refers to a mask not (yet) held
-    │   ├── UnknownMask                            sparse update refers to a mask not (yet) held
     │   ├── PayloadTooLarge                        over a size limit (also raised before publishing)
     │   ├── ChunkError                             chunk out of bounds, inconsistent, or timed out
     │   ├── StaleRound                             message for a round that is already closed
@@ -102,10 +101,6 @@ class UnknownSigner(SignatureError):
 
 class TensorValidationError(WireError):
     """A tensor has an unexpected name, dtype, shape, non-finite value or too large a norm."""
-
-
-class UnknownMask(WireError):
-    """A sparse update refers to a mask id this receiver does not hold (yet)."""
 
 
 class UnknownMask(WireError):
