@@ -19,6 +19,7 @@ from edgedfl.errors import EdgeDFLError
 #: subcommand -> (module under edgedfl.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     # each owner adds one line for its subcommand
+    "data": ("data", "inspect or write the built-in offline multi-task suite"),
 }
 
 
