@@ -115,23 +115,23 @@ def check_entry(name: str, dtype: str, shape: tuple[int, ...], spec: TensorSpec)
         raise TensorValidationError(f"tensor {name!r}: shape {tuple(shape)}, expected {expected}")
 
 
-def check_values(name: str, values: np.ndarray, spec: TensorSpec | None) -> None:
+def check_values(name: str, values: np.ndarray, spec: TensorSpec | None) -> float:
     """Finiteness (always) and the spec's norm bounds, on the values that were sent.
 
     ``values`` may be the non-zero part of a sparse tensor: zeros change
     neither finiteness nor the norms, so the result is the dense tensor's.
+    Returns the sum of squares (callers use it to skip further scans).
     """
     if values.dtype.kind != "f" or values.size == 0:
-        finite_sq = True
-        sumsq = float(np.dot(values.ravel().astype(np.float64), values.ravel())) if values.size else 0.0
+        wide = values.ravel().astype(np.float64)
+        sumsq = float(np.dot(wide, wide)) if values.size else 0.0
     else:
         flat = values.ravel()
         if flat.dtype != np.float32 and flat.dtype != np.float64:
             flat = flat.astype(np.float32)
         # One BLAS pass: NaN or Inf anywhere makes the sum of squares non-finite.
         sumsq = float(np.dot(flat, flat))
-        finite_sq = math.isfinite(sumsq)
-        if not finite_sq:
+        if not math.isfinite(sumsq):
             bad = ~np.isfinite(flat)
             if bad.any():
                 n_nan = int(np.isnan(flat).sum())
@@ -142,7 +142,7 @@ def check_values(name: str, values: np.ndarray, spec: TensorSpec | None) -> None
             wide = flat.astype(np.float64)
             sumsq = float(np.dot(wide, wide))
     if spec is None:
-        return
+        return sumsq
     l2_bound = spec.l2_bound(name)
     if l2_bound is not None:
         l2 = math.sqrt(sumsq) if math.isfinite(sumsq) else math.inf
@@ -153,6 +153,7 @@ def check_values(name: str, values: np.ndarray, spec: TensorSpec | None) -> None
         peak = float(np.max(np.abs(values)))
         if peak > abs_bound:
             raise TensorValidationError(f"tensor {name!r}: max |x| {peak:.6g} exceeds {abs_bound:.6g}")
+    return sumsq
 
 
 def check_total_bytes(total: int, spec: TensorSpec) -> None:
