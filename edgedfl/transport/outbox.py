@@ -245,6 +245,13 @@ class Outbox:
     def path(self) -> Path:
         return self._store.path
 
+    def get_meta(self, key: str) -> str | None:
+        """A small persisted value (e.g. which receivers hold a mask)."""
+        return self._store.get_meta(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._store.set_meta(key, value)
+
     def next_seq(self) -> int:
         """Allocate the next sequence number (persisted: never reused after a restart)."""
         with self._store._tx() as c:
@@ -506,7 +513,12 @@ class Ledger:
             return True, result
 
     def applied(
-        self, *, kind: str = "update", round: int | None = None, slot: int | None = None
+        self,
+        *,
+        kind: str = "update",
+        round: int | None = None,
+        slot: int | None = None,
+        with_payload: bool = True,
     ) -> list[AppliedRecord]:
         """Applied messages, optionally for one round / slot, in application order."""
         where: list[str] = ["kind = ?"]
@@ -518,7 +530,8 @@ class Ledger:
             where.append("slot = ?")
             args.append(slot)
         rows = self._store._query(
-            "SELECT message_id, sender, round, slot, seq, kind, applied_at, payload FROM applied"
+            "SELECT message_id, sender, round, slot, seq, kind, applied_at,"
+            f" {'payload' if with_payload else 'NULL'} FROM applied"
             f" WHERE {' AND '.join(where)} ORDER BY applied_at, rowid",
             tuple(args),
         )

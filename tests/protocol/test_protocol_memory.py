@@ -1,0 +1,248 @@
+"""The neighbour protocol on the in-memory transport: delivery, dedupe, staleness, quorum, acks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from proto_helpers import SWARM, Swarm, pump, tensors
+
+from edgedfl.errors import ConfigError, QuorumNotReached
+from edgedfl.transport.outbox import ACK_APPLIED, ACK_DUPLICATE, ACK_REJECTED, ACK_STALE
+from edgedfl.transport.protocol import NeighbourProtocol, ProtocolConfig
+from edgedfl.wire.codec import encode_update
+from edgedfl.wire.validate import TensorSpec
+
+
+def test_update_is_applied_once_and_acked(swarm: Swarm) -> None:
+    # Prepare
+    a, b, c = swarm.node("a"), swarm.node("b"), swarm.node("c")
+    upd = tensors(1, (64, 32))  # several 4 KiB chunks
+    # Execute
+    mid = a.publish_update(0, 0, upd, receivers=["b", "c"])
+    pump([a, b, c], lambda: not a.pending())
+    # Assert
+    for node in (b, c):
+        got = node.round_updates(0, 0)
+        assert set(got) == {"a"} and got["a"].message_id == mid
+        np.testing.assert_allclose(got["a"].tensors["layers.0.q.B"], upd["layers.0.q.B"], atol=2e-3)
+    entry = a.outbox.get(mid)
+    assert entry is not None and entry.acks == {"b": ACK_APPLIED, "c": ACK_APPLIED}
+    assert len(entry.parts) > 1
+
+
+def test_duplicate_delivery_is_deduplicated_and_reacked(swarm: Swarm) -> None:
+    a, b = swarm.node("a"), swarm.node("b")
+    mid = a.publish_update(0, 0, tensors(), receivers=["b"])
+    pump([a, b], lambda: not a.pending())
+    entry = a.outbox.get(mid)
+    assert entry is not None
+    # Execute: QoS 1 delivers the same message again (here: its chunks published once more)
+    for part in entry.parts:
+        a.transport.publish(part.topic, part.payload)
+    b.poll(0.0)
+    # Assert: applied once; the copy counted and acked "duplicate"
+    assert [r.message_id for r in b.ledger.applied(round=0, slot=0)] == [mid]
+    assert b.rejects["DuplicateMessage"] == 1
+
+
+def test_a_second_sequence_for_the_same_round_is_a_duplicate(swarm: Swarm) -> None:
+    a, b = swarm.node("a"), swarm.node("b")
+    first = a.publish_update(0, 0, tensors(1), receivers=["b"])
+    pump([a, b], lambda: not a.pending())
+    # a node that lost its outbox would make a new sequence number for the same (round, slot)
+    a.outbox.expire(before_round=1)
+    a2_mid = a._record_and_send("update", 0, 0, encode_update(tensors(2)), None, {"b"})
+    pump([a, b], lambda: not a.pending())
+    assert [r.message_id for r in b.ledger.applied(round=0, slot=0)] == [first]
+    entry = a.outbox.get(a2_mid)
+    assert entry is not None and entry.acks == {"b": ACK_DUPLICATE}
+
+
+def test_publishing_the_same_round_again_resends_the_recorded_message(swarm: Swarm) -> None:
+    a = swarm.node("a")
+    m1 = a.publish_update(3, 0, tensors(1), receivers=["b"])
+    m2 = a.publish_update(3, 0, tensors(2), receivers=["b"])
+    assert m1 == m2
+
+
+def test_late_update_for_a_closed_round_is_stale_acked_not_applied(swarm: Swarm) -> None:
+    a, b = swarm.node("a"), swarm.node("b")
+    res = b.collect_round(0, 0, ["a"], quorum=0, deadline_s=0.05)
+    assert res.missing == {"a"}
+    # Execute: a's update arrives after the round closed
+    mid = a.publish_update(0, 0, tensors(), receivers=["b"])
+    pump([a, b], lambda: not a.pending())
+    # Assert
+    assert b.round_updates(0, 0) == {}
+    assert b.rejects["StaleRound"] == 1
+    assert b.late_peers(0, 0) == {"a"}
+    entry = a.outbox.get(mid)
+    assert entry is not None and entry.acks == {"b": ACK_STALE}
+
+
+def test_old_round_replay_is_stale(swarm: Swarm) -> None:
+    a, b = swarm.node("a"), swarm.node("b")
+    b.begin_round(5)  # tolerance 1: rounds < 4 are stale
+    a.publish_update(3, 0, tensors(), receivers=["b"])
+    a.publish_update(4, 0, tensors(), receivers=["b"])
+    pump([a, b], lambda: not a.pending())
+    assert b.rejects["StaleRound"] == 1
+    assert set(b.round_updates(4, 0)) == {"a"} and b.round_updates(3, 0) == {}
+
+
+def test_far_future_round_is_refused(swarm: Swarm) -> None:
+    a = swarm.node("a")
+    b = swarm.node("b", config=ProtocolConfig(ack_timeout_s=0.2, max_rounds_ahead=2))
+    b.begin_round(0)
+    a.publish_update(10, 0, tensors(), receivers=["b"])
+    pump([a, b], lambda: not a.pending())
+    assert b.rejects["StaleRound"] == 1 and b.round_updates(10, 0) == {}
+
+
+def test_round_returns_early_when_everyone_reported(swarm: Swarm) -> None:
+    a, b, c = swarm.node("a"), swarm.node("b"), swarm.node("c")
+    a.publish_update(0, 0, tensors(1), receivers=["c"])
+    b.publish_update(0, 0, tensors(2), receivers=["c"])
+    res = c.collect_round(0, 0, ["a", "b"], quorum=2, deadline_s=10.0)
+    assert res.complete and set(res.updates) == {"a", "b"} and res.waited_s < 5.0
+
+
+def test_silent_peer_round_closes_at_deadline_with_quorum(swarm: Swarm) -> None:
+    a, b, c = swarm.node("a"), swarm.node("b"), swarm.node("c")
+    swarm.node("silent")
+    a.publish_update(0, 0, tensors(1), receivers=["c"])
+    b.publish_update(0, 0, tensors(2), receivers=["c"])
+    t0 = time.monotonic()
+    res = c.collect_round(0, 0, ["a", "b", "silent"], quorum=2, deadline_s=0.5)
+    elapsed = time.monotonic() - t0
+    assert set(res.updates) == {"a", "b"} and res.missing == {"silent"} and not res.complete
+    assert 0.5 <= elapsed < 0.5 + 0.3  # never stalls past the deadline
+
+
+def test_below_quorum_raises_at_deadline(swarm: Swarm) -> None:
+    a, c = swarm.node("a"), swarm.node("c")
+    a.publish_update(0, 0, tensors(1), receivers=["c"])
+    t0 = time.monotonic()
+    with pytest.raises(QuorumNotReached):
+        c.collect_round(0, 0, ["a", "b", "d"], quorum=2, deadline_s=0.3)
+    assert time.monotonic() - t0 < 0.3 + 0.3
+    assert set(c.round_updates(0, 0)) == {"a"}  # what did arrive stays available
+    with pytest.raises(ConfigError):
+        c.collect_round(1, 0, ["a"], quorum=2, deadline_s=0.1)
+
+
+def test_lost_update_is_resent_after_the_ack_timeout(swarm: Swarm) -> None:
+    a = swarm.node("a")
+    b = swarm.node("b", start=False)  # not subscribed yet: the first send is lost
+    mid = a.publish_update(0, 0, tensors(), receivers=["b"])
+    a.poll(0.0)
+    assert [e.message_id for e in a.pending()] == [mid]
+    b.start()
+    pump([a, b], lambda: not a.pending())
+    entry = a.outbox.get(mid)
+    assert entry is not None and entry.attempts >= 2
+    assert set(b.round_updates(0, 0)) == {"a"}
+
+
+def test_crashed_sender_resends_from_its_outbox_on_restart(swarm: Swarm) -> None:
+    a = swarm.node("a")
+    mid = a.publish_update(0, 0, tensors(7), receivers=["b"])  # b does not exist yet: lost
+    # crash: the hub drops a (its will fires), a's SQLite connections are cut without any clean-up
+    swarm.hub.kill("a")
+    a.outbox._store._conn.close()
+    a.ledger._store._conn.close()
+    a._closed = True
+    b = swarm.node("b")
+    pump([b], lambda: "a" in b.peers)
+    assert b.peers["a"].online is False
+    # Execute: a restarts with the same state directory
+    a2 = swarm.node("a")
+    pump([a2, b], lambda: not a2.pending())
+    # Assert
+    assert [r.message_id for r in b.ledger.applied(round=0, slot=0)] == [mid]
+    assert b.peers["a"].online is True
+
+
+def test_invalid_update_gets_an_error_envelope_not_a_crash(swarm: Swarm) -> None:
+    a = swarm.node("a")
+    spec = TensorSpec.like(tensors(0, (4, 3)))
+    b = swarm.node("b", update_spec=spec)
+    mid = a.publish_update(0, 0, tensors(0, (5, 3)), receivers=["b"])  # wrong shape
+    pump([a, b], lambda: not a.pending())
+    assert b.round_updates(0, 0) == {} and b.rejects["TensorValidationError"] == 1
+    [err] = a.remote_errors
+    assert err.receiver == "b" and err.message_id == mid and err.error_type == "TensorValidationError"
+    entry = a.outbox.get(mid)
+    assert entry is not None and entry.acks == {"b": ACK_REJECTED}
+    # b keeps working: a valid update right after is applied
+    a.publish_update(1, 0, tensors(1, (4, 3)), receivers=["b"])
+    pump([a, b], lambda: not a.pending())
+    assert set(b.round_updates(1, 0)) == {"a"}
+
+
+def test_garbage_on_an_update_topic_is_counted(swarm: Swarm) -> None:
+    a, b = swarm.node("a"), swarm.node("b")
+    a.transport.publish(a.topics.update(0, "a"), b"\x00garbage")
+    b.poll(0.0)
+    assert b.rejects["ChunkError"] == 1
+
+
+def test_sparse_update_sends_its_mask_once(swarm: Swarm) -> None:
+    a, b = swarm.node("a"), swarm.node("b")
+    upd = tensors(3, (8, 6))
+    rng = np.random.default_rng(9)
+    masks = {k: rng.random(v.shape) < 0.3 for k, v in upd.items()}
+    a.publish_update(0, 0, upd, masks=masks, receivers=["b"])
+    a.publish_update(1, 0, upd, masks=masks, receivers=["b"])
+    pump([a, b], lambda: not a.pending())
+    kinds = [e.kind for e in [a.outbox.get(f"a/{r}/{s}") for r, s in ((0, 0), (0, 1), (1, 2))] if e]
+    assert kinds == ["mask", "update", "update"]
+    got = b.round_updates(1, 0)["a"].tensors["layers.0.q.B"]
+    want = np.where(masks["layers.0.q.B"], upd["layers.0.q.B"], 0)
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    assert len(b.masks) == 2
+
+
+def test_presence_hello_expert_and_will(swarm: Swarm) -> None:
+    a, b = swarm.node("a"), swarm.node("b")
+    a.publish_hello({"device": "phone", "ram_gb": 8}, np.arange(16, dtype=np.float32), meta={"link": "0.9"})
+    a.publish_expert(2, 7, {"q.B": np.ones((4, 3), np.float16)}, {"mean": np.zeros(8), "cov": np.eye(8)})
+    pump([a, b], lambda: "a" in b.peers and b.peers["a"].signature is not None and 2 in b.experts)
+    peer = b.peers["a"]
+    assert (
+        peer.online
+        and peer.profile == {"device": "phone", "ram_gb": 8}
+        and peer.hello_meta == {"link": "0.9"}
+    )
+    np.testing.assert_array_equal(peer.signature, np.arange(16, dtype=np.float32))
+    ex = b.experts[2]
+    assert (
+        ex.sender == "a"
+        and ex.round == 7
+        and set(ex.latent) == {"mean", "cov"}
+        and set(ex.tensors) == {"q.B"}
+    )
+    # a newcomer gets the retained state
+    c = swarm.node("c")
+    pump([c], lambda: "a" in c.peers and c.peers["a"].signature is not None and 2 in c.experts)
+    # a crash fires the last will
+    swarm.hub.kill("a")
+    pump([b], lambda: b.peers["a"].online is False)
+
+
+def test_will_message_is_retained_offline() -> None:
+    m = NeighbourProtocol.will_message(SWARM, "n1")
+    assert m.topic == "edgedfl/lab/presence/n1" and m.retain and m.qos == 1
+    assert b'"state":"offline"' in m.payload
+
+
+def test_protocol_never_imports_torch() -> None:
+    code = (
+        "import sys; import edgedfl.transport.protocol, edgedfl.transport.outbox, edgedfl.transport.memory;"
+        "import edgedfl.transport.mqtt; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
