@@ -20,6 +20,7 @@ from edgedfl.errors import EdgeDFLError
 COMMANDS: dict[str, tuple[str, str]] = {
     # each owner adds one line for its subcommand
     "data": ("data", "inspect or write the built-in offline multi-task suite"),
+    "broker": ("broker", "start an MQTT broker (embedded amqtt or Mosquitto) and print its URL"),
 }
 
 

@@ -172,6 +172,8 @@ class MqttTransport(Transport):
         self._subs: dict[str, int] = {}
         self._cond = threading.Condition()  # guards everything below
         self._connected = False
+        self._ready = False  # connected and the on_connect re-subscriptions acknowledged
+        self._resub_mid: int | None = None
         self._closed = False
         self._first_result: ReasonCode | str | None = None
         self._connections = 0
@@ -285,13 +287,16 @@ class MqttTransport(Transport):
                 log.info("%s reconnected (%d)", self.client_id, self.reconnects)
             if self._first_result is None:
                 self._first_result = rc
+            self._ready = not subs
             self._cond.notify_all()
         if subs:
-            # restore the subscriptions (a clean session, or a broker that lost ours)
+            # restore the subscriptions (a clean session, or a broker that lost ours); the SUBACK
+            # comes on this same thread after we return, so recording the mid now cannot race it
             result, mid = client.subscribe(subs)
             if result == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
                 with self._cond:
                     self._forget.add(mid)
+                    self._resub_mid = mid
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Properties | None
@@ -299,6 +304,7 @@ class MqttTransport(Transport):
         with self._cond:
             was = self._connected
             self._connected = False
+            self._ready = False
             if self._first_result is None:
                 self._first_result = f"disconnected ({rc})"
             self._cond.notify_all()
@@ -315,6 +321,10 @@ class MqttTransport(Transport):
 
     def _record_ack(self, mid: int, codes: list[ReasonCode]) -> None:
         with self._cond:
+            if mid == self._resub_mid:
+                self._resub_mid = None
+                self._ready = self._connected
+                self._cond.notify_all()
             if mid in self._forget:
                 self._forget.discard(mid)
                 failed = [c for c in codes if _is_failure(c)]
@@ -374,15 +384,18 @@ class MqttTransport(Transport):
         return self.inbox.dropped
 
     def wait_connected(self, timeout: float | None = None) -> bool:
-        """Block until the link is up (e.g. after a broker restart); ``False`` on timeout."""
+        """Block until the link is up and our subscriptions are restored (e.g. after a broker restart).
+
+        ``False`` on timeout or when the transport is closed.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not (self._connected or self._closed):
+            while not (self._ready or self._closed):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
                 self._cond.wait(left)
-            return self._connected
+            return self._ready and not self._closed
 
     def check_size(self, topic: str, payload_len: int, qos: int = 1) -> None:
         """Raise :class:`PayloadTooLarge` if such a publish would exceed the broker's limits."""
