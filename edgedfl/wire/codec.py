@@ -1,7 +1,8 @@
 """Tensors <-> safetensors bodies: dense, sparse-with-mask-reference, fp16 / int8 / fp32.
 
 Three body kinds, each a plain safetensors file whose ``__metadata__`` has
-``"edgedfl.codec"`` naming it (layouts in FORMAT.md):
+one key, ``"edgedfl"``, holding canonical JSON with a ``"codec"`` naming the
+layout (layouts in FORMAT.md):
 
 * ``update/1`` (:func:`encode_update` / :func:`decode_update`): a sparse
   tensor travels as a 1-D vector of its values at the mask's ``True``
@@ -55,12 +56,15 @@ from edgedfl.wire.validate import TensorSpec, check_entry, check_names, check_to
 Precision = Literal["fp16", "int8", "fp32"]
 PRECISIONS: tuple[str, ...] = ("fp16", "int8", "fp32")
 
-CODEC_KEY = "edgedfl.codec"
+#: The one ``__metadata__`` key edgedfl writes. One key, because safetensors
+#: writes metadata from a hash map: several keys would come out in random order
+#: and the same update would not always encode to the same bytes.
+META_KEY = "edgedfl"
 UPDATE_CODEC = "update/1"
 MASK_CODEC = "mask/1"
 TENSORS_CODEC = "tensors/1"
-TENSORS_KEY = "edgedfl.tensors"
-MASKS_KEY = "edgedfl.masks"
+TENSORS_KEY = "tensors"
+MASKS_KEY = "masks"
 SCALE_SUFFIX = "#scale"
 
 _WIRE_DTYPE: dict[str, np.dtype[Any]] = {"fp16": np.dtype("<f2"), "fp32": np.dtype("<f4"), "int8": np.dtype("i1")}
@@ -182,8 +186,7 @@ def encode_masks(masks: Mapping[str, np.ndarray]) -> bytes:
         packed = np.packbits(mask.ravel(), bitorder="big")
         tensors[name] = packed
         table[name] = {"id": _mask_id_from_packed(tuple(mask.shape), packed.tobytes()), "shape": list(mask.shape)}
-    meta = {CODEC_KEY: MASK_CODEC, MASKS_KEY: canonical_json(table).decode("ascii")}
-    return write_safetensors(tensors, meta)
+    return write_safetensors(tensors, _meta(MASK_CODEC, MASKS_KEY, table))
 
 
 def decode_masks(
@@ -310,8 +313,7 @@ def encode_update(
                 raise TensorValidationError(f"tensor {name!r}: values beyond fp16 range; send fp32 or int8")
             out[name] = values.astype(wire_dtype, copy=False)
         table[name] = entry
-    meta = {CODEC_KEY: UPDATE_CODEC, TENSORS_KEY: canonical_json(table).decode("ascii")}
-    return write_safetensors(out, meta)
+    return write_safetensors(out, _meta(UPDATE_CODEC, TENSORS_KEY, table))
 
 
 def _gather(
@@ -355,12 +357,29 @@ def _shape_of(info: object, name: str, limits: Limits) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _codec_table(meta: dict[str, str], codec: str, key: str) -> dict[str, Any]:
-    if meta.get(CODEC_KEY) != codec:
-        raise MalformedMessage(f"body codec {meta.get(CODEC_KEY)!r}, expected {codec!r}")
-    if key not in meta:
-        raise MalformedMessage(f"body metadata lacks {key!r}")
-    return parse_header_json(meta[key].encode("utf-8"), f"{codec} table")
+def _meta(codec: str, key: str | None = None, table: object = None) -> dict[str, str]:
+    content: dict[str, object] = {"codec": codec}
+    if key is not None:
+        content[key] = table
+    return {META_KEY: canonical_json(content).decode("ascii")}
+
+
+def _codec_table(meta: dict[str, str], codec: str, key: str | None) -> dict[str, Any]:
+    """The body's table under ``key`` after checking it is a ``codec`` body (and nothing else)."""
+    if set(meta) != {META_KEY}:
+        raise MalformedMessage(f"body metadata keys {sorted(meta)[:5]}, expected [{META_KEY!r}]")
+    content = parse_header_json(meta[META_KEY].encode("utf-8"), "body metadata")
+    if content.get("codec") != codec:
+        raise MalformedMessage(f"body codec {content.get('codec')!r}, expected {codec!r}")
+    expected_keys = {"codec"} if key is None else {"codec", key}
+    if set(content) != expected_keys:
+        raise MalformedMessage(f"{codec} metadata has keys {sorted(content)}, expected {sorted(expected_keys)}")
+    if key is None:
+        return {}
+    table = content[key]
+    if not isinstance(table, dict):
+        raise MalformedMessage(f"{codec} metadata {key!r} must be an object")
+    return table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -498,7 +517,7 @@ def encode_tensors(tensors: Mapping[str, np.ndarray]) -> bytes:
     """A ``tensors/1`` body: dense arrays in their own dtype (signatures, latent codes)."""
     for name in tensors:
         _check_name(name)
-    return write_safetensors({k: np.asarray(v) for k, v in tensors.items()}, {CODEC_KEY: TENSORS_CODEC})
+    return write_safetensors({k: np.asarray(v) for k, v in tensors.items()}, _meta(TENSORS_CODEC))
 
 
 def decode_tensors(
@@ -506,8 +525,7 @@ def decode_tensors(
 ) -> dict[str, np.ndarray]:
     """Parse a ``tensors/1`` body into read-only arrays, validated against ``spec`` if given."""
     meta, raw = read_safetensors(body, limits=limits)
-    if meta.get(CODEC_KEY) != TENSORS_CODEC:
-        raise MalformedMessage(f"body codec {meta.get(CODEC_KEY)!r}, expected {TENSORS_CODEC!r}")
+    _codec_table(meta, TENSORS_CODEC, None)
     if spec is not None:
         check_names(raw, spec)
         check_total_bytes(len(body), spec)

@@ -73,8 +73,26 @@ _OPTIONAL = ("error", "key_id")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 
 
+_ROUTING = ("kind", "swarm", "sender", "round", "slot", "seq")
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_routing(fields: Mapping[str, Any]) -> None:
+    """The routing fields' rules, shared by the constructor and the decoder."""
+    kind = fields["kind"]
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise MalformedMessage(f"envelope kind {kind!r} is not one of {sorted(KINDS)}")
+    for name in ("swarm", "sender"):
+        value = fields[name]
+        if not isinstance(value, str) or not _IDENT_RE.fullmatch(value):
+            raise MalformedMessage(f"envelope {name}={value!r}: must be 1..128 chars of [A-Za-z0-9._-]")
+    for name in ("round", "slot", "seq"):
+        value = fields[name]
+        if not _is_int(value) or not 0 <= value <= MAX_INT:
+            raise MalformedMessage(f"envelope {name}={value!r}: must be an int in 0..2**63-1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,16 +120,7 @@ class Envelope:
     signature: bytes | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise MalformedMessage(f"envelope kind {self.kind!r} is not one of {sorted(KINDS)}")
-        for name in ("swarm", "sender"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not _IDENT_RE.fullmatch(value):
-                raise MalformedMessage(f"envelope {name}={value!r}: must be 1..128 chars of [A-Za-z0-9._-]")
-        for name in ("round", "slot", "seq"):
-            value = getattr(self, name)
-            if not _is_int(value) or not 0 <= value <= MAX_INT:
-                raise MalformedMessage(f"envelope {name}={value!r}: must be an int in 0..2**63-1")
+        _check_routing({name: getattr(self, name) for name in _ROUTING})
         if isinstance(self.body, (bytearray, memoryview)):
             object.__setattr__(self, "body", bytes(self.body))
         if not isinstance(self.body, bytes):
@@ -243,6 +252,7 @@ def _check_header(header: dict[str, Any], limits: Limits) -> None:
     unknown = sorted(set(header) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
         raise MalformedMessage(f"envelope header has unknown keys {unknown} (schema {SCHEMA_VERSION})")
+    _check_routing(header)
     if not _is_int(header["body_len"]) or header["body_len"] < 0:
         raise MalformedMessage(f"envelope body_len={header['body_len']!r}: not a non-negative int")
     if not isinstance(header["body_sha256"], str) or not _HEX64_RE.fullmatch(header["body_sha256"]):
@@ -314,8 +324,7 @@ def decode_envelope(
     if keyring is not None:
         if key_id is None or signature is None:
             raise SignatureError("message is unsigned but signatures are required")
-        sender = header["sender"] if isinstance(header["sender"], str) else None
-        keyring.verify(key_id, signature, bytes(view[: PREAMBLE_BYTES + header_len]), sender=sender)
+        keyring.verify(key_id, signature, bytes(view[: PREAMBLE_BYTES + header_len]), sender=header["sender"])
     body = bytes(view[body_start:])
     if hashlib.sha256(body).hexdigest() != header["body_sha256"]:
         raise IntegrityError("body sha256 does not match the envelope header")
