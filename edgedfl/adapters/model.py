@@ -235,6 +235,8 @@ class AdaptedModel:
         finally:
             for h in handles:
                 h.remove()
+            # leaving peft's disable_adapter() makes the active adapter's A trainable again
+            self.activate(self.active_slot)
         if not acc:
             raise AdapterError("calibration saw no tokens")
         shapes = self.layer_shapes()

@@ -1,0 +1,1 @@
+"""Local training, evaluation and atomic checkpoints of one device's adapter."""

@@ -1,0 +1,78 @@
+"""Quantized bases: the dispatcher, and LoRA gradients after an eval pass on every CPU backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgedfl.adapters import AdapterConfig, attach_adapter
+from edgedfl.devices import PROFILES
+from edgedfl.errors import BackendUnavailable, ConfigError
+from edgedfl.model import quantize
+from edgedfl.model.tiny import tiny_model, tiny_tokenizer
+from edgedfl.train.batching import collate_train
+from edgedfl.data.examples import Example
+
+CPU_BACKENDS = [b for b in ("none", "torchao-int8", "torchao-int4", "bnb-nf4", "bnb-int8") if quantize.is_available(b)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("method", ["solora", "lora"])
+def test_lora_gradients_nonzero_after_an_eval_pass(backend, method):
+    tok = tiny_tokenizer()
+    base, name = quantize.quantize_model(tiny_model(), backend)
+    assert name == backend
+    adapted = attach_adapter(base, AdapterConfig(method=method, rank=4))
+    batch = collate_train(tok, [Example("Question: 2+2?\nAnswer:", " 4", "arith")] * 2, 64)
+    # eval-mode no-grad forward first: this is what breaks bnb 4-bit on AVX512-BF16 CPUs
+    adapted.peft_model.eval()
+    with torch.no_grad():
+        adapted.peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    adapted.peft_model.train()
+    for _ in range(2):  # B starts at zero: A's gradient (lora) appears from the second step on
+        loss = adapted.peft_model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad for n, p in adapted.named_trainable()}
+        assert grads and all(g is not None for g in grads.values())
+        b_norm = sum(float(g.norm()) for n, g in grads.items() if "lora_B" in n)
+        assert b_norm > 0, f"{backend}: LoRA B gradients are zero after an eval pass"
+        with torch.no_grad():
+            for p in adapted.trainable_parameters():
+                p -= 1e-2 * p.grad
+                p.grad = None
+
+
+def test_bnb_guard_is_applied_to_every_4bit_layer():
+    if not quantize.is_available("bnb-nf4"):
+        pytest.skip("bitsandbytes not installed")
+    import bitsandbytes as bnb
+
+    base, _ = quantize.quantize_model(tiny_model(), "bnb-nf4")
+    layers = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.support_avx512bf16_for_cpu is False for m in layers)
+
+
+def test_dispatcher_picks_profile_default_and_errors_clearly(monkeypatch):
+    assert quantize.choose_backend("auto", PROFILES["laptop"]) == "torchao-int8"
+    assert quantize.choose_backend("auto", PROFILES["phone"]) == "torchao-int4"
+    if not torch.cuda.is_available():  # a CUDA default falls back on a CPU-only host
+        assert quantize.choose_backend("auto", PROFILES["jetson"]) == "torchao-int8"
+    with pytest.raises(ConfigError, match="unknown backend"):
+        quantize.choose_backend("gptq")
+    missing = quantize.QuantBackend("bnb-nf4", "x", "edgedfl_no_such_package", "pip install 'edgedfl[bnb]'",
+                                    lambda m: m)
+    monkeypatch.setitem(quantize.BACKENDS, "bnb-nf4", missing)
+    with pytest.raises(BackendUnavailable, match=r"pip install 'edgedfl\[bnb\]'"):
+        quantize.choose_backend("bnb-nf4")
+
+
+@pytest.mark.cuda
+def test_bnb_nf4_on_cuda_trains():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    tok = tiny_tokenizer()
+    base, name = quantize.quantize_model(tiny_model().cuda(), "bnb-nf4")
+    adapted = attach_adapter(base, AdapterConfig(rank=4))
+    batch = {k: v.cuda() for k, v in collate_train(tok, [Example("Q: 1+1?\nA:", " 2", "arith")] * 2, 32).items()}
+    adapted.peft_model(**batch).loss.backward()
+    assert sum(float(p.grad.norm()) for _, p in adapted.named_trainable()) > 0
