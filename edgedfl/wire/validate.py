@@ -130,7 +130,8 @@ def check_values(name: str, values: np.ndarray, spec: TensorSpec | None) -> floa
         if flat.dtype != np.float32 and flat.dtype != np.float64:
             flat = flat.astype(np.float32)
         # One BLAS pass: NaN or Inf anywhere makes the sum of squares non-finite.
-        sumsq = float(np.dot(flat, flat))
+        with np.errstate(over="ignore", invalid="ignore"):
+            sumsq = float(np.dot(flat, flat))
         if not math.isfinite(sumsq):
             bad = ~np.isfinite(flat)
             if bad.any():
