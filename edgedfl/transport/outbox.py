@@ -363,8 +363,10 @@ class Outbox:
                 out.append(e)
         return out
 
-    def expire(self, before_round: int) -> int:
-        """Stop re-sending messages of rounds older than ``before_round``; returns how many.
+    def expire(self, before_round: int, kind: str | None = "update") -> int:
+        """Stop re-sending messages (of ``kind``; all if None) of rounds before ``before_round``.
+
+        Returns how many were abandoned.
 
         Their receivers would reject them as stale anyway; a receiver that is
         dead would otherwise be re-sent to forever. Rows are kept (marked
@@ -372,7 +374,8 @@ class Outbox:
         """
         with self._store._tx() as c:
             cur = c.execute(
-                "UPDATE outbox SET abandoned = 1 WHERE round < ? AND abandoned = 0", (before_round,)
+                "UPDATE outbox SET abandoned = 1 WHERE round < ? AND abandoned = 0 AND (? IS NULL OR kind = ?)",
+                (before_round, kind, kind),
             )
             return cur.rowcount
 

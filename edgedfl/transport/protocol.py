@@ -2,7 +2,7 @@
 
 :class:`NeighbourProtocol` speaks DESIGN.md's protocol (topics in
 :mod:`edgedfl.transport.proto_topics`): it announces presence (retained, with
-an "offline" last will built by :meth:`NeighbourProtocol.will_message`),
+an ``offline`` last will built by :meth:`NeighbourProtocol.will_message`),
 publishes its hello (profile + task signature), its per-round updates (in
 chunks, recorded in the on-disk :class:`~edgedfl.transport.outbox.Outbox`
 first) and finished experts (retained); it receives, validates, deduplicates
@@ -36,6 +36,10 @@ Decisions:
 * **Round window**: an update older than ``current_round - stale_rounds`` or for
   a closed (round, slot) is stale; one more than ``max_rounds_ahead`` ahead is
   refused (a replay guard and a memory bound), with an error envelope.
+* **Presence is plain text** (``online`` / ``offline``, retained; the last
+  will is ``offline``) rather than an envelope, so ``mosquitto_sub`` and any
+  MQTT tool read it as DESIGN.md writes it. It is advisory: rounds never wait
+  on it, and ACLs keep a node from writing another's presence.
 * **Retained state is not outboxed**: presence, hello and experts are
   last-writer-wins state that :meth:`republish_retained` sends again (e.g.
   after a broker restart lost its retained store); only updates need
@@ -47,7 +51,6 @@ Decisions:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sqlite3
@@ -59,7 +62,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgedfl.config import ConfigBase, check, option
 from edgedfl.errors import (
     DuplicateMessage,
     MalformedMessage,
@@ -81,6 +83,20 @@ from edgedfl.transport.outbox import (
     OutboxPart,
 )
 from edgedfl.transport.proto_topics import Topics, validate_name
+from edgedfl.transport.proto_types import (
+    LATENT_PREFIX,
+    PRESENCE_OFFLINE,
+    PRESENCE_ONLINE,
+    REMEMBER_DONE,
+    Answer,
+    ExpertInfo,
+    PeerInfo,
+    ProtocolConfig,
+    ReceivedUpdate,
+    RemoteError,
+    RoundResult,
+    message_id,
+)
 from edgedfl.wire.chunks import CHUNK_HEADER_BYTES, Reassembler, parse_chunk_header, split_message
 from edgedfl.wire.codec import (
     MaskRegistry,
@@ -113,138 +129,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("edgedfl.transport.protocol")
-
-PRESENCE_ONLINE = "online"
-PRESENCE_OFFLINE = "offline"
-#: Prefix of latent-code tensors inside an expert body.
-LATENT_PREFIX = "latent."
-
-
-def message_id(sender: str, round: int, seq: int) -> str:
-    """The identity receivers deduplicate on: ``sender/round/seq``."""
-    return f"{sender}/{round}/{seq}"
-
-
-#: How many answered messages a node remembers to re-ack their re-sends without decoding them again.
-_REMEMBER_DONE = 4096
-
-
-@dataclasses.dataclass(frozen=True)
-class _Answer:
-    """What a receiver answered to one whole message (re-sent as is for its duplicates)."""
-
-    mid: str
-    env: Envelope | None
-    status: str
-    error: Exception | None = None
-
-
-@dataclasses.dataclass
-class ProtocolConfig(ConfigBase):
-    """Timings and bounds of the neighbour protocol (per device)."""
-
-    ack_timeout_s: float = option(2.0, help="re-send an update no receiver acked after this many seconds")
-    max_backoff_s: float = option(30.0, help="longest wait between two re-sends (the wait doubles each time)")
-    stale_rounds: int = option(1, help="accept updates down to current_round - stale_rounds (if not closed)")
-    max_rounds_ahead: int = option(16, help="refuse updates more than this many rounds ahead of ours")
-    chunk_bytes: int = option(1_000_000, help="largest chunk; ~ link rate x keepalive / 3 (DESIGN.md)")
-    chunk_timeout_s: float = option(120.0, help="drop a partly received message after this many seconds")
-    max_partial_messages: int = option(64, help="most partly received messages held at once")
-    poll_interval_s: float = option(0.05, help="longest a collector waits before checking deadlines again")
-    qos: int = option(1, help="MQTT QoS of every publish (1: at least once; end-to-end acks do the rest)")
-
-    def __post_init__(self) -> None:
-        n = type(self).__name__
-        for f in ("ack_timeout_s", "max_backoff_s", "chunk_timeout_s", "poll_interval_s"):
-            v = getattr(self, f)
-            check(isinstance(v, (int, float)) and v > 0, n, f, v, "must be a number > 0")
-        for f in ("stale_rounds", "max_rounds_ahead"):
-            v = getattr(self, f)
-            check(isinstance(v, int) and v >= 0, n, f, v, "must be an int >= 0")
-        check(
-            isinstance(self.chunk_bytes, int) and self.chunk_bytes >= 1024,
-            n,
-            "chunk_bytes",
-            self.chunk_bytes,
-            "must be an int >= 1024",
-        )
-        check(
-            isinstance(self.max_partial_messages, int) and self.max_partial_messages >= 1,
-            n,
-            "max_partial_messages",
-            self.max_partial_messages,
-            "must be an int >= 1",
-        )
-        check(self.qos in (1, 2), n, "qos", self.qos, "must be 1 or 2 (QoS 0 would make acks the only retry)")
-
-
-@dataclasses.dataclass
-class PeerInfo:
-    """What this node knows of one neighbour, from its presence and hello."""
-
-    node: str
-    online: bool | None = None
-    profile: dict[str, Any] = dataclasses.field(default_factory=dict)
-    signature: np.ndarray | None = None
-    hello_meta: dict[str, str] = dataclasses.field(default_factory=dict)
-    last_seen: float = 0.0
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpertInfo:
-    """A finished expert as last published for its slot."""
-
-    slot: int
-    sender: str
-    round: int
-    tensors: dict[str, np.ndarray]
-    latent: dict[str, np.ndarray]
-    meta: dict[str, str]
-
-
-@dataclasses.dataclass(frozen=True)
-class ReceivedUpdate:
-    """One neighbour's accepted update for a (round, slot)."""
-
-    sender: str
-    round: int
-    slot: int
-    seq: int
-    message_id: str
-    tensors: dict[str, np.ndarray]
-    meta: dict[str, str]
-
-
-@dataclasses.dataclass(frozen=True)
-class RemoteError:
-    """An error envelope a receiver sent back about one of our messages."""
-
-    receiver: str
-    message_id: str | None
-    error_type: str
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class RoundResult:
-    """What :meth:`NeighbourProtocol.collect_round` gathered before the round closed."""
-
-    round: int
-    slot: int
-    #: accepted updates of expected peers, by sender
-    updates: dict[str, ReceivedUpdate]
-    #: expected peers with no update when the round closed (slow or dead; late ones are stale)
-    missing: frozenset[str]
-    #: accepted updates of this slot from peers nobody listed (kept, not counted for the quorum)
-    extra: dict[str, ReceivedUpdate]
-    quorum: int
-    #: seconds the collector waited
-    waited_s: float
-
-    @property
-    def complete(self) -> bool:
-        """Every expected peer reported before the deadline."""
-        return not self.missing
 
 
 class NeighbourProtocol:
@@ -308,7 +192,7 @@ class NeighbourProtocol:
             remember_completed=0,
             clock=clock,
         )
-        self._done: OrderedDict[tuple[str, bytes], _Answer] = OrderedDict()
+        self._done: OrderedDict[tuple[str, bytes], Answer] = OrderedDict()
         #: masks of sparse updates this node holds (reloaded from the ledger on start-up)
         self.masks = MaskRegistry()
         for rec in self.ledger.applied(kind="mask"):
@@ -334,11 +218,9 @@ class NeighbourProtocol:
     # -- set-up ------------------------------------------------------------------
 
     @staticmethod
-    def will_message(swarm: str, node: str, signer: Signer | None = None, *, qos: int = 1) -> Message:
-        """The retained "offline" presence to hand the transport as its last will at creation."""
-        topics = Topics(swarm)
-        env = Envelope("presence", swarm, validate_name(node), meta={"state": PRESENCE_OFFLINE})
-        return Message(topics.presence(node), encode_envelope(env, signer), retain=True, qos=qos)
+    def will_message(swarm: str, node: str, *, qos: int = 1) -> Message:
+        """The retained ``offline`` presence to hand the transport as its last will at creation."""
+        return Message(Topics(swarm).presence(node), PRESENCE_OFFLINE.encode(), retain=True, qos=qos)
 
     @property
     def current_round(self) -> int:
@@ -408,9 +290,7 @@ class NeighbourProtocol:
     def announce(self, online: bool = True) -> None:
         """Publish retained presence ("online", or "offline" when leaving cleanly)."""
         state = PRESENCE_ONLINE if online else PRESENCE_OFFLINE
-        self._publish_retained(
-            self.topics.presence(self.node), self._envelope("presence", meta={"state": state})
-        )
+        self._publish_retained(self.topics.presence(self.node), state.encode())
 
     def publish_hello(
         self, profile: Mapping[str, Any], signature: np.ndarray, *, meta: Mapping[str, str] | None = None
@@ -574,7 +454,8 @@ class NeighbourProtocol:
     def begin_round(self, round: int) -> None:
         """Move this node to ``round``: older rounds become stale, their re-sends stop."""
         cur = self.ledger.advance_round(round)
-        self.outbox.expire(cur - self.config.stale_rounds)
+        # Masks never expire: later rounds still refer to them.
+        self.outbox.expire(cur - self.config.stale_rounds, kind="update")
         for mid, upd in list(self._decoded.items()):
             if upd.round < cur - self.config.stale_rounds:
                 del self._decoded[mid]
@@ -693,10 +574,7 @@ class NeighbourProtocol:
     def _handle(self, msg: Message) -> None:
         try:
             parsed = self.topics.parse(msg.topic)
-        except WireError as exc:  # pragma: no cover - we only subscribe to our own tree
-            self._reject(exc, msg.topic)
-            return
-        except ValueError as exc:
+        except ValueError as exc:  # InvalidTopic; we only subscribe to our own tree
             self._reject(exc, msg.topic)
             return
         if parsed.node == self.node:
@@ -707,15 +585,17 @@ class NeighbourProtocol:
             return
         if not msg.payload:
             return  # a cleared retained message
+        if parsed.kind == "presence":
+            assert parsed.node is not None
+            self._on_presence(parsed.node, msg.payload, msg.topic)
+            return
         try:
             env = decode_envelope(msg.payload, limits=self.limits, keyring=self.keyring)
             if env.swarm != self.swarm:
                 raise MalformedMessage(f"envelope of swarm {env.swarm!r} on {msg.topic!r}")
             if parsed.node is not None and env.sender != parsed.node:
                 raise MalformedMessage(f"sender {env.sender!r} on {parsed.node!r}'s topic {msg.topic!r}")
-            if parsed.kind == "presence" and env.kind == "presence":
-                self._on_presence(env)
-            elif parsed.kind == "hello" and env.kind == "hello":
+            if parsed.kind == "hello" and env.kind == "hello":
                 self._on_hello(env)
             elif parsed.kind == "expert" and env.kind == "expert":
                 self._on_expert(env, parsed.slot)
@@ -733,11 +613,11 @@ class NeighbourProtocol:
         info.last_seen = self._clock()
         return info
 
-    def _on_presence(self, env: Envelope) -> None:
-        state = env.meta.get("state")
-        if state not in (PRESENCE_ONLINE, PRESENCE_OFFLINE):
-            raise MalformedMessage(f"presence state {state!r}")
-        self._peer(env.sender).online = state == PRESENCE_ONLINE
+    def _on_presence(self, node: str, payload: bytes, topic: str) -> None:
+        if payload not in (PRESENCE_ONLINE.encode(), PRESENCE_OFFLINE.encode()):
+            self._reject(MalformedMessage(f"presence {payload[:32]!r} is neither online nor offline"), topic)
+            return
+        self._peer(node).online = payload == PRESENCE_ONLINE.encode()
 
     def _on_hello(self, env: Envelope) -> None:
         tensors = decode_tensors(env.body, limits=self.limits)
@@ -834,11 +714,11 @@ class NeighbourProtocol:
         answer = self._on_message(data, sender, slot, msg.topic)
         if answer is not None:
             self._done[key] = answer
-            while len(self._done) > _REMEMBER_DONE:
+            while len(self._done) > REMEMBER_DONE:
                 self._done.popitem(last=False)
             self._send_ack(sender, answer.mid, answer.env, answer.status, answer.error)
 
-    def _on_message(self, data: bytes, sender: str, slot: int, topic: str) -> _Answer | None:
+    def _on_message(self, data: bytes, sender: str, slot: int, topic: str) -> Answer | None:
         """Decode, check and apply one whole update / mask message; the answer to send, if any."""
         env: Envelope | None = None
         mid = ""
@@ -861,10 +741,10 @@ class NeighbourProtocol:
                 self._accept_update(env, mid, data)
         except DuplicateMessage as exc:
             self._reject(exc, topic)
-            return _Answer(mid, env, ACK_DUPLICATE)
+            return Answer(mid, env, ACK_DUPLICATE)
         except StaleRound as exc:
             self._reject(exc, topic)
-            return _Answer(mid, env, ACK_STALE)
+            return Answer(mid, env, ACK_STALE)
         except UnknownMask as exc:
             # Not applied and not acked: the mask message is on its way (same topic, sent
             # first, itself re-sent until acked); the update's re-send will find it.
@@ -872,8 +752,8 @@ class NeighbourProtocol:
             return None
         except WireError as exc:
             self._reject(exc, topic)
-            return _Answer(mid, env, ACK_REJECTED, exc)
-        return _Answer(mid, env, ACK_APPLIED)
+            return Answer(mid, env, ACK_REJECTED, exc)
+        return Answer(mid, env, ACK_APPLIED)
 
     def _accept_masks(self, env: Envelope, mid: str, data: bytes) -> None:
         # Decode first (validates, fills the registry); masks are content-addressed, so a

@@ -8,6 +8,7 @@ outbox + end-to-end acks + ledger give exactly-once application anyway.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 from proto_helpers import SWARM, pump, tensors
 from publisher_proc import update_for
 
-from edgedfl.transport.broker import MosquittoBroker
+from edgedfl.transport.broker import MosquittoBroker, write_acl, write_password_file
 from edgedfl.transport.protocol import NeighbourProtocol, ProtocolConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -162,3 +163,68 @@ def test_sigkilled_publisher_process_resends_from_its_outbox(
     for r in range(rounds):
         [upd] = recv.round_updates(r, 0).values()
         np.testing.assert_allclose(upd.tensors["b"], update_for("pub", r)["b"], atol=3e-3)
+
+
+def test_protocol_runs_under_the_swarm_acl_and_mosquitto_sub_reads_presence(tmp_path: Path) -> None:
+    # Prepare: Mosquitto with passwords and the ACL where each node writes only its own topics
+    if shutil.which("mosquitto_passwd") is None or shutil.which("mosquitto_sub") is None:
+        pytest.skip("mosquitto_passwd / mosquitto_sub not installed")
+    users = {"na": "pw-a", "nb": "pw-b"}
+    pw = write_password_file(tmp_path / "passwd", users)
+    acl = write_acl(tmp_path / "acl", SWARM, list(users))
+    with MosquittoBroker(workdir=tmp_path / "broker", password_file=pw, acl_file=acl) as broker:
+        made = []
+        for name, secret in users.items():
+            t = broker.client(
+                name,
+                username=name,
+                password=secret,
+                will=NeighbourProtocol.will_message(SWARM, name),
+                connect_timeout=5.0,
+                publish_timeout=5.0,
+            )
+            p = NeighbourProtocol(t, SWARM, name, state_dir=tmp_path / name, slots=(0,), config=CONFIG)
+            p.start()
+            made.append(p)
+        a, b = made
+        try:
+            # Execute: hello, an update and its ack, all on each node's own topics (MQTT 5: a denial would raise)
+            a.publish_hello({"device": "laptop"}, np.ones(4, np.float32))
+            a.publish_update(0, 0, tensors(1), receivers=["nb"])
+            pump([a, b], lambda: not a.pending() and "na" in b.peers and b.peers["na"].signature is not None)
+            assert set(b.round_updates(0, 0)) == {"na"}
+            out = subprocess.run(
+                [
+                    "mosquitto_sub",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(broker.port),
+                    "-u",
+                    "na",
+                    "-P",
+                    "pw-a",
+                    "-t",
+                    f"edgedfl/{SWARM}/presence/+",
+                    "-t",
+                    f"edgedfl/{SWARM}/hello/+",
+                    "-v",
+                    "-C",
+                    "3",
+                    "-W",
+                    "5",
+                ],
+                capture_output=True,
+                timeout=20,
+                check=True,
+            ).stdout
+        finally:
+            for p in made:
+                p.close()
+    # Assert
+    assert a.remote_errors == []  # nb acked "applied" (a.pending() emptied) and nothing was refused
+    lines = out.split(b"\n")
+    assert f"edgedfl/{SWARM}/presence/na online".encode() in lines
+    assert f"edgedfl/{SWARM}/presence/nb online".encode() in lines
+    hello = next(line for line in lines if line.startswith(f"edgedfl/{SWARM}/hello/na ".encode()))
+    assert b"EDFL" in hello and b'"profile":"{\\"device\\":\\"laptop\\"}"' in hello
