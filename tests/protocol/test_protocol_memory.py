@@ -14,6 +14,7 @@ from edgedfl.errors import ConfigError, QuorumNotReached
 from edgedfl.transport.outbox import ACK_APPLIED, ACK_DUPLICATE, ACK_REJECTED, ACK_STALE
 from edgedfl.transport.protocol import NeighbourProtocol, ProtocolConfig
 from edgedfl.wire.codec import encode_update
+from edgedfl.wire.signing import KeyRing, Signer
 from edgedfl.wire.validate import TensorSpec
 
 
@@ -246,3 +247,19 @@ def test_protocol_never_imports_torch() -> None:
         "import edgedfl.transport.mqtt; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_signed_swarm_accepts_known_keys_and_answers_unknown_ones_with_an_error(swarm: Swarm) -> None:
+    sa, sb, stranger = Signer.generate(), Signer.generate(), Signer.generate()
+    ring = KeyRing.of(sa, sb)
+    a = swarm.node("a", signer=sa, keyring=ring, slots=())  # sends only
+    b = swarm.node("b", signer=sb, keyring=ring)
+    x = swarm.node("x", signer=stranger, keyring=ring)
+    a.publish_update(0, 0, tensors(1), receivers=["b"])
+    x.publish_update(0, 0, tensors(2), receivers=["b"])
+    pump([a, b, x], lambda: not a.pending() and bool(x.remote_errors))
+    assert set(b.round_updates(0, 0)) == {"a"}
+    assert b.rejects["UnknownSigner"] >= 1
+    # b could not trust x's header, so its error names no message id; x learns why all the same
+    err = x.remote_errors[0]
+    assert err.receiver == "b" and err.message_id is None and err.error_type == "UnknownSigner"
