@@ -63,8 +63,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgedfl.errors import (
+    ConfigError,
     DuplicateMessage,
     MalformedMessage,
+    PayloadTooLarge,
     QuorumNotReached,
     StaleRound,
     TransportError,
@@ -328,8 +330,6 @@ class NeighbourProtocol:
             body_tensors[LATENT_PREFIX + k] = v
         payload = self._envelope("expert", round, slot, 0, encode_tensors(body_tensors), meta)
         if len(payload) > self.transport.max_payload:
-            from edgedfl.errors import PayloadTooLarge
-
             raise PayloadTooLarge(
                 f"expert of slot {slot} is {len(payload)} bytes, over the transport limit "
                 f"{self.transport.max_payload}; experts are not chunked"
@@ -482,8 +482,6 @@ class NeighbourProtocol:
         """
         expected = frozenset(validate_name(p) for p in expected_peers) - {self.node}
         if not 0 <= quorum <= len(expected):
-            from edgedfl.errors import ConfigError
-
             raise ConfigError(f"quorum={quorum!r}: must be between 0 and {len(expected)} expected peers")
         self.begin_round(round)
         self.follow_slot(slot)
