@@ -344,24 +344,28 @@ class Outbox:
         entries = self._load("o.kind = ? AND o.round = ? AND o.slot = ?", (kind, round, slot))
         return entries[0] if entries else None
 
-    def pending(self) -> list[OutboxEntry]:
-        """Messages some expected receiver has not acknowledged, oldest first."""
-        return [e for e in self._load("o.abandoned = 0", ()) if not e.done]
+    def pending(self, *, with_parts: bool = True) -> list[OutboxEntry]:
+        """Messages some expected receiver has not acknowledged, oldest first.
+
+        ``with_parts=False`` leaves :attr:`OutboxEntry.parts` empty (cheap: no chunk bytes read).
+        """
+        return [e for e in self._load("o.abandoned = 0", (), with_parts=with_parts) if not e.done]
 
     def due(self, now: float, ack_timeout_s: float, max_backoff_s: float = 60.0) -> list[OutboxEntry]:
         """Pending messages whose last send is older than their (exponential) ack timeout.
 
         Never-sent entries (recorded, then a crash before the publish) are due at once.
         """
-        out = []
-        for e in self.pending():
+        ids: list[str] = []
+        # Decide on the small rows first; load the (large) chunk bytes only of what is due.
+        for e in self.pending(with_parts=False):
             if e.last_sent is None:
-                out.append(e)
+                ids.append(e.message_id)
                 continue
             wait = min(ack_timeout_s * (2 ** max(0, e.attempts - 1)), max(max_backoff_s, ack_timeout_s))
             if now - e.last_sent >= wait:
-                out.append(e)
-        return out
+                ids.append(e.message_id)
+        return [e for e in (self.get(i) for i in ids) if e is not None]
 
     def expire(self, before_round: int, kind: str | None = "update") -> int:
         """Stop re-sending messages (of ``kind``; all if None) of rounds before ``before_round``.
@@ -379,7 +383,7 @@ class Outbox:
             )
             return cur.rowcount
 
-    def _load(self, where: str, args: tuple[object, ...]) -> list[OutboxEntry]:
+    def _load(self, where: str, args: tuple[object, ...], *, with_parts: bool = True) -> list[OutboxEntry]:
         rows = self._store._query(
             "SELECT o.message_id, o.kind, o.round, o.slot, o.seq, o.created, o.last_sent, o.attempts"
             f" FROM outbox o WHERE {where} ORDER BY o.created, o.seq",
@@ -387,12 +391,16 @@ class Outbox:
         )
         out = []
         for mid, kind, rnd, slot, seq, created, last_sent, attempts in rows:
-            parts = tuple(
-                OutboxPart(str(t), bytes(p), bool(r), int(q))
-                for t, p, r, q in self._store._query(
-                    "SELECT topic, payload, retain, qos FROM outbox_parts WHERE message_id = ? ORDER BY idx",
-                    (mid,),
+            parts = (
+                tuple(
+                    OutboxPart(str(t), bytes(p), bool(r), int(q))
+                    for t, p, r, q in self._store._query(
+                        "SELECT topic, payload, retain, qos FROM outbox_parts WHERE message_id = ? ORDER BY idx",
+                        (mid,),
+                    )
                 )
+                if with_parts
+                else ()
             )
             recv = self._store._query(
                 "SELECT receiver, expected, status FROM outbox_receivers WHERE message_id = ?", (mid,)
