@@ -22,7 +22,7 @@ import dataclasses
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from edgedfl.errors import InvalidTopic
+from edgedfl.errors import InvalidTopic, PayloadTooLarge
 
 if TYPE_CHECKING:  # Python 3.10 has no typing.Self
     from typing_extensions import Self
@@ -119,6 +119,27 @@ class Transport(abc.ABC):
         When this returns, the subscription is in force: a message published
         afterwards by anyone is delivered (and retained matches are queued).
         """
+
+    def publish_many(self, messages: list[Message], *, timeout: float | None = None) -> None:
+        """Publish ``messages`` in order (e.g. the chunks of one update), all or nothing on size.
+
+        Every size is checked before the first byte is sent, so an oversize
+        chunk refuses the whole batch. Implementations may pipeline: the MQTT
+        transport sends all and then waits for every PUBACK, instead of one
+        round trip per chunk.
+        """
+        for msg in messages:
+            self.check_size(msg.topic, len(msg.payload), msg.qos)
+        for msg in messages:
+            self.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+
+    def check_size(self, topic: str, payload_len: int, qos: int = 1) -> None:
+        """Raise ``PayloadTooLarge`` if a payload of ``payload_len`` bytes cannot be published here."""
+        validate_topic(topic)
+        if payload_len > self.max_payload:
+            raise PayloadTooLarge(
+                f"payload of {payload_len} bytes on {topic!r} exceeds the limit of {self.max_payload} bytes"
+            )
 
     def unsubscribe(self, pattern: str) -> None:
         """Stop receiving messages for ``pattern`` (exactly as it was subscribed)."""

@@ -399,6 +399,7 @@ class MqttTransport(Transport):
 
     def check_size(self, topic: str, payload_len: int, qos: int = 1) -> None:
         """Raise :class:`PayloadTooLarge` if such a publish would exceed the broker's limits."""
+        validate_topic(topic)
         if payload_len > self.max_payload:
             raise PayloadTooLarge(
                 f"payload of {payload_len} bytes on {topic!r} exceeds the broker's limit of "
@@ -426,32 +427,61 @@ class MqttTransport(Transport):
         ``timeout`` defaults to the transport's ``publish_timeout``; ``None``
         returns as soon as paho has the message.
         """
-        validate_topic(topic)
-        if qos not in (0, 1, 2):
-            raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
-        data = bytes(payload)
-        self.check_size(topic, len(data), qos)
+        wait = self.publish_timeout if timeout is _DEFAULT else timeout
+        assert wait is None or isinstance(wait, (int, float))
+        self._publish_batch([Message(topic, bytes(payload), retain=retain, qos=qos)], wait)
+
+    def publish_many(self, messages: list[Message], *, timeout: float | None | object = _DEFAULT) -> None:
+        """Send all ``messages`` back to back, then wait for every PUBACK (pipelined QoS 1).
+
+        Sizes are all checked before anything is sent. ``timeout`` bounds the
+        wait for the whole batch (default: ``publish_timeout``).
+        """
+        wait = self.publish_timeout if timeout is _DEFAULT else timeout
+        assert wait is None or isinstance(wait, (int, float))
+        self._publish_batch([Message(m.topic, bytes(m.payload), m.retain, m.qos) for m in messages], wait)
+
+    def _publish_batch(self, messages: list[Message], wait: float | None) -> None:
+        for m in messages:
+            if m.qos not in (0, 1, 2):
+                raise ValueError(f"qos must be 0, 1 or 2, got {m.qos}")
+            self.check_size(m.topic, len(m.payload), m.qos)
         if self._closed:
             raise NotConnected(f"{self.client_id}: transport is closed")
-        if qos == 0 and not self.connected:
+        if any(m.qos == 0 for m in messages) and not self.connected:
             raise NotConnected(f"{self.client_id}: no link to the broker for a QoS 0 publish")
-        info = self._client.publish(topic, data, qos=qos, retain=retain)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            raise TransportError(f"{self.client_id}: publish on {topic!r} failed: {mqtt.error_string(info.rc)}")
-        if qos == 0:
-            return
-        wait = self.publish_timeout if timeout is _DEFAULT else timeout
+        pending: list[tuple[int, Message]] = []
+        for m in messages:
+            info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                for mid, _ in pending:
+                    self._forget_mid(mid)
+                raise TransportError(
+                    f"{self.client_id}: publish on {m.topic!r} failed: {mqtt.error_string(info.rc)}"
+                )
+            if m.qos > 0:
+                pending.append((info.mid, m))
         if wait is None:
-            self._forget_mid(info.mid)
+            for mid, _ in pending:
+                self._forget_mid(mid)
             return
-        assert isinstance(wait, (int, float))
-        codes = self._wait_ack(info.mid, float(wait))
-        if codes is None:
-            raise PublishTimeout(
-                f"{self.client_id}: no PUBACK for {len(data)} bytes on {topic!r} within {wait:g} s "
-                "(paho keeps it queued and may still deliver it)"
-            )
-        self._raise_for_codes(codes, f"publish on {topic!r}", refused=PublishRefused)
+        deadline = time.monotonic() + float(wait)
+        failure: TransportError | None = None
+        for i, (mid, m) in enumerate(pending):
+            codes = self._wait_ack(mid, max(0.0, deadline - time.monotonic()))
+            if codes is None:
+                for later, _ in pending[i + 1 :]:
+                    self._forget_mid(later)
+                raise PublishTimeout(
+                    f"{self.client_id}: no PUBACK for {len(m.payload)} bytes on {m.topic!r} within {wait:g} s "
+                    "(paho keeps it queued and may still deliver it)"
+                )
+            try:
+                self._raise_for_codes(codes, f"publish on {m.topic!r}", refused=PublishRefused)
+            except TransportError as exc:
+                failure = failure or exc  # keep collecting acks so none is left behind
+        if failure is not None:
+            raise failure
 
     def _raise_for_codes(self, codes: list[ReasonCode], what: str, *, refused: type[TransportError]) -> None:
         for code in codes:

@@ -142,6 +142,20 @@ class TestTransportContract:
         msgs = drain(sub, 1.0)
         assert [m.payload for m in msgs] == [b"small"]
 
+    def test_publish_many_keeps_order_and_refuses_the_whole_batch_on_size(self, transport_factory) -> None:
+        pub, sub = transport_factory(), transport_factory()
+        sub.subscribe("edgedfl/s/update/#")
+        chunks = [Message("edgedfl/s/update/1/a", bytes([i]) * 1000) for i in range(5)]
+        too_big = Message("edgedfl/s/update/1/a", b"\0" * (transport_factory.max_payload + 1))
+
+        with pytest.raises(PayloadTooLarge):
+            pub.publish_many([*chunks, too_big])
+        pub.publish_many(chunks)
+
+        got = [sub.receive(T) for _ in chunks]
+        assert [m.payload for m in got if m] == [c.payload for c in chunks]
+        assert drain(sub) == []
+
     @pytest.mark.parametrize("topic", ["", "a/+/b", "a/#", "a\x00b"])
     def test_invalid_topics_are_refused(self, transport_factory, topic: str) -> None:
         t = transport_factory()
