@@ -19,6 +19,10 @@ from edgedfl.errors import EdgeDFLError
 #: subcommand -> (module under edgedfl.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     # each owner adds one line for its subcommand
+    "demo": ("demo", "the main job: fine-tune the real model on the built-in tasks and print a table"),
+    "train": ("train", "fine-tune one device's expert on local data (resumes if interrupted)"),
+    "eval": ("evaluate", "loss and exact-match accuracy of a run's newest checkpoint"),
+    "export-adapter": ("export_adapter", "write one expert as a standard peft LoRA adapter"),
     "data": ("data", "inspect or write the built-in offline multi-task suite"),
     "broker": ("broker", "start an MQTT broker (embedded amqtt or Mosquitto) and print its URL"),
 }

@@ -1,0 +1,5 @@
+import sys
+
+from edgedfl.cli import main
+
+sys.exit(main())
