@@ -56,7 +56,7 @@ class ConfigBase:
         return path
 
     @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:  # noqa: PYI019
         data = {k: v for k, v in data.items() if k not in ("edgedfl_version", "config")}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
@@ -65,7 +65,7 @@ class ConfigBase:
         return cls(**data)
 
     @classmethod
-    def load(cls: type[T], path: str | os.PathLike[str]) -> T:
+    def load(cls: type[T], path: str | os.PathLike[str]) -> T:  # noqa: PYI019
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:

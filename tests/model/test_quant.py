@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from edgedfl.adapters import AdapterConfig, attach_adapter
+from edgedfl.data.examples import Example
 from edgedfl.devices import PROFILES
 from edgedfl.errors import BackendUnavailable, ConfigError
 from edgedfl.model import quantize
 from edgedfl.model.tiny import tiny_model, tiny_tokenizer
 from edgedfl.train.batching import collate_train
-from edgedfl.data.examples import Example
 
 CPU_BACKENDS = [b for b in ("none", "torchao-int8", "torchao-int4", "bnb-nf4", "bnb-int8") if quantize.is_available(b)]
 
@@ -71,7 +71,7 @@ def test_bnb_nf4_on_cuda_trains():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     tok = tiny_tokenizer()
-    base, name = quantize.quantize_model(tiny_model().cuda(), "bnb-nf4")
+    base, _ = quantize.quantize_model(tiny_model().cuda(), "bnb-nf4")
     adapted = attach_adapter(base, AdapterConfig(rank=4))
     batch = {k: v.cuda() for k, v in collate_train(tok, [Example("Q: 1+1?\nA:", " 2", "arith")] * 2, 32).items()}
     adapted.peft_model(**batch).loss.backward()

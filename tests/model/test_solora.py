@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgedfl.adapters import AdapterConfig, attach_adapter
-from edgedfl.adapters import solora
+from edgedfl.adapters import AdapterConfig, attach_adapter, solora
 from edgedfl.errors import AdapterError, ConfigError
 from edgedfl.model.tiny import tiny_model, tiny_tokenizer
 from edgedfl.train.batching import collate_prompts

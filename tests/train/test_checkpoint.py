@@ -22,7 +22,7 @@ def _run(ckpt: Path, log: Path, steps: int, kill_at: int | None = None) -> subpr
     args = [sys.executable, str(PROC), str(ckpt), str(log), str(steps)]
     if kill_at is not None:
         args.append(str(kill_at))
-    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
 
 
 def _losses(log: Path) -> dict[int, float]:
