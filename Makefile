@@ -10,10 +10,10 @@ $(VENV)/.edgedfl-setup: pyproject.toml scripts/setup.sh
 setup: $(VENV)/.edgedfl-setup
 
 demo: setup
-	$(VENV)/bin/edgedfl demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/edgedfl demo
 
 test: setup
-	$(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check edgedfl tests

@@ -120,6 +120,11 @@ def _convert_gguf(resolved: ResolvedModel, target: Path) -> None:
             raise
 
 
+def _offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it only once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 def load_tokenizer(spec: str) -> Any:
     """The tokenizer of a model spec (left padding, a pad token always set)."""
     from transformers import AutoTokenizer
@@ -131,7 +136,7 @@ def load_tokenizer(spec: str) -> Any:
         return tiny_tokenizer()
     location, gguf_file = _local_location(resolved)
     try:
-        tok = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
+        tok = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file, local_files_only=_offline())
     except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer of {spec!r}: {exc}") from exc
     return _fix_tokenizer(tok)
@@ -151,6 +156,17 @@ def _local_location(resolved: ResolvedModel) -> tuple[str, str | None]:
         if not (target / "config.json").is_file():
             _convert_gguf(resolved, target)
         return str(target), None
+    if resolved.kind == "hub" and _offline():
+        # Resolve from the local cache only; transformers would otherwise still
+        # probe the hub (with retries) for an adapter config.
+        from huggingface_hub import snapshot_download
+
+        try:
+            return snapshot_download(resolved.location, local_files_only=True), None
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load model {resolved.spec!r} (offline: HF_HUB_OFFLINE is set and the id is not cached): {exc}"
+            ) from exc
     return resolved.location, None
 
 
@@ -170,14 +186,14 @@ def load_model(spec: str = DEFAULT_MODEL, *, seed: int = 0, dtype: str = "float3
         if torch_dtype is None:
             raise ModelLoadError(f"dtype={dtype!r}: expected float32, bfloat16 or float16")
         try:
-            model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf_file, dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(
+                location, gguf_file=gguf_file, dtype=torch_dtype, local_files_only=_offline()
+            )
             tok = load_tokenizer(spec)
         except ModelLoadError:
             raise
         except Exception as exc:
-            hint = " (offline: HF_HUB_OFFLINE is set and the id is not cached)" if os.environ.get(
-                "HF_HUB_OFFLINE"
-            ) else ""
+            hint = " (offline: HF_HUB_OFFLINE is set and the id is not cached)" if _offline() else ""
             raise ModelLoadError(f"cannot load model {spec!r}{hint}: {exc}") from exc
     for p in model.parameters():
         p.requires_grad_(False)
