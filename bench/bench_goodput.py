@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes-mib", type=float, nargs="+", default=[1, 10], help="update sizes in MiB")
     parser.add_argument("--chunk-mib", type=float, default=1.0, help="chunk (one MQTT message) size in MiB")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per size (median reported)")
+    parser.add_argument("--queue-ms", type=float, default=400.0, help="tbf latency (link buffer) in ms")
+    parser.add_argument("--no-slow-start-after-idle", action="store_true",
+                        help="set net.ipv4.tcp_slow_start_after_idle=0 in both namespaces (TCP keeps its window"
+                             " across the idle gap between updates)")
     parser.add_argument("--per-chunk-ack", action="store_true",
                         help="wait for each chunk's PUBACK before the next (default: publish_many, pipelined)")
     parser.add_argument("--out", default="bench/results", help="where goodput.json / goodput.md go")
@@ -99,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     chunk = int(args.chunk_mib * MiB)
     rows = []
     with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
-        host = lab.add_host("clients", rate_bps=rate)
+        host = lab.add_host("clients", rate_bps=rate, queue_ms=args.queue_ms)
+        if args.no_slow_start_after_idle:
+            for where in (lab.hub, host):
+                lab.run(where, ["sysctl", "-q", "-w", "net.ipv4.tcp_slow_start_after_idle=0"], check=True)
         with lab.inside(lab.hub):
             broker = MosquittoBroker(host="0.0.0.0", workdir=tmp, message_size_limit=chunk + 64 * 1024).start()
         try:
@@ -137,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": "sudo .venv/bin/python bench/bench_goodput.py " + " ".join(argv or sys.argv[1:]),
         "rate_mbit_each_way": args.rate_mbit, "chunk_mib": args.chunk_mib, "qos": 1,
+        "tcp_slow_start_after_idle": 0 if args.no_slow_start_after_idle else 1,
         "publish": "publish per chunk, PUBACK each" if args.per_chunk_ack else "publish_many (pipelined, all PUBACKs awaited)",
-        "tbf": "burst max(3200 B, 4 ms of rate), latency 400ms, on both veth ends",
+        "tbf": f"burst max(3200 B, 4 ms of rate), latency {args.queue_ms:g}ms, on both veth ends",
         "python": platform.python_version(), "kernel": platform.release(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }

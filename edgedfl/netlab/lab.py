@@ -106,8 +106,14 @@ class Lab:
         rate_bps: float | None = None,
         loss_pct: float = 0.0,
         delay_ms: float = 0.0,
+        *,
+        queue_ms: float = 400.0,
     ) -> Host:
-        """A namespace ``name`` linked to the hub at ``rate_bps`` (each way), ``loss_pct`` and ``delay_ms``."""
+        """A namespace ``name`` linked to the hub at ``rate_bps`` (each way), ``loss_pct`` and ``delay_ms``.
+
+        ``queue_ms`` is tbf's ``latency``: how much queued data (in time at the
+        rate) the link buffers before it drops.
+        """
         if name in self.hosts or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 20:
             raise ConfigError(f"Lab.add_host(name={name!r}): must be new, short and alphanumeric")
         if rate_bps is not None and rate_bps < 8000:
@@ -136,15 +142,15 @@ class Lab:
         ns_exec(self.hub, ["ip", "addr", "add", f"{host.gateway}/24", "dev", host.hub_if])
         ns_exec(self.hub, ["ip", "link", "set", host.hub_if, "up"])
         if rate_bps is not None:
-            self.set_rate(host, rate_bps)
+            self.set_rate(host, rate_bps, queue_ms=queue_ms)
         if loss_pct > 0:
             self.set_loss(host, loss_pct)
         return host
 
-    def set_rate(self, host: Host, rate_bps: float) -> None:
-        """(Re)shape ``host``'s link to ``rate_bps`` in each direction."""
+    def set_rate(self, host: Host, rate_bps: float, *, queue_ms: float = 400.0) -> None:
+        """(Re)shape ``host``'s link to ``rate_bps`` in each direction, buffering up to ``queue_ms``."""
         for ns, dev in ((host.ns, host.host_if), (self.hub, host.hub_if)):
-            ns_exec(ns, ["tc", "qdisc", "replace", "dev", dev, "root", *tbf_args(rate_bps)])
+            ns_exec(ns, ["tc", "qdisc", "replace", "dev", dev, "root", *tbf_args(rate_bps, latency_ms=queue_ms)])
         host.rate_bps = rate_bps
 
     def set_loss(self, host: Host, loss_pct: float) -> None:
@@ -206,7 +212,8 @@ class Lab:
     def run(self, where: Host | str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """Run ``argv`` to completion in ``where``'s namespace."""
         kwargs.setdefault("timeout", 120)
-        return subprocess.run(["ip", "netns", "exec", self._ns(where), *argv], check=False, **kwargs)
+        check = bool(kwargs.pop("check", False))
+        return subprocess.run(["ip", "netns", "exec", self._ns(where), *argv], check=check, **kwargs)
 
     # -- teardown ------------------------------------------------------------------------------
 

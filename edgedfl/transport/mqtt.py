@@ -29,7 +29,9 @@ Decisions a user should know:
   not that any subscriber has it (end-to-end acks are the protocol's job).
   On timeout :class:`PublishTimeout` is raised, but the message stays queued
   in paho and may still be delivered after a reconnect. ``publish_timeout=None``
-  makes QoS 1 fire-and-forget. With MQTT 5 a PUBACK failure code raises
+  makes QoS 1 fire-and-forget. ``publish_many`` sends the chunks of one update
+  back to back and then awaits every PUBACK (one round trip per chunk costs
+  ~8 points of goodput on a 20 Mbit/s link: bench/results/goodput.md). With MQTT 5 a PUBACK failure code raises
   :class:`NotAuthorized` (0x87, an ACL denial) or :class:`PublishRefused`;
   MQTT 3.1.1 has no such codes and Mosquitto acknowledges a denied publish as if
   it had been delivered (it is not).
