@@ -26,6 +26,10 @@ leaf also subclasses the builtin a caller would naturally catch, so
     │   ├── ChunkError                             chunk out of bounds, inconsistent, or timed out
     │   ├── StaleRound                             message for a round that is already closed
     │   └── DuplicateMessage                       (sender, round, seq) seen before
+    ├── TopologyError              (ValueError)    bad task signature, unknown node, bad graph
+    ├── AggregationError           (ValueError)    updates that cannot be combined
+    │   ├── UpdateMismatch                         names, shapes, masks or weights do not fit together
+    │   └── NonFiniteUpdate                        NaN / inf in an update (rejected, never averaged in)
     ├── TransportError             (ConnectionError)
     │   ├── BrokerUnavailable                      cannot reach / start the broker
     │   ├── NotConnected                           publish while the link is down and no queueing
@@ -121,6 +125,29 @@ class StaleRound(WireError):
 
 class DuplicateMessage(WireError):
     """A message with this (sender, round, sequence) was already accepted."""
+
+
+# --- topology / aggregation -------------------------------------------------
+
+
+class TopologyError(EdgeDFLError, ValueError):
+    """A task signature, clustering or neighbour graph input is invalid (wrong size, non-finite, unknown node)."""
+
+
+class AggregationError(EdgeDFLError, ValueError):
+    """Updates cannot be combined. ``neighbour`` is the index of the offending neighbour (None: own update)."""
+
+    def __init__(self, message: str, *, neighbour: int | None = None) -> None:
+        super().__init__(message)
+        self.neighbour = neighbour
+
+
+class UpdateMismatch(AggregationError):
+    """Tensor names, shapes, masks or mixing weights do not fit together."""
+
+
+class NonFiniteUpdate(AggregationError):
+    """An update holds NaN or inf; it is rejected rather than averaged into the model."""
 
 
 # --- transport ----------------------------------------------------------------

@@ -1,0 +1,428 @@
+"""Deterministic clustering of task signatures into expert slots, with no coordinator.
+
+Every node receives the same hellos, runs :func:`cluster` on the same
+signatures and therefore agrees on the clusters without a leader. A cluster is
+an expert slot: its members train and average one slot's sparse B.
+
+Decisions (and why):
+
+* **Agglomerative average linkage (UPGMA) on cosine distance** by default. It
+  has no random initialisation, so "the same inputs give the same output" holds
+  by construction rather than by a shared seed, and it makes no assumption on
+  cluster shape or size (a task held by 1 device and one held by 7 are both
+  fine). n is the number of devices in a swarm (tens), so the O(n^3) textbook
+  algorithm is instant and easy to read. Spherical k-means with a seeded
+  k-means++ start (``method="kmeans"``) is kept for comparison.
+* **K by silhouette, with a floor.** The dendrogram is cut at every K in
+  2..max_clusters; the cut with the highest mean silhouette wins (ties: the
+  smaller K) if it reaches ``min_silhouette``, else everyone is one cluster.
+  Silhouette is a ratio of distances, so it does not depend on the scale of the
+  signatures: pooled LLM hidden states share a large common direction, which
+  makes all cosine distances small, but their relative structure survives.
+  A cut must also separate groups at least ``min_split_distance`` apart (two
+  devices of one task differ only by prompt sampling noise). With fewer than
+  3 nodes silhouette is undefined and that floor alone decides. A fixed cut
+  (``distance_threshold``) is available instead of silhouette.
+* **Ties broken by node id.** Nodes are sorted by id first; distances are
+  rounded to 1e-9 so that the last-bit differences between two devices' BLAS
+  cannot reorder merges; equal merge heights go to the pair whose smallest ids
+  are smallest. Nothing depends on dict or insertion order.
+* **Canonical slots.** Clusters are numbered by their smallest node id: the
+  cluster holding the alphabetically first node is slot 0, and so on.
+* **Stable slots across re-clustering** (:func:`relabel`): a new cluster takes
+  the slot of the previous cluster it shares most nodes with (greedy, largest
+  overlap first; ties: smaller previous slot, then smaller smallest node id);
+  unmatched clusters take the lowest slot number never used before (so the
+  finished expert of a cluster that left is not overwritten), and reuse a
+  vanished cluster's slot only when ``max_slots`` leaves nothing else; slots in
+  ``reserved`` are never handed out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from edgedfl.config import ConfigBase, check, option
+from edgedfl.errors import TopologyError
+from edgedfl.topology.signatures import _rng, distance_matrix
+
+CLUSTER_METHODS = ("agglomerative", "kmeans")
+
+#: distances are compared on this grid, so float noise across devices cannot reorder merges
+_DECIMALS = 9
+
+
+@dataclasses.dataclass
+class ClusterConfig(ConfigBase):
+    """How task signatures become clusters (one per expert slot). Shared by the whole swarm."""
+
+    max_clusters: int = option(8, help="at most this many clusters (expert slots)")
+    method: str = option(
+        "agglomerative",
+        help="'agglomerative' (average linkage on cosine distance, no randomness) or 'kmeans' "
+        "(spherical k-means, k-means++ start seeded by `seed`)",
+    )
+    distance_threshold: float | None = option(
+        None,
+        help="agglomerative only: cut the dendrogram at this cosine distance instead of choosing K by "
+        "silhouette (None: automatic K)",
+    )
+    min_silhouette: float = option(
+        0.25, help="automatic K: the best cut's mean silhouette must reach this, else one cluster"
+    )
+    min_split_distance: float = option(
+        0.005,
+        help="never separate groups whose average cosine distance is below this (sampling noise of one "
+        "task); with fewer than 3 nodes it alone decides whether two nodes split",
+    )
+    seed: int = option(0, help="swarm seed; used by method='kmeans' for its k-means++ start")
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        check(self.max_clusters >= 1, name, "max_clusters", self.max_clusters, "must be >= 1")
+        check(self.method in CLUSTER_METHODS, name, "method", self.method, f"choose from {CLUSTER_METHODS}")
+        check(
+            self.distance_threshold is None or 0 <= self.distance_threshold <= 2,
+            name, "distance_threshold", self.distance_threshold, "must be None or a cosine distance in [0, 2]",
+        )
+        check(
+            self.distance_threshold is None or self.method == "agglomerative",
+            name, "distance_threshold", self.distance_threshold, "only applies to method='agglomerative'",
+        )
+        check(-1 <= self.min_silhouette <= 1, name, "min_silhouette", self.min_silhouette, "must be in [-1, 1]")
+        check(0 <= self.min_split_distance <= 2, name, "min_split_distance", self.min_split_distance,
+              "must be a cosine distance in [0, 2]")
+
+
+@dataclasses.dataclass(frozen=True)
+class Clustering:
+    """Which node is in which expert slot. Immutable; equal clusterings compare equal.
+
+    ``groups`` holds ``(slot, sorted member ids)`` pairs sorted by slot. Slot
+    numbers are canonical after :func:`cluster` (0..K-1 by smallest node id)
+    and may have gaps after :func:`relabel` (a slot whose cluster left).
+    """
+
+    groups: tuple[tuple[int, tuple[str, ...]], ...]
+    #: mean silhouette of the chosen cut (None: one cluster, or not computed); not part of equality
+    silhouette: float | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        slots = [s for s, _ in self.groups]
+        if slots != sorted(set(slots)) or any(s < 0 for s in slots):
+            raise TopologyError(f"slots must be distinct, sorted and >= 0, got {slots}")
+        for slot, members in self.groups:
+            if not members or list(members) != sorted(set(members)):
+                raise TopologyError(f"slot {slot}: members must be non-empty, sorted and distinct: {members}")
+            dup = seen.intersection(members)
+            if dup:
+                raise TopologyError(f"node(s) {sorted(dup)} in more than one cluster")
+            seen.update(members)
+
+    # -- construction -----------------------------------------------------------
+
+    @classmethod
+    def from_clusters(cls, clusters: Iterable[Iterable[str]], silhouette: float | None = None) -> Clustering:
+        """Canonical numbering: clusters ordered by their smallest node id -> slots 0, 1, ..."""
+        sets = [tuple(sorted(set(c))) for c in clusters]
+        sets = [c for c in sets if c]
+        sets.sort(key=lambda c: c[0])
+        return cls(tuple((i, c) for i, c in enumerate(sets)), silhouette)
+
+    @classmethod
+    def from_assignment(cls, assignment: Mapping[str, int]) -> Clustering:
+        """From node -> slot (e.g. the slots peers announce, for a node that joins late)."""
+        by_slot: dict[int, list[str]] = {}
+        for node, slot in assignment.items():
+            by_slot.setdefault(int(slot), []).append(node)
+        return cls(tuple((s, tuple(sorted(by_slot[s]))) for s in sorted(by_slot)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Clustering:
+        """Inverse of :meth:`to_dict`."""
+        try:
+            slots = {int(k): v for k, v in data["slots"].items()}
+            return cls(tuple((s, tuple(sorted(slots[s]))) for s in sorted(slots)), data.get("silhouette"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TopologyError(f"not a clustering: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly ``{"slots": {"0": [ids...]}, "silhouette": float | None}``."""
+        return {"slots": {str(s): list(m) for s, m in self.groups}, "silhouette": self.silhouette}
+
+    # -- queries ------------------------------------------------------------------
+
+    @property
+    def slots(self) -> dict[int, tuple[str, ...]]:
+        """slot -> sorted member ids."""
+        return dict(self.groups)
+
+    @property
+    def assignment(self) -> dict[str, int]:
+        """node -> slot."""
+        return {n: s for s, members in self.groups for n in members}
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every node, sorted."""
+        return tuple(sorted(n for _, members in self.groups for n in members))
+
+    @property
+    def num_clusters(self) -> int:
+        return len(self.groups)
+
+    @property
+    def slot_numbers(self) -> tuple[int, ...]:
+        return tuple(s for s, _ in self.groups)
+
+    def slot_of(self, node: str) -> int:
+        for slot, members in self.groups:
+            if node in members:
+                return slot
+        raise TopologyError(f"node {node!r} is in no cluster")
+
+    def members(self, slot: int) -> tuple[str, ...]:
+        for s, members in self.groups:
+            if s == slot:
+                return members
+        raise TopologyError(f"no cluster in slot {slot}; slots are {list(self.slot_numbers)}")
+
+    def peers(self, node: str) -> tuple[str, ...]:
+        """The other members of ``node``'s cluster."""
+        return tuple(m for m in self.members(self.slot_of(node)) if m != node)
+
+    def without(self, nodes: Iterable[str]) -> Clustering:
+        """The same slots minus ``nodes``; a cluster left empty disappears (its slot number is free)."""
+        gone = set(nodes)
+        kept = tuple((s, tuple(m for m in members if m not in gone)) for s, members in self.groups)
+        return Clustering(tuple((s, m) for s, m in kept if m), self.silhouette)
+
+
+# -- clustering -------------------------------------------------------------------
+
+
+def _validated(signatures: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """Sorted node ids and their signatures stacked in that order (n, dim)."""
+    if not signatures:
+        raise TopologyError("cannot cluster an empty set of signatures")
+    ids = sorted(signatures)
+    if any(not isinstance(i, str) or not i for i in ids):
+        raise TopologyError(f"node ids must be non-empty strings: {ids}")
+    rows = [np.asarray(signatures[i], dtype=np.float64).reshape(-1) for i in ids]
+    dims = {r.shape[0] for r in rows}
+    if len(dims) != 1:
+        raise TopologyError(f"signatures of different sizes: { {i: r.shape[0] for i, r in zip(ids, rows)} }")
+    s = np.stack(rows)  # (n, dim)
+    bad = [i for i, r in zip(ids, rows) if not np.isfinite(r).all() or not np.any(r)]
+    if bad:
+        raise TopologyError(f"signature(s) of {bad} are non-finite or zero")
+    return ids, s
+
+
+def _average_linkage(d: np.ndarray) -> list[tuple[list[int], list[int], float]]:
+    """UPGMA merges ``(cluster_a, cluster_b, height)`` in order; indices are positions in sorted ids.
+
+    Ties on the (rounded) height go to the pair with the smallest (min index a,
+    min index b), i.e. the smallest node ids: deterministic.
+    """
+    active: list[list[int]] = [[i] for i in range(d.shape[0])]
+    merges: list[tuple[list[int], list[int], float]] = []
+    while len(active) > 1:
+        best: tuple[float, int, int, int, int] | None = None
+        for x in range(len(active)):
+            for y in range(x + 1, len(active)):
+                h = round(float(d[np.ix_(active[x], active[y])].mean()), _DECIMALS)
+                a, b = sorted((min(active[x]), min(active[y])))
+                key = (h, a, b, x, y)
+                if best is None or key[:3] < best[:3]:
+                    best = key
+        assert best is not None
+        h, _, _, x, y = best
+        merges.append((active[x], active[y], h))
+        merged = sorted(active[x] + active[y])
+        active = [c for k, c in enumerate(active) if k not in (x, y)] + [merged]
+        active.sort(key=min)
+    return merges
+
+
+def _cut(n: int, merges: list[tuple[list[int], list[int], float]], k: int) -> list[list[int]]:
+    """The K clusters left after the first n-K merges."""
+    clusters: list[list[int]] = [[i] for i in range(n)]
+    for a, b, _ in merges[: n - k]:
+        clusters = [c for c in clusters if c != a and c != b] + [sorted(a + b)]
+    return sorted(clusters, key=min)
+
+
+def silhouette(d: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette of ``labels`` (n,) under distances ``d`` (n, n); singletons score 0."""
+    n = d.shape[0]
+    uniq = np.unique(labels)
+    if len(uniq) < 2 or len(uniq) >= n:
+        return 0.0
+    scores = np.zeros(n)  # (n,)
+    for i in range(n):
+        own = labels == labels[i]  # (n,)
+        if own.sum() == 1:
+            continue
+        a = d[i, own].sum() / (own.sum() - 1)  # d[i, i] == 0
+        b = min(d[i, labels == u].mean() for u in uniq if u != labels[i])
+        denom = max(a, b)
+        scores[i] = 0.0 if denom == 0 else (b - a) / denom
+    return round(float(scores.mean()), _DECIMALS)
+
+
+def _labels(n: int, clusters: list[list[int]]) -> np.ndarray:
+    labels = np.empty(n, dtype=np.int64)  # (n,)
+    for k, c in enumerate(clusters):
+        labels[c] = k
+    return labels
+
+
+def _spherical_kmeans(unit: np.ndarray, k: int, seed: int) -> list[list[int]]:
+    """Spherical k-means on unit rows (n, dim), k-means++ start from a generator seeded by (seed, n, k)."""
+    n = unit.shape[0]
+    rng = _rng("kmeans++", seed, n, k)
+    centres = [int(rng.integers(n))]
+    for _ in range(1, k):
+        dist = np.min(1.0 - unit @ unit[centres].T, axis=1).clip(0.0, None)  # (n,)
+        dist[centres] = 0.0
+        if dist.sum() <= 0:
+            break
+        p = dist**2 / (dist**2).sum()
+        centres.append(int(rng.choice(n, p=p)))
+    c = unit[centres]  # (k, dim)
+    labels = np.full(n, -1)
+    for _ in range(100):
+        sim = np.round(unit @ c.T, _DECIMALS)  # (n, k)
+        new = np.argmax(sim, axis=1)  # ties -> lowest centre index
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        for j in range(c.shape[0]):
+            if np.any(labels == j):
+                m = unit[labels == j].sum(axis=0)  # (dim,)
+                c[j] = m / max(np.linalg.norm(m), 1e-12)
+    return sorted(([int(i) for i in np.flatnonzero(labels == j)] for j in np.unique(labels)), key=min)
+
+
+def _min_between(d: np.ndarray, clusters: list[list[int]]) -> float:
+    """Smallest average distance between two of ``clusters`` (inf for one cluster)."""
+    best = float("inf")
+    for x in range(len(clusters)):
+        for y in range(x + 1, len(clusters)):
+            best = min(best, float(d[np.ix_(clusters[x], clusters[y])].mean()))
+    return round(best, _DECIMALS)
+
+
+def cluster(signatures: Mapping[str, np.ndarray], config: ClusterConfig | None = None) -> Clustering:
+    """Group nodes by task signature; every node computing this on the same hellos gets the same result.
+
+    ``signatures``: node id -> signature (dim,) (normalised or not; cosine
+    distance is scale-free). Returns a canonical :class:`Clustering` (slot 0
+    holds the smallest node id). Raises :class:`TopologyError` on empty,
+    mismatched, zero or non-finite signatures.
+    """
+    config = config or ClusterConfig()
+    ids, s = _validated(signatures)
+    n = len(ids)
+    d = np.round(distance_matrix(s), _DECIMALS)  # (n, n)
+    floor = config.min_split_distance
+
+    def result(clusters: list[list[int]], score: float | None) -> Clustering:
+        return Clustering.from_clusters(([ids[i] for i in c] for c in clusters), score)
+
+    if n == 1 or config.max_clusters == 1:
+        return result([list(range(n))], None)
+
+    if config.method == "agglomerative":
+        merges = _average_linkage(d)
+        if config.distance_threshold is not None:
+            # fixed cut: merge while the next merge is within the threshold, then down to max_clusters
+            k = n - sum(1 for _, _, h in merges if h <= config.distance_threshold)
+            k = min(max(k, 1), config.max_clusters)
+            clusters = _cut(n, merges, k)
+            return result(clusters, silhouette(d, _labels(n, clusters)) if k > 1 else None)
+
+        def candidate(k: int) -> list[list[int]] | None:
+            # merges[n-k] is the merge this cut undoes: the gap between the closest two of the k groups
+            return _cut(n, merges, k) if merges[n - k][2] >= floor else None
+    else:
+        unit = s / np.linalg.norm(s, axis=1, keepdims=True)  # (n, dim)
+
+        def candidate(k: int) -> list[list[int]] | None:
+            clusters = _spherical_kmeans(unit, k, config.seed)
+            return clusters if len(clusters) == k and _min_between(d, clusters) >= floor else None
+
+    if n == 2:
+        # no silhouette with two points: the floor alone decides
+        split = config.max_clusters >= 2 and d[0, 1] >= floor and d[0, 1] > 0
+        return result([[0], [1]] if split else [[0, 1]], None)
+
+    best: tuple[float, int, list[list[int]]] | None = None
+    for k in range(2, min(config.max_clusters, n - 1) + 1):
+        clusters_k = candidate(k)
+        if clusters_k is None:
+            continue
+        score = silhouette(d, _labels(n, clusters_k))
+        if best is None or score > best[0]:  # strict: ties keep the smaller K
+            best = (score, k, clusters_k)
+    if best is None or best[0] < config.min_silhouette:
+        return result([list(range(n))], None)
+    return result(best[2], best[0])
+
+
+def relabel(
+    previous: Clustering, new: Clustering, *, reserved: Iterable[int] = (), max_slots: int | None = None
+) -> Clustering:
+    """``new`` renumbered so that clusters keep the slots they had in ``previous``.
+
+    Matching is greedy by overlap (number of shared nodes), largest first; ties
+    go to the smaller previous slot, then to the new cluster with the smaller
+    smallest node id. So a cluster that loses or gains a node keeps its slot; a
+    cluster that splits leaves its slot to the part holding most of its old
+    members; two clusters that merge keep the slot of the larger share.
+
+    Unmatched new clusters take, in order of preference: the lowest slot number
+    never used by ``previous`` and not in ``reserved`` (below ``max_slots`` when
+    given); then the lowest slot of ``previous`` whose cluster is gone (its
+    expert is superseded: only when ``max_slots`` leaves no fresh number).
+    Never a slot in ``reserved``. Raises :class:`TopologyError` when no slot is
+    left. Deterministic given the same arguments.
+    """
+    clusters = sorted((members for _, members in new.groups), key=lambda m: m[0])
+    pairs = []
+    for j, members in enumerate(clusters):
+        for slot, old in previous.groups:
+            overlap = len(set(members) & set(old))
+            if overlap:
+                pairs.append((-overlap, slot, members[0], j))
+    pairs.sort()
+    slot_for: dict[int, int] = {}
+    taken: set[int] = set()
+    for _, slot, _, j in pairs:
+        if j not in slot_for and slot not in taken:
+            slot_for[j] = slot
+            taken.add(slot)
+    blocked = set(reserved)
+    old_slots = set(previous.slot_numbers)
+    limit = max_slots if max_slots is not None else len(clusters) + len(old_slots) + len(blocked) + 1
+    fresh = [k for k in range(limit) if k not in old_slots | blocked | taken]
+    vanished = sorted(old_slots - taken - blocked)
+    for j in range(len(clusters)):
+        if j in slot_for:
+            continue
+        pool = fresh if fresh else vanished
+        if not pool:
+            raise TopologyError(
+                f"no free expert slot for cluster {clusters[j]} (max_slots={max_slots}, reserved={sorted(blocked)})"
+            )
+        slot_for[j] = pool.pop(0)
+    if max_slots is not None and any(s >= max_slots for s in slot_for.values()):
+        raise TopologyError(f"clustering needs slot {max(slot_for.values())} but max_slots={max_slots}")
+    groups = sorted((slot_for[j], members) for j, members in enumerate(clusters))
+    return Clustering(tuple(groups), new.silhouette)
