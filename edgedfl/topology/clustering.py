@@ -19,6 +19,9 @@ Decisions (and why):
   Silhouette is a ratio of distances, so it does not depend on the scale of the
   signatures: pooled LLM hidden states share a large common direction, which
   makes all cosine distances small, but their relative structure survives.
+  A device alone in its cluster is scored against the typical within-cluster
+  distance of the others (see :func:`silhouette`), so a task held by a single
+  device is not merged into a neighbour for want of a within-cluster distance.
   A cut must also separate groups at least ``min_split_distance`` apart (two
   devices of one task differ only by prompt sampling noise). With fewer than
   3 nodes silhouette is undefined and that floor alone decides. A fixed cut
@@ -72,7 +75,7 @@ class ClusterConfig(ConfigBase):
         "silhouette (None: automatic K)",
     )
     min_silhouette: float = option(
-        0.25, help="automatic K: the best cut's mean silhouette must reach this, else one cluster"
+        0.5, help="automatic K: the best cut's mean silhouette must reach this, else one cluster"
     )
     min_split_distance: float = option(
         0.005,
@@ -259,20 +262,30 @@ def _cut(n: int, merges: list[tuple[list[int], list[int], float]], k: int) -> li
 
 
 def silhouette(d: np.ndarray, labels: np.ndarray) -> float:
-    """Mean silhouette of ``labels`` (n,) under distances ``d`` (n, n); singletons score 0."""
+    """Mean silhouette of ``labels`` (n,) under distances ``d`` (n, n), rounded to the comparison grid.
+
+    A singleton has no within-cluster distance; instead of scoring it 0 (the
+    usual convention, which makes two lone devices with different tasks look
+    better merged) it is given the median within-cluster distance of the
+    other points of this cut: "as tight as the other tasks' groups". If every
+    cluster is a singleton the score is 0.
+    """
     n = d.shape[0]
     uniq = np.unique(labels)
     if len(uniq) < 2 or len(uniq) >= n:
         return 0.0
-    scores = np.zeros(n)  # (n,)
+    sizes = {u: int((labels == u).sum()) for u in uniq}
+    within = np.full(n, np.nan)  # (n,) mean distance to the rest of the own cluster
+    between = np.zeros(n)  # (n,) mean distance to the nearest other cluster
     for i in range(n):
         own = labels == labels[i]  # (n,)
-        if own.sum() == 1:
-            continue
-        a = d[i, own].sum() / (own.sum() - 1)  # d[i, i] == 0
-        b = min(d[i, labels == u].mean() for u in uniq if u != labels[i])
-        denom = max(a, b)
-        scores[i] = 0.0 if denom == 0 else (b - a) / denom
+        if sizes[labels[i]] > 1:
+            within[i] = d[i, own].sum() / (sizes[labels[i]] - 1)  # d[i, i] == 0
+        between[i] = min(d[i, labels == u].mean() for u in uniq if u != labels[i])
+    typical = float(np.median(within[~np.isnan(within)]))
+    a = np.where(np.isnan(within), typical, within)  # (n,)
+    denom = np.maximum(a, between)  # (n,)
+    scores = np.where(denom > 0, (between - a) / np.where(denom > 0, denom, 1.0), 0.0)  # (n,)
     return round(float(scores.mean()), _DECIMALS)
 
 
