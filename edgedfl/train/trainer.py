@@ -22,7 +22,7 @@ import numpy as np
 
 from edgedfl.config import ConfigBase, check, option
 from edgedfl.data.examples import Example
-from edgedfl.errors import CheckpointError, DataError
+from edgedfl.errors import AdapterError, CheckpointError, DataError
 from edgedfl.train.batching import collate_train
 from edgedfl.train.checkpoint import CheckpointManager
 from edgedfl.train.evaluate import evaluate
@@ -91,6 +91,8 @@ class Trainer:
         self.epoch = 0
         self.position = 0  # index into the current epoch's permutation
         self.history: list[dict[str, float]] = []
+        #: JSON-able state of the caller (e.g. the node's round), saved and restored with the checkpoint
+        self.extra: dict[str, Any] = {}
         params = adapted.trainable_parameters()
         if not params:
             raise DataError("the adapter has no trainable parameters")
@@ -144,11 +146,19 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------
 
-    def train(self, max_steps: int | None = None, *, resume: bool = True) -> dict[str, Any]:
+    def train(
+        self, max_steps: int | None = None, *, resume: bool = True, save_at_end: bool = True
+    ) -> dict[str, Any]:
         """Train until the step or time budget; returns plain-dict metrics."""
         from tqdm.auto import tqdm
 
         resumed_from = self.resume() if (resume and self.checkpoints) else None
+        optimized = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        if optimized != {id(p) for p in self.adapted.trainable_parameters()}:
+            raise AdapterError(
+                "the trainable parameters changed after this Trainer was built (another slot was "
+                "activated?): build one Trainer per active slot"
+            )
         target = self.config.max_steps if max_steps is None else max_steps
         start_time = time.monotonic()
         bar = tqdm(total=target or None, initial=self.step, disable=not self.config.progress, desc="train",
@@ -166,7 +176,8 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
-        if self.checkpoints and (not self.config.checkpoint_every or self.step % self.config.checkpoint_every):
+        every = self.config.checkpoint_every
+        if self.checkpoints and save_at_end and (not every or self.step % every):
             self.save_checkpoint()
         metrics: dict[str, Any] = {
             "steps": self.step,
@@ -214,6 +225,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "slot": self.adapted.active_slot,
             "method": self.adapted.method,
+            "extra": self.extra,
         }
         adapter = {k: v.contiguous() for k, v in self.adapted.state_tensors().items()}
         rng = {"torch_cpu": torch.get_rng_state()}
@@ -264,6 +276,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from exc
         self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
         self.history = list(state["history"])
+        self.extra = dict(state.get("extra", {}))
         log.info("resumed from %s (step %d)", path, self.step)
         return self.step
 

@@ -67,3 +67,13 @@ def test_bad_settings_and_data_are_typed_errors():
     adapted = attach_adapter(tiny_model(), AdapterConfig(rank=4))
     with pytest.raises(DataError):
         Trainer(adapted, tiny_tokenizer(), [], TrainConfig(progress=False))
+
+
+def test_a_trainer_refuses_to_train_another_slot_than_it_was_built_for():
+    from edgedfl.errors import AdapterError
+
+    adapted = attach_adapter(tiny_model(), AdapterConfig(rank=4, num_slots=2))
+    trainer = Trainer(adapted, tiny_tokenizer(), _examples(8), TrainConfig(max_steps=1, progress=False))
+    adapted.activate(1)
+    with pytest.raises(AdapterError, match="one Trainer per active slot"):
+        trainer.train()

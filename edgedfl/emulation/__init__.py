@@ -1,0 +1,1 @@
+"""Emulation of a device fleet on one machine: node processes, a broker, a live view, reports."""

@@ -1,0 +1,157 @@
+"""Emulate a fleet of devices on one machine: a broker, N node processes, a live view, a report.
+
+Each device is a separate ``python -m edgedfl.node`` process with its own
+state directory, talking to the broker over real TCP (the embedded amqtt
+broker by default, or any ``mqtt://host:port``). Device profiles set the
+emulated compute slow-down and, with ``shape_links``, an application-level
+uplink rate and latency per device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgedfl.config import ConfigBase, check, option
+from edgedfl.data.tasks import TASKS
+from edgedfl.devices import PROFILES, get_profile
+from edgedfl.errors import ConfigError, EdgeDFLError
+from edgedfl.node.config import NodeConfig, SwarmConfig
+
+
+class EmulationError(EdgeDFLError, RuntimeError):
+    """A device process failed; the message carries the end of its log."""
+
+
+@dataclasses.dataclass
+class FleetConfig(ConfigBase):
+    devices: int = option(4, help="number of emulated devices")
+    tasks: list[str] = option(help="built-in tasks; device i gets tasks[i % len(tasks)]",
+                              factory=lambda: ["arith", "strtf"])
+    profiles: list[str] = option(help="device profiles, cycled over the devices", factory=lambda: ["laptop"])
+    shape_links: bool = option(False, help="apply each profile's link rate and latency at application level")
+    broker: str = option("", help="mqtt://host:port of an existing broker (empty: start the embedded one)")
+    timeout_s: float = option(1800.0, help="give up on the run after this many seconds")
+    swarm: SwarmConfig = option(help="settings every device shares", factory=SwarmConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.swarm, dict):
+            self.swarm = SwarmConfig.from_dict(self.swarm)
+        n = type(self).__name__
+        check(self.devices >= 1, n, "devices", self.devices, "must be >= 1")
+        check(bool(self.tasks), n, "tasks", self.tasks, "name at least one task")
+        for t in self.tasks:
+            check(t in TASKS, n, "tasks", self.tasks, f"unknown task {t!r}; built-in: {sorted(TASKS)}")
+        for p in self.profiles:
+            check(p in PROFILES, n, "profiles", self.profiles, f"unknown profile {p!r}")
+
+
+def resolve_tasks(spec: str) -> list[str]:
+    """``"2"`` -> the first two built-in tasks; ``"arith,topic"`` -> those."""
+    spec = spec.strip()
+    if spec.isdigit():
+        names = list(TASKS)
+        k = int(spec)
+        if not 1 <= k <= len(names):
+            raise ConfigError(f"--tasks {k}: the built-in suite has {len(names)} tasks")
+        return names[:k]
+    return [t.strip() for t in spec.split(",") if t.strip()]
+
+
+def node_configs(cfg: FleetConfig, run_dir: Path, broker_url: str) -> list[NodeConfig]:
+    swarm = dataclasses.replace(cfg.swarm, expected_devices=cfg.swarm.expected_devices or cfg.devices)
+    out = []
+    per_task = {t: [i for i in range(cfg.devices) if cfg.tasks[i % len(cfg.tasks)] == t] for t in cfg.tasks}
+    for i in range(cfg.devices):
+        task = cfg.tasks[i % len(cfg.tasks)]
+        profile = get_profile(cfg.profiles[i % len(cfg.profiles)])
+        fastest = min(get_profile(p).compute_slowdown for p in cfg.profiles)
+        out.append(NodeConfig(
+            node_id=f"dev{i:02d}", data=task, shard=per_task[task].index(i), shards=len(per_task[task]),
+            profile=profile.name, broker=broker_url, state_dir=str(run_dir / f"dev{i:02d}"),
+            slowdown=profile.compute_slowdown / fastest,
+            link_rate_bps=float(profile.link_rate_bps) if cfg.shape_links else 0.0,
+            link_latency_ms=profile.latency_ms if cfg.shape_links else 0.0,
+            swarm=swarm,
+        ))
+    return out
+
+
+class Fleet:
+    """Runs the devices of ``cfg`` in ``run_dir`` and waits for them."""
+
+    def __init__(self, cfg: FleetConfig, run_dir: str | os.PathLike[str]) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.nodes: list[NodeConfig] = []
+        self._broker: Any = None
+        self.broker_url = cfg.broker
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.broker_url:
+            from edgedfl.transport.broker import EmbeddedBroker
+
+            self._broker = EmbeddedBroker().start()
+            self.broker_url = self._broker.url
+        self.nodes = node_configs(self.cfg, self.run_dir, self.broker_url)
+        self.cfg.save(self.run_dir / "fleet_config.json")
+        for node in self.nodes:
+            self.spawn(node)
+
+    def spawn(self, node: NodeConfig, **overrides: Any) -> None:
+        node = dataclasses.replace(node, **overrides) if overrides else node
+        state = Path(node.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        path = state / "node_config.json"
+        node.save(path)
+        env = dict(os.environ, EDGEDFL_THREADS=os.environ.get("EDGEDFL_THREADS", "1"), HF_HUB_OFFLINE="1")
+        log = open(state / "node.log", "ab")  # noqa: SIM115 - owned by the child process
+        self.procs[node.node_id] = subprocess.Popen(
+            [sys.executable, "-m", "edgedfl.node", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+
+    def status(self) -> list[dict[str, Any]]:
+        rows = []
+        for node in self.nodes:
+            try:
+                rows.append(json.loads((Path(node.state_dir) / "status.json").read_text()))
+            except (OSError, ValueError):
+                rows.append({"node": node.node_id, "state": "starting", "round": 0, "bytes": 0})
+        return rows
+
+    def wait(self, on_tick: Callable[[list[dict[str, Any]]], None] | None = None, *,
+             allow_failures: frozenset[str] = frozenset()) -> None:
+        deadline = time.monotonic() + self.cfg.timeout_s
+        while True:
+            if on_tick:
+                on_tick(self.status())
+            running = [n for n, p in self.procs.items() if p.poll() is None]
+            failed = [n for n, p in self.procs.items() if p.poll() not in (None, 0) and n not in allow_failures]
+            if failed:
+                self.stop()
+                tail = (Path(self.run_dir / failed[0] / "node.log").read_text(errors="replace"))[-2000:]
+                raise EmulationError(f"device {failed[0]} exited with {self.procs[failed[0]].returncode}:\n{tail}")
+            if not running:
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise EmulationError(f"the run did not finish within {self.cfg.timeout_s:g} s")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if self._broker is not None:
+            self._broker.stop()
+            self._broker = None

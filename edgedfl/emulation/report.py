@@ -1,0 +1,161 @@
+"""The report of an emulated run (JSON that benchmarks read) and its PNG plots.
+
+Schema (top level): ``method``, ``devices``, ``tasks``, ``seed``, ``topology``,
+``model``; ``rounds``: per round ``round``, ``accuracy`` (task -> mean
+exact-match accuracy of that task's devices on the task's test split, with
+each device's inference setup), ``avg_accuracy`` (mean over tasks),
+``bytes_sent`` (payload bytes every device published during the round:
+envelopes, chunk headers, masks, acks and experts included); ``join_bytes``
+(hellos and calibration statistics: the ``bytes_sent`` of round 0, whose
+accuracy is the evaluation before any training); ``final``:
+``avg_accuracy``, ``accuracy``, ``total_bytes`` (join included),
+``bytes_per_device_per_round``, ``clusters`` (node -> slot), ``wall_s``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: int, topology: str, model: str,
+                 wall_s: float) -> dict[str, Any]:
+    run = Path(run_dir)
+    finals, rows = {}, defaultdict(list)
+    for node_dir in sorted(p for p in run.iterdir() if (p / "node_config.json").is_file()):
+        cfg = json.loads((node_dir / "node_config.json").read_text())
+        final_path = node_dir / "final.json"
+        if final_path.is_file():
+            finals[cfg["node_id"]] = json.loads(final_path.read_text())
+        seen = {}
+        if (node_dir / "rounds.jsonl").is_file():
+            for line in (node_dir / "rounds.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                seen[row["round"]] = row  # a node that crashed and redid a round: keep the last
+        for r, row in seen.items():
+            rows[r].append(row)
+    bytes_by_round: dict[int, int] = defaultdict(int)
+    for f in finals.values():
+        for r, b in f["bytes_by_round"].items():
+            bytes_by_round[int(r)] += int(b)
+    rounds = []
+    for r in sorted(rows):
+        per_task: dict[str, list[float]] = defaultdict(list)
+        losses: dict[str, list[float]] = defaultdict(list)
+        for row in rows[r]:
+            per_task[row["task"]].append(row["accuracy"])
+            losses[row["task"]].append(row["loss"])
+        acc = {t: _mean(per_task[t]) for t in tasks if per_task[t]}
+        rounds.append({"round": r, "accuracy": acc, "avg_accuracy": _mean(list(acc.values())),
+                       "loss": {t: _mean(losses[t]) for t in tasks if losses[t]},
+                       "bytes_sent": bytes_by_round.get(r, 0)})
+    devices = len(finals)
+    total = sum(bytes_by_round.values())
+    n_rounds = max((r["round"] for r in rounds), default=0)  # round 0 is the evaluation before training
+    final_acc: dict[str, list[float]] = defaultdict(list)
+    for f in finals.values():
+        if f.get("accuracy") is not None:
+            final_acc[f["task"]].append(f["accuracy"])
+    acc = {t: _mean(final_acc[t]) for t in tasks if final_acc[t]}
+    return {
+        "method": method, "topology": topology, "model": model, "devices": devices, "tasks": tasks, "seed": seed,
+        "rounds": rounds, "join_bytes": bytes_by_round.get(0, 0),
+        "final": {
+            "avg_accuracy": _mean(list(acc.values())), "accuracy": acc, "total_bytes": total,
+            "bytes_per_device_per_round": total / max(devices * n_rounds, 1),
+            "clusters": {n: f["slot"] for n, f in sorted(finals.items())}, "wall_s": wall_s,
+        },
+    }
+
+
+def write_plots(report: dict[str, Any], path: str | Path, graph_edges: list[tuple[str, str]] | None = None) -> list[Path]:
+    """accuracy per task vs round, cumulative bytes, and the cluster graph, as PNGs next to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = Path(path).with_suffix("")
+    out = []
+    rounds = report["rounds"]
+    xs = [r["round"] for r in rounds]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for task in report["tasks"]:
+        ax.plot(xs, [r["accuracy"].get(task, float("nan")) for r in rounds], marker="o", label=task)
+    ax.plot(xs, [r["avg_accuracy"] for r in rounds], "k--", label="average")
+    ax.set(xlabel="round", ylabel="exact-match accuracy", title=f"{report['method']}: accuracy per task")
+    ax.legend()
+    fig.tight_layout()
+    out.append(base.with_name(base.name + "_accuracy.png"))
+    fig.savefig(out[-1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    cum, total = [], 0  # round 0 carries the join bytes
+    for r in rounds:
+        total += r["bytes_sent"]
+        cum.append(total / 1e6)
+    ax.plot(xs, cum, marker="o")
+    ax.set(xlabel="round", ylabel="cumulative MB sent (all devices)", title="bytes on the wire")
+    fig.tight_layout()
+    out.append(base.with_name(base.name + "_bytes.png"))
+    fig.savefig(out[-1], dpi=100)
+    plt.close(fig)
+
+    import math
+
+    clusters = report["final"]["clusters"]
+    nodes = sorted(clusters)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    pos = {n: (math.cos(2 * math.pi * i / max(len(nodes), 1)), math.sin(2 * math.pi * i / max(len(nodes), 1)))
+           for i, n in enumerate(nodes)}
+    for a, b in graph_edges or []:
+        if a in pos and b in pos:
+            ax.plot([pos[a][0], pos[b][0]], [pos[a][1], pos[b][1]], color="0.7", zorder=1)
+    colours = plt.get_cmap("tab10")
+    for n in nodes:
+        ax.scatter(*pos[n], s=400, color=colours(clusters[n] % 10), zorder=2)
+        ax.annotate(n, pos[n], ha="center", va="center", fontsize=7, zorder=3)
+    ax.set_title("clusters (colour = expert slot)")
+    ax.axis("off")
+    fig.tight_layout()
+    out.append(base.with_name(base.name + "_clusters.png"))
+    fig.savefig(out[-1], dpi=100)
+    plt.close(fig)
+    return out
+
+
+def graph_edges(run_dir: str | Path) -> list[tuple[str, str]]:
+    """Neighbour links as the devices recorded them (from their checkpoints' state)."""
+    edges = set()
+    for node_dir in Path(run_dir).iterdir():
+        latest = node_dir / "ckpt" / "LATEST"
+        if not latest.is_file():
+            continue
+        state = json.loads((node_dir / "ckpt" / latest.read_text().strip() / "state.json").read_text())
+        me = node_dir.name
+        for nb in state.get("extra", {}).get("neighbours", []):
+            edges.add((min(me, nb), max(me, nb)))
+    return sorted(edges)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The per-task accuracy and bytes table the CLI prints."""
+    lines = []
+    tasks = report["tasks"]
+    head = f"{'round':>5} " + " ".join(f"{t:>8}" for t in tasks) + f" {'average':>8} {'MB sent':>9}"
+    lines.append(head)
+    for r in report["rounds"]:
+        accs = " ".join(f"{r['accuracy'].get(t, float('nan')):>8.2f}" for t in tasks)
+        lines.append(f"{r['round']:>5} {accs} {r['avg_accuracy']:>8.2f} {r['bytes_sent'] / 1e6:>9.3f}")
+    f = report["final"]
+    lines.append(f"final: average accuracy {f['avg_accuracy']:.3f}; {f['total_bytes'] / 1e6:.3f} MB in all "
+                 f"(join {report['join_bytes'] / 1e6:.3f} MB), {f['bytes_per_device_per_round'] / 1e3:.1f} kB per "
+                 f"device per round; clusters {f['clusters']}; {f['wall_s']:.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,378 @@
+"""One device's life in a swarm: join, agree on clusters, calibrate, run rounds, share experts.
+
+::
+
+    load + quantize the base, attach the slots        (model, adapters)
+    hello: profile + task signature                    (no raw data leaves the device)
+    wait for the swarm's hellos, cluster them          (same result on every device, no coordinator)
+    round 0: cluster members swap calibration stats    -> the cluster's shared masks (solora)
+    rounds 1..R: train local steps, send sparse B to the neighbours in the cluster,
+                 collect until all arrived or deadline + quorum, Metropolis-average,
+                 evaluate, checkpoint (atomic)
+    every few rounds and at the end: the cluster's speaker publishes the finished expert;
+    every device collects every cluster's expert into its slots
+
+A node killed at any point restarts from its newest complete checkpoint: it
+keeps its clustering and masks, re-sends what its outbox holds, and continues
+at the next round; peers that moved on have their updates for those rounds
+already queued for it, so it catches up without waiting for deadlines.
+
+Files in ``state_dir``: ``ckpt/`` (atomic checkpoints), ``proto/`` (outbox and
+ledger), ``status.json`` (the live view reads it), ``rounds.jsonl`` (one row
+per round), ``final.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedfl.adapters import AdapterConfig, attach_adapter
+from edgedfl.adapters.solora import LayerStats
+from edgedfl.aggregation import for_method
+from edgedfl.data.sources import load_examples
+from edgedfl.data.tasks import TASKS
+from edgedfl.devices import get_profile
+from edgedfl.errors import QuorumNotReached
+from edgedfl.model.loading import load_model
+from edgedfl.model.quantize import quantize_model
+from edgedfl.node.config import NodeConfig
+from edgedfl.node.links import CountingTransport
+from edgedfl.node.signature import task_signature
+from edgedfl.topology import ClusterConfig, cluster, flat_clustering, metropolis_weights, neighbour_graph
+from edgedfl.topology.clustering import Clustering
+from edgedfl.topology.graph import present_weights
+from edgedfl.train.batching import collate_prompts
+from edgedfl.train.evaluate import evaluate
+from edgedfl.train.checkpoint import CheckpointManager
+from edgedfl.train.trainer import TrainConfig, Trainer
+from edgedfl.transport.mqtt import transport_from_url
+from edgedfl.transport.proto_types import ProtocolConfig
+from edgedfl.transport.protocol import NeighbourProtocol
+
+log = logging.getLogger("edgedfl.node")
+
+CALIBRATION_ROUND = 0
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class Node:
+    """One device. ``run()`` does the whole life; the pieces are methods for tests and tools."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.cfg = config
+        self.swarm = config.swarm
+        self.me = config.node_id
+        self.state = Path(config.state_dir)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.status: dict[str, Any] = {"node": self.me, "state": "starting", "round": 0, "bytes": 0}
+        self.adapted: Any = None
+        self.tok: Any = None
+        self.trainer: Trainer | None = None
+        self.protocol: NeighbourProtocol | None = None
+        self.link: CountingTransport | None = None
+        self.clustering: Clustering | None = None
+        self.slot = 0
+        self.neighbours: tuple[str, ...] = ()
+        self.weights: dict[str, float] = {}
+
+    # -- status for the live view ------------------------------------------------
+
+    def _set_status(self, state: str, **extra: Any) -> None:
+        self.status.update(state=state, **extra)
+        if self.link is not None:
+            self.status["bytes"] = self.link.total_bytes
+        _write_json(self.state / "status.json", self.status)
+
+    # -- set-up ---------------------------------------------------------------------
+
+    def _adapter_config(self) -> AdapterConfig:
+        s = self.swarm
+        return AdapterConfig(
+            method=s.method, rank=s.rank, alpha=s.alpha, target_modules=list(s.target_modules),
+            num_slots=s.num_slots, seed=s.seed, density=s.density, density_proxy=s.density_proxy,
+        )
+
+    def load(self) -> None:
+        """Model, quantization, slots, data."""
+        import torch
+
+        torch.manual_seed(self.swarm.seed)
+        profile = get_profile(self.cfg.profile)
+        base, self.tok = load_model(self.swarm.model, seed=self.swarm.seed)
+        base, self.quant = quantize_model(base, self.cfg.quant, profile)
+        self.adapted = attach_adapter(base, self._adapter_config())
+        n, shards = self.swarm.n_train, max(self.cfg.shards, 1)
+        if self.cfg.data in TASKS:
+            pool = load_examples(self.cfg.data, "train", n=n * shards, seed=self.swarm.seed)
+            self.train_examples = pool[self.cfg.shard :: shards][:n]
+            self.test_examples = load_examples(self.cfg.data, "test", n=self.swarm.n_eval, seed=self.swarm.seed)
+        else:
+            pool = load_examples(self.cfg.data, seed=self.swarm.seed)
+            self.train_examples = pool[: len(pool) * 9 // 10][:n]
+            self.test_examples = pool[len(pool) * 9 // 10 :][: self.swarm.n_eval]
+        self.train_config = TrainConfig(
+            lr=self.swarm.lr, batch_size=self.swarm.batch_size, max_steps=self.swarm.rounds * self.swarm.local_steps,
+            max_length=self.swarm.max_length, seed=self.swarm.seed, progress=False, eval_batch_size=16,
+        )
+
+    def connect(self) -> None:
+        will = NeighbourProtocol.will_message(self.swarm.name, self.me)
+        inner = transport_from_url(self.cfg.broker, client_id=self.me, will=will)
+        self.link = CountingTransport(inner, rate_bps=self.cfg.link_rate_bps, latency_ms=self.cfg.link_latency_ms)
+        chunk = min(1_000_000, max(16_384, self.link.max_payload - 4096))
+        proto_cfg = ProtocolConfig(ack_timeout_s=max(10.0, self.swarm.round_deadline_s / 2), chunk_bytes=chunk)
+        self.protocol = NeighbourProtocol(
+            self.link, self.swarm.name, self.me, state_dir=self.state / "proto", config=proto_cfg
+        )
+        self.protocol.start()
+
+    # -- joining ----------------------------------------------------------------------
+
+    def hello(self) -> np.ndarray:
+        assert self.protocol is not None and self.link is not None
+        prompts = [e.prompt for e in self.train_examples[: self.swarm.n_signature]]
+        sig = task_signature(self.adapted, self.tok, prompts, seed=self.swarm.seed, max_length=self.swarm.max_length)
+        profile = get_profile(self.cfg.profile)
+        self.protocol.publish_hello(
+            {"profile": profile.name, "link_rate_bps": self.cfg.link_rate_bps or profile.link_rate_bps}, sig
+        )
+        return sig
+
+    def join(self, own_signature: np.ndarray) -> Clustering:
+        """Wait for the swarm's hellos and cluster them (identically on every device)."""
+        assert self.protocol is not None
+        expected = self.swarm.expected_devices
+        deadline = time.monotonic() + self.swarm.join_timeout_s
+        while True:
+            self.protocol.poll(0.2)
+            sigs = {p: info.signature for p, info in self.protocol.peers.items()
+                    if info.signature is not None and p != self.me}
+            sigs[self.me] = own_signature
+            if (expected and len(sigs) >= expected) or time.monotonic() > deadline:
+                break
+        if self.swarm.topology == "flat" or self.swarm.method != "solora":
+            return flat_clustering(sorted(sigs))
+        return cluster(sigs, ClusterConfig(max_clusters=self.swarm.max_slots, seed=self.swarm.seed))
+
+    def place(self, clustering: Clustering) -> None:
+        """Slot, neighbours and Metropolis weights of this device in ``clustering``."""
+        assert self.protocol is not None
+        self.clustering = clustering
+        self.slot = clustering.slot_of(self.me)
+        members = clustering.members(self.slot)
+        quality = {}
+        for p, info in self.protocol.peers.items():
+            rate = info.profile.get("link_rate_bps") if info.profile else None
+            if rate:
+                quality[(p, self.me)] = float(rate)
+        graph = neighbour_graph(members, quality, self.swarm.degree)
+        self.neighbours = graph.neighbours(self.me)
+        self.weights = metropolis_weights(graph)[self.me]
+        self.adapted.activate(self.slot)
+        self.protocol.follow_slot(self.slot)
+
+    def calibrate_masks(self) -> None:
+        """Round 0: swap calibration statistics inside the cluster; everyone derives the same masks."""
+        assert self.protocol is not None and self.link is not None and self.clustering is not None
+        if self.swarm.method != "solora":
+            return
+        if self.swarm.random_masks:
+            self.adapted.set_uniform_masks(self.slot, self.swarm.density, random_positions=True)
+            return
+        prompts = [e.prompt for e in self.train_examples[: self.swarm.n_calibration]]
+        batches = (collate_prompts(self.tok, prompts[i : i + 8], self.swarm.max_length)
+                   for i in range(0, len(prompts), 8))
+        own = self.adapted.calibrate(batches, self.slot)
+        tensors = {}
+        for layer, st in own.items():
+            tensors[f"{layer}.cov"] = st.cov.astype(np.float32)
+            tensors[f"{layer}.energy"] = np.array([st.total_energy, st.n_tokens], dtype=np.float32)
+        members = [m for m in self.clustering.members(self.slot) if m != self.me]
+        self.link.round = CALIBRATION_ROUND
+        self.protocol.publish_update(CALIBRATION_ROUND, self.slot, tensors, receivers=members, precision="fp32")
+        try:
+            got = self.protocol.collect_round(
+                CALIBRATION_ROUND, self.slot, members, len(members), self.swarm.join_timeout_s
+            ).updates
+        except QuorumNotReached:
+            got = self.protocol.round_updates(CALIBRATION_ROUND, self.slot)
+            log.warning("%s: calibration stats missing from some cluster members", self.me)
+        everyone = {self.me: tensors, **{s: u.tensors for s, u in got.items()}}
+        pooled: dict[str, LayerStats] = {}
+        for sender in sorted(everyone):  # same order, same float sums, on every member
+            t = everyone[sender]
+            for layer, st in own.items():
+                e = t[f"{layer}.energy"].astype(np.float64)
+                s = LayerStats(t[f"{layer}.cov"].astype(np.float64), float(e[0]), int(e[1]), st.d_in, st.d_out)
+                pooled[layer] = pooled[layer].merged(s) if layer in pooled else s
+        masks, densities = self.adapted.masks_from_stats(self.slot, pooled)
+        self.adapted.set_masks(self.slot, masks, densities)
+
+    # -- rounds -----------------------------------------------------------------------
+
+    def _wire_masks(self) -> dict[str, np.ndarray] | None:
+        if self.swarm.method != "solora":
+            return None
+        return {f"{layer}.lora_B": m for layer, m in self.adapted.get_masks(self.slot).items()}
+
+    def run_round(self, r: int) -> dict[str, Any]:
+        assert self.protocol is not None and self.link is not None and self.trainer is not None
+        self.link.round = r
+        t0 = time.monotonic()
+        self._set_status("training", round=r)
+        self.trainer.train(max_steps=r * self.swarm.local_steps, resume=False, save_at_end=False)
+        train_s = time.monotonic() - t0
+        if self.cfg.slowdown > 1:
+            time.sleep(train_s * (self.cfg.slowdown - 1))
+        own = self.adapted.get_update(self.slot)
+        self._set_status("publishing", round=r)
+        self.protocol.publish_update(r, self.slot, own, receivers=self.neighbours, masks=self._wire_masks(),
+                                     precision=self.swarm.precision)  # type: ignore[arg-type]
+        if self.cfg.crash_after_round == r:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._set_status("collecting", round=r)
+        quorum = min(len(self.neighbours), math.ceil(self.swarm.quorum * len(self.neighbours)))
+        t_collect = time.monotonic()
+        try:
+            arrived = self.protocol.collect_round(r, self.slot, self.neighbours, quorum,
+                                                  self.swarm.round_deadline_s).updates
+            short = False
+        except QuorumNotReached:
+            arrived = {s: u for s, u in self.protocol.round_updates(r, self.slot).items() if s in self.neighbours}
+            short = True
+        own_w, peer_w = present_weights(self.weights, self.me, arrived)
+        agg = for_method(self.swarm.method, robust=None if self.swarm.aggregator == "mean" else self.swarm.aggregator,
+                         clip_norm=self.swarm.clip_norm or None)
+        masks = self.adapted.get_masks(self.slot) if self.swarm.method == "solora" else None
+        mixed = agg.aggregate(own, [(peer_w[s], arrived[s].tensors) for s in sorted(peer_w)],
+                              own_weight=own_w, masks=masks)
+        self.adapted.set_update(self.slot, mixed)
+        t_eval = time.monotonic()
+        self._set_status("evaluating", round=r)
+        metrics = evaluate(self.adapted.peft_model, self.tok, self.test_examples, batch_size=16,
+                           max_length=self.swarm.max_length, max_new_tokens=8)
+        self.share_expert(r)
+        row = {
+            "round": r, "node": self.me, "slot": self.slot, "task": self.cfg.data,
+            "accuracy": metrics["exact_match"], "loss": metrics["loss"],
+            "train_loss": float(np.mean([h["loss"] for h in self.trainer.history[-self.swarm.local_steps:]])),
+            "peers": sorted(arrived), "quorum_short": short,
+            "bytes_sent": self.link.bytes_by_round.get(r, 0), "wall_s": time.monotonic() - t0,
+            "train_s": train_s, "waited_s": t_eval - t_collect,
+        }
+        self.trainer.extra = self._extra(r)
+        self.trainer.save_checkpoint()
+        with open(self.state / "rounds.jsonl", "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+        self._set_status("round done", round=r, accuracy=row["accuracy"])
+        return row
+
+    def evaluate_before(self) -> None:
+        """Round 0 of the report: accuracy and loss of the base with the untrained expert (B = 0)."""
+        assert self.link is not None
+        m = evaluate(self.adapted.peft_model, self.tok, self.test_examples, batch_size=16,
+                     max_length=self.swarm.max_length, max_new_tokens=8)
+        row = {"round": CALIBRATION_ROUND, "node": self.me, "slot": self.slot, "task": self.cfg.data,
+               "accuracy": m["exact_match"], "loss": m["loss"], "peers": [], "quorum_short": False,
+               "bytes_sent": self.link.bytes_by_round.get(CALIBRATION_ROUND, 0)}
+        with open(self.state / "rounds.jsonl", "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def _make_trainer(self) -> Trainer:
+        return Trainer(self.adapted, self.tok, self.train_examples, self.train_config,
+                       checkpoint_dir=str(self.state / "ckpt"))
+
+    def _extra(self, r: int) -> dict[str, Any]:
+        assert self.clustering is not None
+        return {"round": r, "clustering": self.clustering.to_dict(), "slot": self.slot,
+                "neighbours": list(self.neighbours), "weights": self.weights}
+
+    def _is_speaker(self) -> bool:
+        assert self.clustering is not None
+        return self.me == min(self.clustering.members(self.slot))
+
+    def share_expert(self, r: int) -> None:
+        """The cluster's speaker (its smallest id) publishes the finished expert on schedule."""
+        assert self.protocol is not None
+        every = self.swarm.expert_every
+        if not self._is_speaker() or not (r == self.swarm.rounds or (every and r % every == 0)):
+            return
+        tensors = {k: v.astype(np.float16) for k, v in self.adapted.get_update(self.slot).items()}
+        self.protocol.publish_expert(self.slot, r, tensors, {}, meta={"task_hint": ""})
+
+    def collect_experts(self, timeout_s: float) -> dict[int, int]:
+        """Load every cluster's finished expert into its slot; returns slot -> round of the expert."""
+        assert self.protocol is not None and self.clustering is not None
+        wanted = set(self.clustering.slot_numbers) - {self.slot}
+        deadline = time.monotonic() + timeout_s
+        while wanted - set(self.protocol.experts) and time.monotonic() < deadline:
+            self.protocol.poll(0.2)
+        loaded = {}
+        for slot in sorted(wanted & set(self.protocol.experts)):
+            info = self.protocol.experts[slot]
+            tensors = {k: v.astype(np.float32) for k, v in info.tensors.items()}
+            self.adapted.set_update(slot, tensors)
+            loaded[slot] = info.round
+        return loaded
+
+    # -- the whole life ------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        t_start = time.monotonic()
+        self._set_status("loading")
+        self.load()
+        self._set_status("connecting")
+        self.connect()
+        assert self.protocol is not None and self.link is not None
+        done = 0
+        latest = CheckpointManager(self.state / "ckpt").latest()
+        if latest is not None:
+            # the slot comes first: the optimizer must be built over that slot's parameters
+            extra = json.loads((latest / "state.json").read_text())["extra"]
+            done = int(extra["round"])
+            self.link.round = done + 1
+            self.place(Clustering.from_dict(extra["clustering"]))
+            self.trainer = self._make_trainer()
+            self.trainer.resume()
+            log.info("%s: resumed after round %d in slot %d", self.me, done, self.slot)
+            self.hello()
+        else:
+            self._set_status("hello")
+            self.link.round = CALIBRATION_ROUND
+            sig = self.hello()
+            self._set_status("joining")
+            self.place(self.join(sig))
+            self.trainer = self._make_trainer()
+            self._set_status("calibrating", slot=self.slot)
+            self.calibrate_masks()
+            self.evaluate_before()
+        assert self.clustering is not None
+        self._set_status("ready", slot=self.slot, clusters=self.clustering.to_dict())
+        rows = [self.run_round(r) for r in range(done + 1, self.swarm.rounds + 1)]
+        self._set_status("collecting experts")
+        experts = self.collect_experts(self.swarm.round_deadline_s)
+        final = {
+            "node": self.me, "task": self.cfg.data, "slot": self.slot, "quant": self.quant,
+            "clusters": self.clustering.assignment, "experts": experts,
+            "accuracy": rows[-1]["accuracy"] if rows else None,
+            "bytes_by_round": dict(self.link.bytes_by_round), "total_bytes": self.link.total_bytes,
+            "resumed_after": done, "wall_s": time.monotonic() - t_start,
+        }
+        _write_json(self.state / "final.json", final)
+        self._set_status("done")
+        self.protocol.close()
+        return final

@@ -1,0 +1,32 @@
+"""The task signature a device publishes: a seeded random projection of the frozen base's
+mean-pooled hidden states over a sample of its prompts. No raw text leaves the device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edgedfl.topology import project_signature
+from edgedfl.train.batching import collate_prompts
+
+
+def pooled_hidden(adapted: Any, tok: Any, prompts: Sequence[str], *, max_length: int, batch_size: int = 8) -> np.ndarray:
+    """Mean over non-pad tokens of the last hidden layer, adapters off: (n_prompts, hidden)."""
+    import torch
+
+    rows = []
+    with torch.no_grad(), adapted.peft_model.disable_adapter():
+        for i in range(0, len(prompts), batch_size):
+            batch = collate_prompts(tok, prompts[i : i + batch_size], max_length)
+            out = adapted.peft_model(**batch, output_hidden_states=True)
+            h = out.hidden_states[-1].float()  # (B, T, H)
+            m = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
+            rows.append(((h * m).sum(1) / m.sum(1)).numpy())  # (B, H)
+    adapted.activate(adapted.active_slot)  # leaving disable_adapter() re-enables A's gradient
+    return np.concatenate(rows).astype(np.float64)
+
+
+def task_signature(adapted: Any, tok: Any, prompts: Sequence[str], *, seed: int, max_length: int) -> np.ndarray:
+    return project_signature(pooled_hidden(adapted, tok, prompts, max_length=max_length), seed)
