@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     need=""
-    for pkg in mosquitto mosquitto-clients nftables iproute2; do
+    for pkg in mosquitto mosquitto-clients nftables iproute2 default-jdk-headless junit5; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
     done
     if [ -n "$need" ]; then

@@ -27,9 +27,9 @@ GOLDEN = ROOT / "tests" / "wire" / "golden"
 OUT = Path(__file__).resolve().parent / "src" / "test" / "resources" / "golden_expectations.json"
 
 sys.path.insert(0, str(ROOT / "tests" / "wire"))
-import make_golden as g  # noqa: E402
+import make_golden as g
 
-from edgedfl.wire import (  # noqa: E402
+from edgedfl.wire import (
     KeyRing,
     MaskRegistry,
     decode_envelope,
@@ -39,7 +39,7 @@ from edgedfl.wire import (  # noqa: E402
     mask_id,
     parse_chunk_header,
 )
-from edgedfl.wire.safetensors_io import read_safetensors  # noqa: E402
+from edgedfl.wire.safetensors_io import read_safetensors
 
 
 def _f32_bits(array: np.ndarray) -> list[int]:

@@ -19,6 +19,9 @@ import java.util.Map;
  * rebuild MASKS IN OUT [SEED_HEX KEY_ID] decode an update to dense float32 with the masks of MASKS
  *                                       (a mask envelope), encode it again from those floats at the
  *                                       same precision (signed with SEED_HEX if given)
+ * encode TENSORS MASKS PRECISION OUT    encode the float32 tensors of TENSORS (a hello-style envelope
+ *                                       with a tensors/1 body) as an update body at PRECISION, sparse
+ *                                       where MASKS (a mask envelope) has a mask of the same name
  * join OUT CHUNK...                     reassemble chunks (in the order given)
  * split IN CHUNK_SIZE OUT_PREFIX        write OUT_PREFIX.000.bin, ...
  * check [--pub KEY_ID HEX] [--masks F] FILE...
@@ -55,6 +58,12 @@ public final class WireTool {
                     }
                     Signer signer = args.length == 6 ? Signer.fromSeed(HexFormat.of().parseHex(args[4]), args[5]) : null;
                     write(args[3], rebuild(read(args[1]), read(args[2]), signer));
+                }
+                case "encode" -> {
+                    if (args.length != 5) {
+                        return usage(err);
+                    }
+                    write(args[4], encode(read(args[1]), read(args[2]), Precision.parse(args[3])));
                 }
                 case "join" -> {
                     if (args.length < 3) {
@@ -105,7 +114,7 @@ public final class WireTool {
     }
 
     private static int usage(PrintStream err) {
-        err.println("usage: WireTool roundtrip IN OUT | rebuild MASKS IN OUT [SEED_HEX KEY_ID] | join OUT CHUNK... | "
+        err.println("usage: WireTool roundtrip IN OUT | rebuild MASKS IN OUT [SEED_HEX KEY_ID] | encode TENSORS MASKS PRECISION OUT | join OUT CHUNK... | "
                 + "split IN CHUNK_SIZE OUT_PREFIX | check [--pub KEY_ID HEX] [--masks FILE] FILE... | info IN");
         return 2;
     }
@@ -162,6 +171,15 @@ public final class WireTool {
         }
         byte[] body = Codec.encodeUpdate(dense, masks, precision);
         return env.withBody(body).encode(signer);
+    }
+
+    /** An update body from plain float32 tensors and named masks (the encoder on its own). */
+    public static byte[] encode(byte[] tensorsMessage, byte[] maskMessage, Precision precision) {
+        Map<String, Mask> masks = Codec.decodeMasks(Envelope.decode(maskMessage).body(), null, Limits.DEFAULT);
+        Map<String, FloatTensor> tensors = new LinkedHashMap<>();
+        Codec.decodeTensors(Envelope.decode(tensorsMessage).body(), null, Limits.DEFAULT)
+                .forEach((name, t) -> tensors.put(name, new FloatTensor(t.shape(), t.toFloats())));
+        return Codec.encodeUpdate(tensors, masks, precision);
     }
 
     private static int check(String[] args, PrintStream out) throws IOException {

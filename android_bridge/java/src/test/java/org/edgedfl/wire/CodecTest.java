@@ -88,6 +88,9 @@ class CodecTest {
             {0x477fe000, 0x7bff}, {0x477feffd, 0x7bff}, {0x477ff000, 0x7c00}, {0x322bcc77, 0x0000},
             {0x32fffae5, 0x0000}, {0x337ffae5, 0x0001}, {0x37fba882, 0x01f7}, {0x3eaaaaab, 0x3555},
             {0x80000000, 0x8000}, {0x3dcccccd, 0x2e66}, {0x387fda40, 0x03ff}, {0x387fc000, 0x03ff},
+            // exact ties: to even, in the normal and the subnormal range
+            {0x3f801000, 0x3c00}, {0x3f803000, 0x3c02}, {0x33000000, 0x0000}, {0x33400000, 0x0001},
+            {0x33c00000, 0x0002}, {0x34200000, 0x0002},
         };
         for (int[] c : cases) {
             assertEquals((short) c[1], Half.fromFloat(Float.intBitsToFloat(c[0])), Integer.toHexString(c[0]));
