@@ -5,7 +5,6 @@ import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashMap;
-import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -48,7 +47,7 @@ public final class Chunks {
 
     /** Whether {@code data} starts like a chunk (magic only). */
     public static boolean isChunk(byte[] data) {
-        return data.length >= 4 && Arrays.equals(data, 0, 4, MAGIC, 0, 4);
+        return Hex.startsWith(data, MAGIC);
     }
 
     /** Default message id: the first 16 bytes of sha256(data). */
@@ -204,7 +203,7 @@ public final class Chunks {
             if (header.count() > maxChunks) {
                 throw new WireException.Chunk("message in " + header.count() + " chunks exceeds limit " + maxChunks);
             }
-            Key key = new Key(source, HexFormat.of().formatHex(header.messageId()));
+            Key key = new Key(source, Hex.encode(header.messageId()));
             if (completed.containsKey(key)) {
                 return null;
             }
@@ -237,7 +236,8 @@ public final class Chunks {
             pending.remove(key);
             ByteArrayOutputStream out = new ByteArrayOutputStream((int) partial.nbytes);
             for (long i = 0; i < partial.header.count(); i++) {
-                out.writeBytes(partial.parts.get(i));
+                byte[] part = partial.parts.get(i);
+                out.write(part, 0, part.length);
             }
             byte[] message = out.toByteArray();
             if (!Arrays.equals(Mask.sha256().digest(message), partial.header.sha256())) {

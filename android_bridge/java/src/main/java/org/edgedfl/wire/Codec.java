@@ -391,7 +391,7 @@ public final class Codec {
             Limits limits) {
         List<UpdateTensor> planned = readUpdate(body, limits);
         if (spec != null) {
-            spec.checkNames(planned.stream().map(UpdateTensor::name).toList());
+            spec.checkNames(planned.stream().map(UpdateTensor::name).collect(java.util.stream.Collectors.toList()));
             spec.checkTotalBytes(body.length);
             for (UpdateTensor p : planned) {
                 spec.checkEntry(p.name(), numpyName(p.values().dtype()), p.shape());
@@ -460,9 +460,9 @@ public final class Codec {
             if (spec != null) {
                 spec.checkEntry(e.getKey(), numpyName(t.dtype()), t.shape());
             }
-            if (t.dtype().isFloat()) {
-                TensorSpec.checkValues(e.getKey(), t.toFloats(), spec);
-            } else if (spec != null) {
+            if (t.dtype() == DType.F64) {
+                TensorSpec.checkValues(e.getKey(), t.toDoubles(), spec);
+            } else if (t.dtype().isFloat() || spec != null) { // integers are finite; bounds still apply
                 TensorSpec.checkValues(e.getKey(), t.toFloats(), spec);
             }
         }

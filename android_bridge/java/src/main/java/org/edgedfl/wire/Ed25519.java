@@ -13,7 +13,6 @@ import java.security.spec.NamedParameterSpec;
 import java.security.spec.PKCS8EncodedKeySpec;
 import java.security.spec.X509EncodedKeySpec;
 import java.util.Arrays;
-import java.util.HexFormat;
 
 /**
  * Ed25519 (RFC 8032) through {@code java.security} (Java 15+, Android API 33+): raw 32-byte keys
@@ -26,8 +25,8 @@ import java.util.HexFormat;
 public final class Ed25519 {
     /** Bytes of a signature. */
     public static final int SIGNATURE_BYTES = 64;
-    private static final byte[] X509_PREFIX = HexFormat.of().parseHex("302a300506032b6570032100");
-    private static final byte[] PKCS8_PREFIX = HexFormat.of().parseHex("302e020100300506032b657004220420");
+    private static final byte[] X509_PREFIX = Hex.decode("302a300506032b6570032100");
+    private static final byte[] PKCS8_PREFIX = Hex.decode("302e020100300506032b657004220420");
 
     private Ed25519() {}
 
@@ -120,7 +119,7 @@ public final class Ed25519 {
 
     /** Default key id: first 16 hex chars of sha256(raw public key), as Python's key_fingerprint. */
     public static String fingerprint(byte[] rawPublic) {
-        return HexFormat.of().formatHex(Mask.sha256().digest(rawPublic)).substring(0, 16);
+        return Hex.encode(Mask.sha256().digest(rawPublic)).substring(0, 16);
     }
 
     private static byte[] concat(byte[] a, byte[] b) {

@@ -4,7 +4,6 @@ import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
 import java.util.Collections;
-import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -196,7 +195,7 @@ public final class Envelope {
 
     /** Hex sha256 of the body, as carried in the header. */
     public String sha256() {
-        return HexFormat.of().formatHex(Mask.sha256().digest(body));
+        return Hex.encode(Mask.sha256().digest(body));
     }
 
     /** The same envelope without key id and signature. */
@@ -246,7 +245,7 @@ public final class Envelope {
 
     /** Whether {@code data} starts like an envelope (magic only; says nothing of validity). */
     public static boolean isEnvelope(byte[] data) {
-        return data.length >= 4 && Arrays.equals(data, 0, 4, MAGIC, 0, 4);
+        return Hex.startsWith(data, MAGIC);
     }
 
     // --- decoding ---------------------------------------------------------------------------
@@ -320,7 +319,7 @@ public final class Envelope {
             keyring.verify(keyId, signature, Arrays.copyOfRange(data, 0, headerEnd), (String) header.get("sender"));
         }
         byte[] body = Arrays.copyOfRange(data, (int) bodyStart, total);
-        if (!HexFormat.of().formatHex(Mask.sha256().digest(body)).equals(header.get("body_sha256"))) {
+        if (!Hex.encode(Mask.sha256().digest(body)).equals(header.get("body_sha256"))) {
             throw new WireException.Integrity("body sha256 does not match the envelope header");
         }
         @SuppressWarnings("unchecked")
@@ -339,7 +338,8 @@ public final class Envelope {
     }
 
     private static void checkHeader(Map<String, Object> header, Limits limits) {
-        List<String> missing = REQUIRED.stream().filter(k -> !header.containsKey(k)).toList();
+        List<String> missing = REQUIRED.stream().filter(k -> !header.containsKey(k))
+                .collect(java.util.stream.Collectors.toList());
         if (!missing.isEmpty()) {
             throw new WireException.MalformedMessage("envelope header lacks " + missing);
         }

@@ -4,7 +4,6 @@ import java.nio.ByteBuffer;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 import java.util.Arrays;
-import java.util.HexFormat;
 
 /**
  * A boolean sparsity mask over a dense tensor, with its content id.
@@ -87,7 +86,7 @@ public final class Mask {
         MessageDigest sha = sha256();
         sha.update(prefix.array());
         sha.update(packed);
-        return HexFormat.of().formatHex(sha.digest());
+        return Hex.encode(sha.digest());
     }
 
     static MessageDigest sha256() {

@@ -96,18 +96,18 @@ public final class RawTensor {
         return out;
     }
 
-    private static float unsignedToFloat(long v) {
-        return v >= 0 ? v : (float) ((v >>> 1) * 2.0);
+    /** Values of an F64 tensor, unrounded. */
+    public double[] toDoubles() {
+        if (dtype != DType.F64) {
+            throw new IllegalStateException("toDoubles: " + dtype + " is not F64");
+        }
+        double[] out = new double[numel()];
+        littleEndian().asDoubleBuffer().get(out);
+        return out;
     }
 
-    /** Element {@code i} of a float tensor as a double, for finiteness and norm checks. */
-    double floatAt(ByteBuffer le, int i) {
-        return switch (dtype) {
-            case F16 -> Half.toFloat(le.getShort(i * 2));
-            case F32 -> le.getFloat(i * 4);
-            case F64 -> le.getDouble(i * 8);
-            default -> throw new IllegalStateException(dtype + " is not a float dtype");
-        };
+    private static float unsignedToFloat(long v) {
+        return v >= 0 ? v : (float) ((v >>> 1) * 2.0);
     }
 
     ByteBuffer littleEndian() {

@@ -87,14 +87,15 @@ public final class SafeTensors {
         byte[] headerBytes = header.toString().getBytes(StandardCharsets.UTF_8);
         int padding = (8 - headerBytes.length % 8) % 8; // the data section starts 8-aligned
         ByteArrayOutputStream out = new ByteArrayOutputStream(8 + headerBytes.length + padding + (int) offset);
-        out.writeBytes(ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN)
-                .putLong(headerBytes.length + padding).array());
-        out.writeBytes(headerBytes);
+        out.write(ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN)
+                .putLong(headerBytes.length + padding).array(), 0, 8);
+        out.write(headerBytes, 0, headerBytes.length);
         for (int i = 0; i < padding; i++) {
             out.write(' ');
         }
         for (Map.Entry<String, RawTensor> e : ordered) {
-            out.writeBytes(e.getValue().data());
+            byte[] data = e.getValue().data();
+            out.write(data, 0, data.length);
         }
         return out.toByteArray();
     }

@@ -100,17 +100,27 @@ public record TensorSpec(
      * Zeros outside a sparse mask change neither, so the sent values stand for the dense tensor.
      */
     static void checkValues(String name, float[] values, TensorSpec spec) {
+        check(name, values.length, i -> values[i], spec);
+    }
+
+    /** {@link #checkValues(String, float[], TensorSpec)} for F64 tensors (no narrowing to float). */
+    static void checkValues(String name, double[] values, TensorSpec spec) {
+        check(name, values.length, i -> values[i], spec);
+    }
+
+    private static void check(String name, int n, java.util.function.IntToDoubleFunction at, TensorSpec spec) {
         double sumsq = 0;
         double peak = 0;
         int nan = 0;
         int inf = 0;
-        for (float v : values) {
-            if (Float.isNaN(v)) {
+        for (int i = 0; i < n; i++) {
+            double v = at.applyAsDouble(i);
+            if (Double.isNaN(v)) {
                 nan++;
-            } else if (Float.isInfinite(v)) {
+            } else if (Double.isInfinite(v)) {
                 inf++;
             } else {
-                sumsq += (double) v * v;
+                sumsq += v * v;
                 peak = Math.max(peak, Math.abs(v));
             }
         }

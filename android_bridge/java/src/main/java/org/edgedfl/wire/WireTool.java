@@ -5,7 +5,6 @@ import java.io.PrintStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Arrays;
-import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -56,7 +55,7 @@ public final class WireTool {
                     if (args.length != 4 && args.length != 6) {
                         return usage(err);
                     }
-                    Signer signer = args.length == 6 ? Signer.fromSeed(HexFormat.of().parseHex(args[4]), args[5]) : null;
+                    Signer signer = args.length == 6 ? Signer.fromSeed(Hex.decode(args[4]), args[5]) : null;
                     write(args[3], rebuild(read(args[1]), read(args[2]), signer));
                 }
                 case "encode" -> {
@@ -188,7 +187,7 @@ public final class WireTool {
         int i = 0;
         while (i < args.length && args[i].startsWith("--")) {
             if (args[i].equals("--pub") && i + 2 < args.length) {
-                ring = (ring == null ? new KeyRing() : ring).add(args[i + 1], HexFormat.of().parseHex(args[i + 2]));
+                ring = (ring == null ? new KeyRing() : ring).add(args[i + 1], Hex.decode(args[i + 2]));
                 i += 3;
             } else if (args[i].equals("--masks") && i + 1 < args.length) {
                 Codec.decodeMasks(Envelope.decode(read(args[i + 1])).body(), registry, Limits.DEFAULT);

@@ -12,7 +12,6 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Collections;
-import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -51,8 +50,8 @@ class GoldenFilesTest {
         expectations = Json.parseObject(Files.readAllBytes(exp), "expectations");
         files = map(expectations.get("files"));
         Map<String, Object> key = map(expectations.get("test_key"));
-        testSigner = Signer.fromSeed(HexFormat.of().parseHex((String) key.get("seed_hex")), (String) key.get("key_id"));
-        ring = new KeyRing().add((String) key.get("key_id"), HexFormat.of().parseHex((String) key.get("public_hex")));
+        testSigner = Signer.fromSeed(Hex.decode((String) key.get("seed_hex")), (String) key.get("key_id"));
+        ring = new KeyRing().add((String) key.get("key_id"), Hex.decode((String) key.get("public_hex")));
         registry = new MaskRegistry();
         Codec.decodeMasks(Envelope.decode(read("mask.bin")).body(), registry, Limits.DEFAULT);
     }
@@ -117,7 +116,7 @@ class GoldenFilesTest {
     @Test
     void signerFromTheTestSeedHasThePinnedPublicKey() throws IOException {
         String pinned = Files.readString(golden.resolve("test_key.pub")).strip();
-        assertEquals(pinned, HexFormat.of().formatHex(testSigner.publicBytes()));
+        assertEquals(pinned, Hex.encode(testSigner.publicBytes()));
         assertEquals(map(expectations.get("test_key")).get("public_hex"), pinned);
     }
 
@@ -145,8 +144,8 @@ class GoldenFilesTest {
         assertEquals(exp.get("count"), h.count());
         assertEquals(exp.get("chunk_size"), h.chunkSize());
         assertEquals(exp.get("total"), h.total());
-        assertEquals(exp.get("message_id_hex"), HexFormat.of().formatHex(h.messageId()));
-        assertEquals(exp.get("sha256_hex"), HexFormat.of().formatHex(h.sha256()));
+        assertEquals(exp.get("message_id_hex"), Hex.encode(h.messageId()));
+        assertEquals(exp.get("sha256_hex"), Hex.encode(h.sha256()));
         // Cutting the whole message again gives exactly this chunk.
         List<byte[]> again = Chunks.split(read((String) exp.get("message")),
                 (int) (long) (Long) expectations.get("chunk_data_bytes"));
@@ -205,7 +204,7 @@ class GoldenFilesTest {
                 map(exp.get("tensors")).forEach((n, v) -> {
                     Map<String, Object> t = map(v);
                     inputs.put(n, new RawTensor(DType.fromName((String) t.get("dtype")), longs(t.get("shape")),
-                            HexFormat.of().parseHex((String) t.get("data_hex"))));
+                            Hex.decode((String) t.get("data_hex"))));
                 });
                 assertEquals(inputs, decoded, name);
                 return Codec.encodeTensors(inputs);
