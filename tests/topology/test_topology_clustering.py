@@ -227,3 +227,52 @@ def test_pure_noise_is_one_cluster_even_without_the_distance_floor(n: int) -> No
         rng = np.random.default_rng(seed)
         sigs = {f"n{i}": 5.0 + rng.standard_normal(64) for i in range(n)}
         assert cluster(sigs, cfg).num_clusters == 1, seed
+
+
+#: cosine distances measured between task signatures of SmolLM2-135M (last layer, mean over tokens,
+#: 32 prompts per device, two devices per built-in task): topic and yesno (both BBC articles) are
+#: close to each other and far from arith and strtf
+MEASURED_IDS = ["arith-0", "arith-1", "strtf-0", "strtf-1", "topic-0", "topic-1", "yesno-0", "yesno-1"]
+MEASURED = np.array([
+    [0.0, 0.0016, 0.2681, 0.2596, 0.1475, 0.1571, 0.1239, 0.1323],
+    [0.0016, 0.0, 0.2782, 0.2700, 0.1471, 0.1579, 0.1276, 0.1371],
+    [0.2681, 0.2782, 0.0, 0.0004, 0.3007, 0.2778, 0.2620, 0.2401],
+    [0.2596, 0.2700, 0.0004, 0.0, 0.2965, 0.2740, 0.2569, 0.2357],
+    [0.1475, 0.1471, 0.3007, 0.2965, 0.0, 0.0058, 0.0235, 0.0307],
+    [0.1571, 0.1579, 0.2778, 0.2740, 0.0058, 0.0, 0.0222, 0.0210],
+    [0.1239, 0.1276, 0.2620, 0.2569, 0.0235, 0.0222, 0.0, 0.0040],
+    [0.1323, 0.1371, 0.2401, 0.2357, 0.0307, 0.0210, 0.0040, 0.0],
+])
+
+
+def measured_signatures() -> dict[str, np.ndarray]:
+    # unit vectors with exactly these cosine distances: Gram matrix 1 - D, factorised
+    w, v = np.linalg.eigh(1.0 - MEASURED)
+    x = v * np.sqrt(np.clip(w, 0.0, None))  # (8, 8)
+    return {node: x[i] for i, node in enumerate(MEASURED_IDS)}
+
+
+@pytest.mark.parametrize("config", METHODS, ids=["agglomerative", "kmeans"])
+def test_real_model_signatures_give_the_task_grouping(config: ClusterConfig) -> None:
+    sigs = measured_signatures()
+    tasks_of = {n: MEASURED_IDS.index(n) // 2 for n in MEASURED_IDS}
+    assert found_groups(cluster(sigs, config)) == groups_by_task(tasks_of)
+    # the 2-task demo (the suite's first two tasks: topic, yesno) and a far pair
+    for pair in (("topic", "yesno"), ("arith", "topic")):
+        sub = {n: s for n, s in sigs.items() if n.split("-")[0] in pair}
+        assert found_groups(cluster(sub, config)) == {frozenset(n for n in sub if n.startswith(t)) for t in pair}
+    # one device per task also splits (two nodes: the distance floor decides), two of one task do not
+    assert cluster({n: sigs[n] for n in ("topic-0", "yesno-0")}, config).num_clusters == 2
+    assert cluster({n: sigs[n] for n in ("topic-0", "topic-1")}, config).num_clusters == 1
+
+
+def test_close_pair_of_tasks_is_split_inside_its_group() -> None:
+    # top-level silhouette prefers {0, 1} vs {2} vs {3}; the refinement inside {0, 1} separates them
+    rng = np.random.default_rng(5)
+    centres = [rng.standard_normal(64) for _ in range(3)]
+    near = centres[0] + 0.25 * rng.standard_normal(64)
+    task_centres = [centres[0], near, centres[1], centres[2]]
+    sigs = {f"n{i}": task_centres[i % 4] + 0.02 * rng.standard_normal(64) for i in range(12)}
+    tasks_of = {f"n{i}": i % 4 for i in range(12)}
+    assert found_groups(cluster(sigs)) == groups_by_task(tasks_of)
+    assert cluster(sigs, ClusterConfig(max_clusters=3)).num_clusters == 3
