@@ -14,7 +14,8 @@ import pytest
 from topo_helpers import swarm_signatures
 
 from edgedfl.errors import ConfigError, TopologyError
-from edgedfl.topology import ClusterConfig, Clustering, cluster, relabel
+from edgedfl.topology import ClusterConfig, Clustering, cluster, distance_matrix, relabel
+from edgedfl.topology.clustering import _best_split
 
 METHODS = [ClusterConfig(), ClusterConfig(method="kmeans", seed=3)]
 
@@ -270,9 +271,13 @@ def test_close_pair_of_tasks_is_split_inside_its_group() -> None:
     # top-level silhouette prefers {0, 1} vs {2} vs {3}; the refinement inside {0, 1} separates them
     rng = np.random.default_rng(5)
     centres = [rng.standard_normal(64) for _ in range(3)]
-    near = centres[0] + 0.25 * rng.standard_normal(64)
+    near = centres[0] + 0.15 * rng.standard_normal(64)
     task_centres = [centres[0], near, centres[1], centres[2]]
     sigs = {f"n{i}": task_centres[i % 4] + 0.02 * rng.standard_normal(64) for i in range(12)}
     tasks_of = {f"n{i}": i % 4 for i in range(12)}
+    s = np.stack([sigs[k] for k in sorted(sigs)])  # (12, 64)
+    top = _best_split(np.round(distance_matrix(s), 9), s / np.linalg.norm(s, axis=1, keepdims=True),
+                      ClusterConfig(), 8)
+    assert top is not None and len(top[1]) == 3  # the top level alone would merge tasks 0 and 1
     assert found_groups(cluster(sigs)) == groups_by_task(tasks_of)
     assert cluster(sigs, ClusterConfig(max_clusters=3)).num_clusters == 3
