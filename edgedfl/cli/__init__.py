@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-adapter": ("export_adapter", "write one expert as a standard peft LoRA adapter"),
     "data": ("data", "inspect or write the built-in offline multi-task suite"),
     "broker": ("broker", "start an MQTT broker (embedded amqtt or Mosquitto) and print its URL"),
+    "export": ("export", "write every expert, the router and the base as one ONNX model"),
+    "infer": ("infer", "run an exported ONNX model on a prompt (onnxruntime only, no torch)"),
 }
 
 

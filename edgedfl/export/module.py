@@ -1,0 +1,295 @@
+"""RoutedLlama: the whole routed forward of a Llama-family model in plain tensor ops, for export.
+
+No peft, no Python control flow that depends on data: every expert's A and B
+of a layer are concatenated into one rank-K·r pair (``A_cat`` (d_in, K·r),
+``B_cat`` (K·r, d_out), each slot's LoRA scaling folded into B), and a route
+(B, K) of weights scales the K·r intermediate columns, so
+
+    y = x W + ((x A_cat) ⊙ repeat(w, r)) B_cat
+
+is the base plus the chosen expert (one-hot w), the top-k mix, or the sum of
+all experts (w = 1), in one graph. A gather of the chosen expert's A and B per
+row would do less arithmetic for large K; at K·r = 32 the dense form costs a
+few percent of a forward and keeps the graph to plain MatMuls (measured in
+bench/bench_onnx.py).
+
+The router runs inside the graph: the routing layer's normed attention input
+on the frozen base, pooled over the current call's real tokens, projected
+through the routing modules' A_cat (the same tensors the experts use), scored
+against the codes (means (K, D), precision factors (K, D, D)) and turned into
+top-k weights. A ``route`` input (B, K) overrides it row by row wherever the
+row is non-zero: decode steps feed back the prefill's ``route_weights`` so the
+expert chosen for the prompt is kept for every generated token, and callers
+force oracle, single-expert (one-hot) or merge-all (ones) routes the same way.
+
+KV cache: ``past_mask`` (B, P) and ``past.<i>.key/value`` (B, n_kv, P, hd) in,
+``present_mask`` (B, P+T) and ``present.<i>.key/value`` out; P may be 0
+(prefill). Carrying the padding mask as part of the cache keeps every dynamic
+dimension independent (batch, T, P), which torch.export needs. Positions
+follow ``generate``: each row's real tokens count from 0 (left padding).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from edgedfl.errors import AdapterError
+
+#: Llama projection names, in forward order
+ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def _t(w: torch.Tensor) -> torch.Tensor:
+    return w.detach().float().t().contiguous()
+
+
+class _Proj(nn.Module):
+    """One linear layer (pre-transposed weight) with optional concatenated experts."""
+
+    weight: torch.Tensor
+    lora_A: torch.Tensor
+    lora_B: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor, lora: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        super().__init__()
+        self.register_buffer("weight", _t(weight))  # (d_in, d_out)
+        self.has_lora = lora is not None
+        if lora is not None:
+            a_cat, b_cat = lora
+            self.register_buffer("lora_A", _t(a_cat))  # (d_in, K*r)
+            self.register_buffer("lora_B", _t(b_cat))  # (K*r, d_out)
+
+    def forward(self, x: torch.Tensor, w_rep: torch.Tensor) -> torch.Tensor:
+        y = x @ self.weight  # (B, T, d_out)
+        if self.has_lora:
+            y = y + ((x @ self.lora_A) * w_rep) @ self.lora_B  # (B, T, d_out)
+        return y
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    var = x.pow(2).mean(-1, keepdim=True)  # (B, T, 1)
+    return x * torch.rsqrt(var + eps) * weight  # (B, T, d)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _Layer(nn.Module):
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    q_proj: _Proj
+    k_proj: _Proj
+    v_proj: _Proj
+    o_proj: _Proj
+    gate_proj: _Proj
+    up_proj: _Proj
+    down_proj: _Proj
+
+    def __init__(self, hf_layer: Any, lookup: Any, prefix: str, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("ln1", hf_layer.input_layernorm.weight.detach().float().clone())  # (d,)
+        self.register_buffer("ln2", hf_layer.post_attention_layernorm.weight.detach().float().clone())  # (d,)
+        attn, mlp = hf_layer.self_attn, hf_layer.mlp
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
+            lookup(getattr(attn, n), f"{prefix}.self_attn.{n}") for n in ATTN
+        )
+        self.gate_proj, self.up_proj, self.down_proj = (lookup(getattr(mlp, n), f"{prefix}.mlp.{n}") for n in MLP)
+
+
+class RoutedLlama(nn.Module):
+    """Base + every expert + router of a :class:`~edgedfl.routing.router.RoutedModel`, export-ready."""
+
+    embed: torch.Tensor
+    norm: torch.Tensor
+    lm_head: torch.Tensor
+    inv_freq: torch.Tensor
+    code_means: torch.Tensor
+    code_factors: torch.Tensor
+
+    def __init__(self, routed: Any) -> None:
+        super().__init__()
+        adapted = routed.adapted
+        hf = adapted.peft_model.base_model.model  # the transformers CausalLM, LoRA layers inside
+        cfg = hf.config
+        if getattr(cfg, "model_type", "") not in ("llama", "mistral", "qwen2", "smollm3") or not hasattr(hf, "model"):
+            raise AdapterError(f"RoutedLlama exports Llama-style decoders, not {getattr(cfg, 'model_type', '?')!r}")
+        if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+            raise AdapterError("RoutedLlama does not export attention or MLP biases")
+        stacks = routed.expert_stacks()  # layer name -> (A_cat (K*r, d_in), B_cat (d_out, K*r))
+        inner = hf.model
+        self.num_layers = int(cfg.num_hidden_layers)
+        self.num_heads = int(cfg.num_attention_heads)
+        self.num_kv = int(cfg.num_key_value_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.num_experts = int(routed.num_experts)
+        self.rank = int(adapted.config.rank)
+        self.eps = float(cfg.rms_norm_eps)
+        self.top_k = min(int(routed.config.top_k), self.num_experts)
+        self.temperature = float(routed.config.temperature)
+        self.pooling = routed.config.pooling
+        self.routing_layer = int(routed.config.layer)
+        if self.routing_layer >= self.num_layers:
+            raise AdapterError(f"routing layer {self.routing_layer} >= {self.num_layers} layers")
+
+        by_module = {}
+        for name, layer in adapted.layers.items():
+            by_module[id(layer)] = name
+
+        def lookup(module: Any, path: str) -> _Proj:
+            name = by_module.get(id(module))
+            if name is not None:  # a peft LoraLayer: its base weight plus the experts
+                return _Proj(module.base_layer.weight, stacks[name])
+            return _Proj(module.weight, None)
+
+        self.register_buffer("embed", inner.embed_tokens.weight.detach().float().clone())  # (V, d)
+        self.layers = nn.ModuleList(
+            [_Layer(layer, lookup, f"model.layers.{i}", self.eps) for i, layer in enumerate(inner.layers)]
+        )
+        self.register_buffer("norm", inner.norm.weight.detach().float().clone())  # (d,)
+        self.tied = bool(getattr(cfg, "tie_word_embeddings", False)) and (
+            hf.lm_head.weight.data_ptr() == inner.embed_tokens.weight.data_ptr()
+        )
+        if not self.tied:
+            self.register_buffer("lm_head", _t(hf.lm_head.weight))  # (d, V)
+        rot = inner.rotary_emb
+        self.register_buffer("inv_freq", rot.inv_freq.detach().float().clone())  # (hd/2,)
+        self.rope_scale = float(getattr(rot, "attention_scaling", 1.0))
+        # router: which projections' A_cat project the pooled state, and the codes
+        route_layer = self.layer(self.routing_layer)
+        self.route_projs = [getattr(route_layer, m.rsplit(".", 1)[-1]) for m in routed.routing_modules]
+        if not all(p.has_lora for p in self.route_projs):
+            raise AdapterError("every routing module must be adapted")
+        self.register_buffer("code_means", routed.code_means.float().clone())  # (K, D)
+        self.register_buffer("code_factors", routed.code_factors.float().clone())  # (K, D, D)
+
+    # -- pieces -----------------------------------------------------------------
+
+    def layer(self, i: int) -> _Layer:
+        return cast(_Layer, self.layers[i])
+
+    def _attention(
+        self, layer: _Layer, x: torch.Tensor, w_rep: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+        bias: torch.Tensor, past_k: torch.Tensor | None, past_v: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, t, _ = x.shape
+        hd, nh, nkv = self.head_dim, self.num_heads, self.num_kv
+        q = layer.q_proj(x, w_rep).view(b, t, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = layer.k_proj(x, w_rep).view(b, t, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = layer.v_proj(x, w_rep).view(b, t, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        if past_k is not None and past_v is not None:
+            k = torch.cat([past_k, k], dim=2)  # (B, nkv, P+T, hd)
+            v = torch.cat([past_v, v], dim=2)  # (B, nkv, P+T, hd)
+        s = k.shape[2]
+        group = nh // nkv
+        k_rep = k[:, :, None].expand(b, nkv, group, s, hd).reshape(b, nh, s, hd)  # (B, nh, S, hd)
+        v_rep = v[:, :, None].expand(b, nkv, group, s, hd).reshape(b, nh, s, hd)  # (B, nh, S, hd)
+        scores = (q @ k_rep.transpose(-1, -2)) * (hd**-0.5) + bias  # (B, nh, T, S)
+        probs = torch.softmax(scores, dim=-1)  # (B, nh, T, S)
+        out = (probs @ v_rep).transpose(1, 2).reshape(b, t, nh * hd)  # (B, T, nh*hd)
+        return layer.o_proj(out, w_rep), k, v
+
+    def _block(
+        self, layer: _Layer, h: torch.Tensor, w_rep: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+        bias: torch.Tensor, past_k: torch.Tensor | None, past_v: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a, k, v = self._attention(layer, _rms(h, layer.ln1, self.eps), w_rep, cos, sin, bias, past_k, past_v)
+        h = h + a  # (B, T, d)
+        x = _rms(h, layer.ln2, self.eps)  # (B, T, d)
+        gate = layer.gate_proj(x, w_rep)  # (B, T, d_ff)
+        mlp = layer.down_proj(torch.nn.functional.silu(gate) * layer.up_proj(x, w_rep), w_rep)  # (B, T, d)
+        return h + mlp, k, v
+
+    def _route(self, x_route: torch.Tensor, mask_now: torch.Tensor, route: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(weights (B, K), distances (B, K)) from the routing layer's normed input (B, T, d)."""
+        b = x_route.shape[0]
+        if self.pooling == "last":
+            pooled = x_route[:, -1]  # (B, d)
+        else:
+            m = mask_now.to(x_route.dtype)[..., None]  # (B, T, 1)
+            pooled = (x_route * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, d)
+        z = torch.cat(
+            [(pooled @ p.lora_A).view(b, self.num_experts, self.rank) for p in self.route_projs], dim=-1
+        )  # (B, K, D)
+        white = torch.einsum("bkd,kde->bke", z - self.code_means, self.code_factors)  # (B, K, D)
+        dist = (white * white).sum(-1)  # (B, K)
+        vals, idx = torch.topk(-dist, self.top_k, dim=1)  # (B, k)
+        w_top = torch.softmax(vals / (2.0 * self.temperature), dim=1)  # (B, k)
+        routed = torch.zeros_like(dist).scatter(1, idx, w_top)  # (B, K)
+        given = route.abs().sum(-1, keepdim=True) > 0  # (B, 1)
+        return torch.where(given, route, routed), dist
+
+    # -- forward -----------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) int64
+        attention_mask: torch.Tensor,  # (B, T) int64, 1 = real token
+        route: torch.Tensor,  # (B, K) float32; all-zero rows are routed by the graph
+        past_mask: torch.Tensor,  # (B, P) int64
+        past: list[torch.Tensor],  # 2L tensors (B, n_kv, P, hd): key 0, value 0, key 1, ...
+    ) -> tuple[torch.Tensor, ...]:
+        b, t = input_ids.shape
+        p = past_mask.shape[1]
+        full_mask = torch.cat([past_mask, attention_mask], dim=1)  # (B, P+T)
+        pos = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, p:]  # (B, T)
+        freqs = pos[..., None].float() * self.inv_freq  # (B, T, hd/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, hd)
+        cos = (emb.cos() * self.rope_scale)[:, None]  # (B, 1, T, hd)
+        sin = (emb.sin() * self.rope_scale)[:, None]  # (B, 1, T, hd)
+        q_pos = torch.arange(t, device=input_ids.device) + p  # (T,)
+        k_pos = torch.arange(p + t, device=input_ids.device)  # (S,)
+        allowed = (k_pos[None, :] <= q_pos[:, None])[None] & (full_mask[:, None, :] > 0)  # (B, T, S)
+        bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]  # (B, 1, T, S)
+
+        h = self.embed[input_ids]  # (B, T, d)
+        # router on the frozen base: layers before the routing layer run without experts (no cache)
+        h_route = h
+        zero_rep = torch.zeros(b, 1, self.num_experts * self.rank, dtype=h.dtype)  # (B, 1, K*r)
+        if self.routing_layer > 0:
+            own = torch.where(
+                (torch.arange(t)[None, :] <= torch.arange(t)[:, None])[None] & (attention_mask[:, None, :] > 0),
+                0.0, torch.finfo(torch.float32).min,
+            )[:, None]  # (B, 1, T, T)
+            for i in range(self.routing_layer):
+                h_route, _, _ = self._block(self.layer(i), h_route, zero_rep, cos, sin, own, None, None)
+        x_route = _rms(h_route, self.layer(self.routing_layer).ln1, self.eps)  # (B, T, d)
+        weights, dist = self._route(x_route, attention_mask, route)  # (B, K), (B, K)
+        w_rep = weights.repeat_interleave(self.rank, dim=1)[:, None, :]  # (B, 1, K*r)
+
+        presents: list[torch.Tensor] = []
+        for i in range(self.num_layers):
+            h, k, v = self._block(self.layer(i), h, w_rep, cos, sin, bias, past[2 * i], past[2 * i + 1])
+            presents += [k, v]
+        h = _rms(h, self.norm, self.eps)  # (B, T, d)
+        logits = h @ (self.embed.t() if self.tied else self.lm_head)  # (B, T, V)
+        expert = weights.argmax(-1)  # (B,)
+        return (logits, expert, weights, dist, full_mask, *presents)
+
+    # -- names for export and runtime ----------------------------------------------
+
+    def input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "route", "past_mask"] + [
+            f"past.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value")
+        ]
+
+    def output_names(self) -> list[str]:
+        return ["logits", "expert", "route_weights", "distances", "present_mask"] + [
+            f"present.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value")
+        ]
+
+    def example_inputs(self, batch: int = 2, seq: int = 5, past: int = 3) -> tuple[Any, ...]:
+        ids = torch.randint(3, int(self.embed.shape[0]), (batch, seq))  # (B, T)
+        mask = torch.ones(batch, seq, dtype=torch.long)  # (B, T)
+        route = torch.zeros(batch, self.num_experts)  # (B, K)
+        pmask = torch.ones(batch, past, dtype=torch.long)  # (B, P)
+        kv = [torch.zeros(batch, self.num_kv, past, self.head_dim) for _ in range(2 * self.num_layers)]
+        return ids, mask, route, pmask, kv
