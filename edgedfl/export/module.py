@@ -113,7 +113,9 @@ class RoutedLlama(nn.Module):
     code_means: torch.Tensor
     code_factors: torch.Tensor
 
-    def __init__(self, routed: Any) -> None:
+    def __init__(self, routed: Any, *, merge_slot: int | None = None) -> None:
+        """``merge_slot`` k: the baseline of one merged adapter instead (W + s·B_k·A_k, no router, no
+        experts; the same inputs and outputs, ``expert`` always k)."""
         super().__init__()
         adapted = routed.adapted
         hf = adapted.peft_model.base_model.model  # the transformers CausalLM, LoRA layers inside
@@ -142,11 +144,21 @@ class RoutedLlama(nn.Module):
         for name, layer in adapted.layers.items():
             by_module[id(layer)] = name
 
+        self.merge_slot = merge_slot
+        if merge_slot is not None and not 0 <= merge_slot < self.num_experts:
+            raise AdapterError(f"merge_slot {merge_slot} out of range ({self.num_experts} experts)")
+
         def lookup(module: Any, path: str) -> _Proj:
             name = by_module.get(id(module))
-            if name is not None:  # a peft LoraLayer: its base weight plus the experts
-                return _Proj(module.base_layer.weight, stacks[name])
-            return _Proj(module.weight, None)
+            if name is None:
+                return _Proj(module.weight, None)
+            if merge_slot is not None:  # one adapter merged into the weight
+                k = merge_slot
+                r = self.rank
+                a, b = stacks[name]  # (K*r, d_in), (d_out, K*r), scaling folded into b
+                delta = b[:, k * r : (k + 1) * r] @ a[k * r : (k + 1) * r]  # (d_out, d_in)
+                return _Proj(module.base_layer.weight.detach() + delta, None)
+            return _Proj(module.base_layer.weight, stacks[name])  # a peft LoraLayer: base weight + experts
 
         self.register_buffer("embed", inner.embed_tokens.weight.detach().float().clone())  # (V, d)
         self.layers = nn.ModuleList(
@@ -164,7 +176,7 @@ class RoutedLlama(nn.Module):
         # router: which projections' A_cat project the pooled state, and the codes
         route_layer = self.layer(self.routing_layer)
         self.route_projs = [getattr(route_layer, m.rsplit(".", 1)[-1]) for m in routed.routing_modules]
-        if not all(p.has_lora for p in self.route_projs):
+        if merge_slot is None and not all(p.has_lora for p in self.route_projs):
             raise AdapterError("every routing module must be adapted")
         self.register_buffer("code_means", routed.code_means.float().clone())  # (K, D)
         self.register_buffer("code_factors", routed.code_factors.float().clone())  # (K, D, D)
@@ -251,6 +263,16 @@ class RoutedLlama(nn.Module):
         bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]  # (B, 1, T, S)
 
         h = self.embed[input_ids]  # (B, T, d)
+        if self.merge_slot is not None:  # the merged-adapter baseline: no router, no experts
+            weights = torch.zeros(b, self.num_experts, dtype=h.dtype)
+            weights[:, self.merge_slot] = 1.0  # (B, K)
+            presents_m: list[torch.Tensor] = []
+            for i in range(self.num_layers):
+                h, k, v = self._block(self.layer(i), h, weights, cos, sin, bias, past[2 * i], past[2 * i + 1])
+                presents_m += [k, v]
+            h = _rms(h, self.norm, self.eps)  # (B, T, d)
+            logits = h @ (self.embed.t() if self.tied else self.lm_head)  # (B, T, V)
+            return (logits, weights.argmax(-1), weights, torch.zeros_like(weights), full_mask, *presents_m)
         # router on the frozen base: layers before the routing layer run without experts (no cache)
         h_route = h
         zero_rep = torch.zeros(b, 1, self.num_experts * self.rank, dtype=h.dtype)  # (B, 1, K*r)

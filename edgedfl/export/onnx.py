@@ -113,8 +113,13 @@ def export_onnx(
     *,
     int8: bool = False,
     extra_meta: dict[str, Any] | None = None,
+    merge_slot: int | None = None,
 ) -> ExportInfo:
-    """Write ``routed`` as one ONNX model at ``out`` (and ``tokenizer.json`` beside it)."""
+    """Write ``routed`` as one ONNX model at ``out`` (and ``tokenizer.json`` beside it).
+
+    ``merge_slot`` k exports the single-merged-adapter baseline instead (expert k merged into the
+    base weights, no router): the same interface, for latency comparisons.
+    """
     _require_onnx()
     import onnx
     import torch
@@ -124,7 +129,7 @@ def export_onnx(
     t0 = time.monotonic()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    module = RoutedLlama(routed).eval()
+    module = RoutedLlama(routed, merge_slot=merge_slot).eval()
     args = module.example_inputs()
     batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("seq"), torch.export.Dim("past")
     dynamic_shapes = {
@@ -134,7 +139,7 @@ def export_onnx(
         "past_mask": {0: batch, 1: past},
         "past": [{0: batch, 2: past} for _ in range(2 * module.num_layers)],
     }
-    meta = export_metadata(module, routed, tokenizer, extra_meta)
+    meta = export_metadata(module, routed, tokenizer, {**(extra_meta or {}), "merged_slot": merge_slot})
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         with torch.no_grad():

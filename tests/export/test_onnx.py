@@ -117,3 +117,16 @@ def test_metadata_and_int8(exported, batch):
     assert a["expert"].tolist() == b["expert"].tolist()
     real = mask.astype(bool)
     assert np.corrcoef(a["logits"][real].ravel(), b["logits"][real].ravel())[0, 1] > 0.99
+
+
+def test_merged_adapter_baseline_matches_single_expert(routed_tok, batch):
+    routed, _ = routed_tok
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ref, _ = routed.logits(ids, mask, "single", 1)
+    module = RoutedLlama(routed, merge_slot=1).eval()
+    pmask, past = _empty(module, len(ids))
+    with torch.no_grad():
+        out = module(ids, mask, torch.zeros(len(ids), K), pmask, past)
+    real = mask.bool()
+    torch.testing.assert_close(out[0][real], ref[real], atol=1e-4, rtol=1e-4)
+    assert out[1].tolist() == [1] * len(ids)
