@@ -39,6 +39,9 @@ class FleetConfig(ConfigBase):
     shape_links: bool = option(False, help="apply each profile's link rate and latency at application level")
     broker: str = option("", help="mqtt://host:port of an existing broker (empty: start the embedded one)")
     timeout_s: float = option(1800.0, help="give up on the run after this many seconds")
+    node_overrides: dict[str, dict[str, Any]] = option(
+        help="per-device NodeConfig fields by node id, e.g. {'dev02': {'slowdown': 10}}", factory=dict
+    )
     swarm: SwarmConfig = option(help="settings every device shares", factory=SwarmConfig)
 
     def __post_init__(self) -> None:
@@ -81,6 +84,9 @@ def node_configs(cfg: FleetConfig, run_dir: Path, broker_url: str) -> list[NodeC
             link_latency_ms=profile.latency_ms if cfg.shape_links else 0.0,
             swarm=swarm,
         ))
+        extra = cfg.node_overrides.get(out[-1].node_id)
+        if extra:
+            out[-1] = dataclasses.replace(out[-1], **extra)
     return out
 
 

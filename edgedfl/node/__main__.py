@@ -11,7 +11,7 @@ def main() -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--threads", type=int, default=int(os.environ.get("EDGEDFL_THREADS", "1")))
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=os.environ.get("EDGEDFL_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import torch
 
     torch.set_num_threads(args.threads)

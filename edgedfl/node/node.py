@@ -140,6 +140,17 @@ class Node:
         )
         self.protocol.start()
 
+    def _follow_all_slots(self, on: bool) -> None:
+        """During the join every slot is followed: a cluster mate may send its calibration
+        statistics before this device has finished clustering, and a message published
+        before a subscription exists is not delivered. Afterwards only the own slot."""
+        assert self.protocol is not None
+        for s in range(self.swarm.num_slots):
+            if on:
+                self.protocol.follow_slot(s)
+            elif s != self.slot:
+                self.protocol.unfollow_slot(s)
+
     # -- joining ----------------------------------------------------------------------
 
     def hello(self) -> np.ndarray:
@@ -174,11 +185,13 @@ class Node:
         self.clustering = clustering
         self.slot = clustering.slot_of(self.me)
         members = clustering.members(self.slot)
-        quality = {}
-        for p, info in self.protocol.peers.items():
-            rate = info.profile.get("link_rate_bps") if info.profile else None
-            if rate:
-                quality[(p, self.me)] = float(rate)
+        # Every member must build the same graph: a link's score is the slower of its two ends'
+        # advertised rates, known to all from the hellos.
+        rates = {p: float(info.profile.get("link_rate_bps", 0.0)) for p, info in self.protocol.peers.items()
+                 if info.profile}
+        rates[self.me] = self.cfg.link_rate_bps or float(get_profile(self.cfg.profile).link_rate_bps)
+        quality = {(a, b): min(rates[a], rates[b]) for a in members for b in members
+                   if a != b and a in rates and b in rates}
         graph = neighbour_graph(members, quality, self.swarm.degree)
         self.neighbours = graph.neighbours(self.me)
         self.weights = metropolis_weights(graph)[self.me]
@@ -270,7 +283,7 @@ class Node:
             "round": r, "node": self.me, "slot": self.slot, "task": self.cfg.data,
             "accuracy": metrics["exact_match"], "loss": metrics["loss"],
             "train_loss": float(np.mean([h["loss"] for h in self.trainer.history[-self.swarm.local_steps:]])),
-            "peers": sorted(arrived), "quorum_short": short,
+            "peers": sorted(arrived), "quorum_short": short, "rejects": dict(self.protocol.rejects),
             "bytes_sent": self.link.bytes_by_round.get(r, 0), "wall_s": time.monotonic() - t0,
             "train_s": train_s, "waited_s": t_eval - t_collect,
         }
@@ -314,13 +327,22 @@ class Node:
         tensors = {k: v.astype(np.float16) for k, v in self.adapted.get_update(self.slot).items()}
         self.protocol.publish_expert(self.slot, r, tensors, {}, meta={"task_hint": ""})
 
-    def collect_experts(self, timeout_s: float) -> dict[int, int]:
-        """Load every cluster's finished expert into its slot; returns slot -> round of the expert."""
+    def collect_experts(self, timeout_s: float, *, fell_behind: bool = False) -> dict[int, int]:
+        """Load every cluster's finished expert into its slot; returns slot -> round of the expert.
+
+        A device that fell behind (rounds closed without any neighbour, e.g. after
+        a restart on a broker that kept nothing for it) also adopts its own
+        cluster's finished expert, published by the speaker at the last round.
+        """
         assert self.protocol is not None and self.clustering is not None
         wanted = set(self.clustering.slot_numbers) - {self.slot}
         deadline = time.monotonic() + timeout_s
         while wanted - set(self.protocol.experts) and time.monotonic() < deadline:
             self.protocol.poll(0.2)
+        if fell_behind:
+            own = self.protocol.experts.get(self.slot)
+            if own is not None and own.sender != self.me and own.round >= self.swarm.rounds:
+                wanted.add(self.slot)
         loaded = {}
         for slot in sorted(wanted & set(self.protocol.experts)):
             info = self.protocol.experts[slot]
@@ -352,6 +374,7 @@ class Node:
             self.hello()
         else:
             self._set_status("hello")
+            self._follow_all_slots(True)
             self.link.round = CALIBRATION_ROUND
             sig = self.hello()
             self._set_status("joining")
@@ -359,16 +382,23 @@ class Node:
             self.trainer = self._make_trainer()
             self._set_status("calibrating", slot=self.slot)
             self.calibrate_masks()
+            self._follow_all_slots(False)
             self.evaluate_before()
         assert self.clustering is not None
         self._set_status("ready", slot=self.slot, clusters=self.clustering.to_dict())
         rows = [self.run_round(r) for r in range(done + 1, self.swarm.rounds + 1)]
         self._set_status("collecting experts")
-        experts = self.collect_experts(self.swarm.round_deadline_s)
+        behind = any(r["quorum_short"] and not r["peers"] for r in rows)
+        experts = self.collect_experts(self.swarm.round_deadline_s, fell_behind=behind)
+        accuracy = rows[-1]["accuracy"] if rows else None
+        if self.slot in experts:  # caught up through the cluster's finished expert
+            self.adapted.activate(self.slot)
+            accuracy = evaluate(self.adapted.peft_model, self.tok, self.test_examples, batch_size=16,
+                                max_length=self.swarm.max_length, max_new_tokens=8)["exact_match"]
         final = {
             "node": self.me, "task": self.cfg.data, "slot": self.slot, "quant": self.quant,
             "clusters": self.clustering.assignment, "experts": experts,
-            "accuracy": rows[-1]["accuracy"] if rows else None,
+            "accuracy": accuracy, "adopted_expert": self.slot in experts,
             "bytes_by_round": dict(self.link.bytes_by_round), "total_bytes": self.link.total_bytes,
             "resumed_after": done, "wall_s": time.monotonic() - t_start,
         }

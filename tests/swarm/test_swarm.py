@@ -1,0 +1,150 @@
+"""The swarm end to end: real node processes, a real broker, the tiny model.
+
+Each test runs a small fleet (a few tens of seconds on two cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgedfl.emulation.fleet import Fleet, FleetConfig
+from edgedfl.node.config import SwarmConfig
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def _swarm(**kw) -> SwarmConfig:
+    base = dict(model="tiny", rounds=3, local_steps=10, lr=1e-2, batch_size=8, n_train=64, n_eval=16,
+                n_signature=8, n_calibration=8, max_length=96, round_deadline_s=20.0, join_timeout_s=60.0)
+    base.update(kw)
+    return SwarmConfig(**base)
+
+
+def _rows(run: Path, node: str) -> list[dict]:
+    return [json.loads(line) for line in (run / node / "rounds.jsonl").read_text().splitlines()]
+
+
+def _final(run: Path, node: str) -> dict:
+    return json.loads((run / node / "final.json").read_text())
+
+
+def test_four_nodes_two_tasks_over_mosquitto_find_the_clusters_and_improve(tmp_path, mosquitto):
+    cfg = FleetConfig(devices=4, tasks=["arith", "strtf"], broker=mosquitto.url, swarm=_swarm(), timeout_s=300)
+    fleet = Fleet(cfg, tmp_path)
+    fleet.start()
+    try:
+        fleet.wait()
+    finally:
+        fleet.stop()
+    finals = {n: _final(tmp_path, n) for n in ("dev00", "dev01", "dev02", "dev03")}
+    slots = {n: f["slot"] for n, f in finals.items()}
+    # devices 0 and 2 hold arith, 1 and 3 strtf: two clusters, the right ones
+    assert slots["dev00"] == slots["dev02"] != slots["dev01"] == slots["dev03"]
+    # every device agreed on the same clustering without a coordinator
+    assert len({json.dumps(f["clusters"], sort_keys=True) for f in finals.values()}) == 1
+    for node in finals:
+        rows = _rows(tmp_path, node)
+        assert [r["round"] for r in rows] == [0, 1, 2, 3]
+        assert rows[-1]["loss"] < rows[0]["loss"] - 0.3, (node, rows[0]["loss"], rows[-1]["loss"])
+        assert all(not r["quorum_short"] and len(r["peers"]) == 1 for r in rows[1:])
+        # each device ends up holding the other cluster's finished expert too
+        other = 1 - finals[node]["slot"]
+        assert str(other) in {str(k) for k in finals[node]["experts"]}
+
+
+def test_a_node_killed_mid_round_restarts_resumes_and_catches_up(tmp_path, mosquitto):
+    swarm = _swarm(rounds=4, degree=2, quorum=0.5, round_deadline_s=6.0)
+    cfg = FleetConfig(devices=3, tasks=["arith"], swarm=swarm, timeout_s=300, broker=mosquitto.url,
+                      node_overrides={"dev02": {"crash_after_round": 2}})
+    fleet = Fleet(cfg, tmp_path)
+    fleet.start()
+    try:
+        proc = fleet.procs["dev02"]
+        proc.wait(timeout=240)
+        assert proc.returncode == -9  # SIGKILLed right after publishing round 2
+        # stay down while the others close round 3 without us
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(
+            (tmp_path / n / "rounds.jsonl").is_file() and any(r["round"] == 3 for r in _rows(tmp_path, n))
+            for n in ("dev00", "dev01")
+        ):
+            time.sleep(0.5)
+        crashed = next(n for n in fleet.nodes if n.node_id == "dev02")
+        fleet.spawn(crashed, crash_after_round=0)  # the same device comes back
+        fleet.wait()
+    finally:
+        fleet.stop()
+    final = _final(tmp_path, "dev02")
+    assert final["resumed_after"] == 1  # round 2 was published but its checkpoint never written
+    assert sorted({r["round"] for r in _rows(tmp_path, "dev02")}) == [0, 1, 2, 3, 4]
+    # the others closed at least one round without dev02, at quorum, within the deadline
+    closed_without = [r for n in ("dev00", "dev01") for r in _rows(tmp_path, n)
+                      if r["round"] >= 3 and "dev02" not in r["peers"]]
+    assert closed_without and all(not r["quorum_short"] for r in closed_without)
+    assert all(r["waited_s"] <= swarm.round_deadline_s + 2.0 for r in closed_without)
+    # after the restart dev02 caught up: the broker kept its neighbours' updates for its persistent
+    # session while it was down, so its later rounds found them waiting
+    redo = [r for r in _rows(tmp_path, "dev02") if r["round"] >= 3]
+    assert any(r["peers"] for r in redo) or final["adopted_expert"], redo
+
+
+def test_a_ten_times_slower_node_never_stalls_its_cluster_past_the_deadline(tmp_path):
+    swarm = _swarm(rounds=2, degree=2, quorum=0.5, round_deadline_s=4.0)
+    cfg = FleetConfig(devices=3, tasks=["arith"], swarm=swarm, timeout_s=300,
+                      node_overrides={"dev02": {"slowdown": 10.0}})
+    fleet = Fleet(cfg, tmp_path)
+    fleet.start()
+    try:
+        fleet.wait()
+    finally:
+        fleet.stop()
+    for node in ("dev00", "dev01"):
+        for row in _rows(tmp_path, node)[1:]:
+            assert row["waited_s"] <= swarm.round_deadline_s + 1.5, row
+    slow = _rows(tmp_path, "dev02")[1:]
+    assert all(r["train_s"] > 0 for r in slow)
+    fast_waits = [r for n in ("dev00", "dev01") for r in _rows(tmp_path, n)[1:] if "dev02" not in r["peers"]]
+    assert fast_waits, "the slow device was never left out: the test did not exercise the deadline"
+
+
+def _emulate(out: Path) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgedfl.cli", "emulate", "--devices", "4", "--tasks", "2", "--model", "tiny",
+         "--rounds", "2", "--out", str(out), "--quiet", "--seed", "3"],
+        capture_output=True, text=True, timeout=300, check=False, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    return proc, time.monotonic() - t0
+
+
+def test_emulate_cli_is_quick_valid_and_deterministic(tmp_path):
+    first, secs = _emulate(tmp_path / "a")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert secs < 60, f"edgedfl emulate took {secs:.0f} s"
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert {"method", "devices", "tasks", "seed", "rounds", "final"} <= set(report)
+    assert report["method"] == "solora" and report["devices"] == 4 and report["seed"] == 3
+    assert len(report["tasks"]) == 2
+    for row in report["rounds"]:
+        assert {"round", "accuracy", "avg_accuracy", "bytes_sent"} <= set(row)
+        assert set(row["accuracy"]) == set(report["tasks"]) and row["bytes_sent"] > 0
+    final = report["final"]
+    assert {"avg_accuracy", "accuracy", "total_bytes", "bytes_per_device_per_round", "clusters", "wall_s"} <= set(final)
+    assert final["total_bytes"] == sum(r["bytes_sent"] for r in report["rounds"])
+    for png in ("report_accuracy.png", "report_bytes.png", "report_clusters.png"):
+        assert (tmp_path / "a" / png).stat().st_size > 1000
+
+    second, _ = _emulate(tmp_path / "b")
+    assert second.returncode == 0, second.stderr[-2000:]
+    again = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert again["final"]["clusters"] == final["clusters"]
+    assert [r["bytes_sent"] for r in again["rounds"]] == [r["bytes_sent"] for r in report["rounds"]]
+    assert [r["accuracy"] for r in again["rounds"]] == [r["accuracy"] for r in report["rounds"]]
+    assert [r["loss"] for r in again["rounds"]] == [r["loss"] for r in report["rounds"]]
