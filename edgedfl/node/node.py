@@ -51,8 +51,8 @@ from edgedfl.topology import ClusterConfig, cluster, flat_clustering, metropolis
 from edgedfl.topology.clustering import Clustering
 from edgedfl.topology.graph import present_weights
 from edgedfl.train.batching import collate_prompts
-from edgedfl.train.evaluate import evaluate
 from edgedfl.train.checkpoint import CheckpointManager
+from edgedfl.train.evaluate import evaluate
 from edgedfl.train.trainer import TrainConfig, Trainer
 from edgedfl.transport.mqtt import transport_from_url
 from edgedfl.transport.proto_types import ProtocolConfig
