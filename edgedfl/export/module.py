@@ -150,6 +150,10 @@ class RoutedLlama(nn.Module):
 
         def lookup(module: Any, path: str) -> _Proj:
             name = by_module.get(id(module))
+            weight = module.weight if name is None else module.base_layer.weight
+            if type(weight) not in (torch.Tensor, nn.Parameter) or not weight.dtype.is_floating_point:
+                raise AdapterError(f"{path}: export needs an unquantized base (load it with quant 'none'), "
+                                   f"found {type(weight).__name__}")
             if name is None:
                 return _Proj(module.weight, None)
             if merge_slot is not None:  # one adapter merged into the weight

@@ -3,6 +3,10 @@
 Each run trained one slot of the same adapter config (same model, seed,
 num_slots); together they cover slots 0..K-1. Each expert's latent code comes
 from the first ``n_calibration`` training prompts of its own run.
+
+The base is always rebuilt unquantized (``quant="none"``), whatever the runs
+trained on: exporters need plain float weights, and an ONNX model is
+quantized by ONNX Runtime's own tools afterwards (``--int8``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ def routed_from_runs(
 ) -> tuple[Any, Any, str]:
     """(RoutedModel, tokenizer, model spec) from run directories that trained different slots."""
     from edgedfl.routing.router import RoutedModel
-    from edgedfl.train.local import load_run
 
     router = router or RouterConfig()
     if not run_dirs:
@@ -46,6 +49,22 @@ def routed_from_runs(
     codes = [compute_code(adapted, tok, by_slot[k][1], router, k, max_length=first_cfg.train.max_length)
              for k in range(adapted.num_slots)]
     return RoutedModel(adapted, codes, router, [by_slot[k][0] for k in range(adapted.num_slots)]), tok, first_cfg.model
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> tuple[Any, Any, Any, list[Any], None]:
+    """(cfg, adapted, tok, train examples, None) of a run's newest checkpoint, on an unquantized base."""
+    from edgedfl.train.local import LocalRunConfig, build_model, load_data
+    from edgedfl.train.trainer import Trainer
+
+    run = Path(run_dir)
+    cfg = LocalRunConfig.load(run / "run_config.json")
+    cfg.quant = "none"
+    adapted, tok, _ = build_model(cfg)
+    train, _ = load_data(cfg)
+    trainer = Trainer(adapted, tok, train, cfg.train, checkpoint_dir=str(run / "ckpt"))
+    if trainer.resume() is None:
+        raise ConfigError(f"{run} has no complete checkpoint yet")
+    return cfg, adapted, tok, train, None
 
 
 def _shared(adapter: dict[str, Any]) -> dict[str, Any]:
