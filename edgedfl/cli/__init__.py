@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("broker", "start an MQTT broker (embedded amqtt or Mosquitto) and print its URL"),
     "export": ("export", "write every expert, the router and the base as one ONNX model"),
     "infer": ("infer", "run an exported ONNX model on a prompt (onnxruntime only, no torch)"),
+    "doctor": ("doctor", "report what this device can do (CUDA, memory, quantization, broker) and its profile"),
 }
 
 
