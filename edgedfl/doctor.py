@@ -73,7 +73,7 @@ def _safe(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run one probe; an exception becomes ``{"error": ...}`` instead of propagating."""
     try:
         return probe()
-    except Exception as exc:  # noqa: BLE001 - the doctor reports, never raises
+    except Exception as exc:  # the doctor reports, never raises
         log.debug("probe %s failed", getattr(probe, "__name__", probe), exc_info=True)
         return {"error": _error(exc)}
 
