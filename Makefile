@@ -10,7 +10,7 @@ $(VENV)/.edgedfl-setup: pyproject.toml scripts/setup.sh
 setup: $(VENV)/.edgedfl-setup
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/edgedfl demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/edgedfl demo   # = edgedfl emulate --model smollm2 --devices 4 --tasks topic,yesno --rounds 3
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

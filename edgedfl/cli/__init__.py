@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # each owner adds one line for its subcommand
     "emulate": ("emulate", "run N devices as processes on this machine, on the embedded broker, and report"),
     "node": ("node", "run this device in a swarm from a node config file"),
-    "demo": ("demo", "the main job: fine-tune the real model on the built-in tasks and print a table"),
+    "demo": ("demo", "the main job: an emulated 4-device swarm fine-tuning SmolLM2-135M on 2 tasks"),
     "train": ("train", "fine-tune one device's expert on local data (resumes if interrupted)"),
     "eval": ("evaluate", "loss and exact-match accuracy of a run's newest checkpoint"),
     "export-adapter": ("export_adapter", "write one expert as a standard peft LoRA adapter"),

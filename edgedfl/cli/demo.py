@@ -1,9 +1,12 @@
-"""``edgedfl demo``: the main job until the swarm lands — fine-tune the real model on one device.
+"""``edgedfl demo``: the main job — an emulated swarm of devices fine-tuning the real model.
 
-Loads SmolLM2-135M (from the bundled GGUF), quantizes it for this device,
-trains one sparse-orthogonal LoRA expert per built-in task (one slot each, on
-one model), and prints a table of exact-match accuracy before and after, with
-the size of what each expert would put on the wire.
+By default: ``edgedfl emulate`` with SmolLM2-135M (from the bundled GGUF), 4
+devices, 2 built-in tasks (topic classification and yes/no questions), 3
+rounds, on the embedded broker; it prints per-task accuracy and bytes sent.
+
+``--single-device`` instead fine-tunes one expert slot per task on one model in
+this process and prints accuracy before and after with the bytes one round of
+each expert would cost.
 """
 
 from __future__ import annotations
@@ -12,16 +15,34 @@ import argparse
 import time
 
 
+DEMO_SWARM = ["--model", "smollm2", "--devices", "4", "--tasks", "topic,yesno", "--rounds", "3",
+              "--local-steps", "8", "--n-eval", "40"]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--single-device", action="store_true", help="one device, one expert per task, no swarm")
     p.add_argument("--model", default="smollm2", help="tiny, smollm2, a hub id, a directory or a .gguf")
-    p.add_argument("--tasks", default="topic,arith", help="comma-separated built-in tasks, one expert each")
-    p.add_argument("--steps", type=int, default=40, help="optimizer steps per expert")
+    p.add_argument("--tasks", default="topic,yesno", help="comma-separated built-in tasks")
+    p.add_argument("--steps", type=int, default=40, help="--single-device: optimizer steps per expert")
     p.add_argument("--n-eval", type=int, default=40, help="test examples per task")
-    p.add_argument("--quant", default="auto", help="quantization backend (auto = the device profile's)")
+    p.add_argument("--quant", default="auto", help="--single-device: quantization backend")
     p.add_argument("--out", default="runs/demo", help="where runs are written")
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.single_device:
+        from edgedfl.cli import build_parser
+
+        emulate_args = list(DEMO_SWARM)
+        emulate_args[emulate_args.index("--model") + 1] = args.model
+        emulate_args[emulate_args.index("--tasks") + 1] = args.tasks
+        emulate_args[emulate_args.index("--n-eval") + 1] = str(args.n_eval)
+        parsed = build_parser().parse_args(["emulate", *emulate_args, "--out", args.out])
+        return int(parsed._module.run(parsed))
+    return run_single_device(args)
+
+
+def run_single_device(args: argparse.Namespace) -> int:
     from edgedfl.adapters import AdapterConfig
     from edgedfl.data.tasks import load_task
     from edgedfl.train.local import LocalRunConfig, build_model, calibrate

@@ -69,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
 
         shutil.rmtree(out)
     fleet = Fleet(cfg, out)
+    import signal
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # the finally below stops every device process
+
+    signal.signal(signal.SIGTERM, _terminate)
     t0 = time.monotonic()
     state = {"t0": t0}
     fleet.start()
