@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 
-
 DEMO_SWARM = ["--model", "smollm2", "--devices", "4", "--tasks", "topic,yesno", "--rounds", "3",
               "--local-steps", "8", "--n-eval", "40"]
 
