@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/emulate", help="run directory")
     p.add_argument("--report", default=None, help="report JSON path (default: OUT/report.json); PNGs next to it")
     p.add_argument("--deadline", type=float, default=None, help="round deadline in seconds")
+    p.add_argument("--final-modes", default="implicit",
+                   help="final evaluation modes, comma-separated: implicit (the inference setup), oracle, merge")
     p.add_argument("--quiet", action="store_true", help="no live progress view")
 
 
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from edgedfl.node.config import SwarmConfig
 
     swarm_kwargs: dict[str, Any] = {"model": args.model, "method": args.method, "topology": args.topology,
-                                    "rounds": args.rounds, "seed": args.seed, "random_masks": args.random_masks}
+                                    "rounds": args.rounds, "seed": args.seed, "random_masks": args.random_masks,
+                                    "final_modes": args.final_modes.split(",")}
     for key, value in (("local_steps", args.local_steps), ("lr", args.lr), ("rank", args.rank),
                        ("density", args.density), ("n_train", args.n_train), ("n_eval", args.n_eval),
                        ("round_deadline_s", args.deadline)):

@@ -69,7 +69,8 @@ def resolve_tasks(spec: str) -> list[str]:
 
 
 def node_configs(cfg: FleetConfig, run_dir: Path, broker_url: str) -> list[NodeConfig]:
-    swarm = dataclasses.replace(cfg.swarm, expected_devices=cfg.swarm.expected_devices or cfg.devices)
+    swarm = dataclasses.replace(cfg.swarm, expected_devices=cfg.swarm.expected_devices or cfg.devices,
+                                eval_tasks=list(cfg.swarm.eval_tasks) or list(cfg.tasks))
     out = []
     per_task = {t: [i for i in range(cfg.devices) if cfg.tasks[i % len(cfg.tasks)] == t] for t in cfg.tasks}
     for i in range(cfg.devices):

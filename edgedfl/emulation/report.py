@@ -58,16 +58,29 @@ def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: in
     devices = len(finals)
     total = sum(bytes_by_round.values())
     n_rounds = max((r["round"] for r in rounds), default=0)  # round 0 is the evaluation before training
-    final_acc: dict[str, list[float]] = defaultdict(list)
+    # final accuracy: every device answers every task's test split with its inference setup
+    # (the first final mode, implicit routing by default); other modes are reported beside it
+    by_mode: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    routing_acc: list[float] = []
+    setup_mode = None
     for f in finals.values():
-        if f.get("accuracy") is not None:
-            final_acc[f["task"]].append(f["accuracy"])
-    acc = {t: _mean(final_acc[t]) for t in tasks if final_acc[t]}
+        modes = f.get("final", {}).get("modes", {})
+        setup_mode = setup_mode or f.get("final", {}).get("setup")
+        for mode, task_acc in modes.items():
+            for t, value in task_acc.items():
+                by_mode[mode][t].append(value)
+        if f.get("final", {}).get("routing_accuracy") is not None:
+            routing_acc.append(f["final"]["routing_accuracy"])
+    modes_report = {m: {t: _mean(v[t]) for t in tasks if v[t]} for m, v in by_mode.items()}
+    acc = modes_report.get(setup_mode or "", {})
     return {
         "method": method, "topology": topology, "model": model, "devices": devices, "tasks": tasks, "seed": seed,
         "rounds": rounds, "join_bytes": bytes_by_round.get(0, 0),
         "final": {
             "avg_accuracy": _mean(list(acc.values())), "accuracy": acc, "total_bytes": total,
+            "inference_setup": setup_mode,
+            "modes": {m: {"accuracy": a, "avg_accuracy": _mean(list(a.values()))} for m, a in modes_report.items()},
+            "routing_accuracy": _mean(routing_acc) if routing_acc else None,
             "bytes_per_device_per_round": total / max(devices * n_rounds, 1),
             "clusters": {n: f["slot"] for n, f in sorted(finals.items())}, "wall_s": wall_s,
         },
@@ -155,7 +168,12 @@ def format_table(report: dict[str, Any]) -> str:
         accs = " ".join(f"{r['accuracy'].get(t, float('nan')):>8.2f}" for t in tasks)
         lines.append(f"{r['round']:>5} {accs} {r['avg_accuracy']:>8.2f} {r['bytes_sent'] / 1e6:>9.3f}")
     f = report["final"]
-    lines.append(f"final: average accuracy {f['avg_accuracy']:.3f}; {f['total_bytes'] / 1e6:.3f} MB in all "
+    for mode, m in f.get("modes", {}).items():
+        accs = " ".join(f"{m['accuracy'].get(t, float('nan')):>8.2f}" for t in tasks)
+        lines.append(f"{mode[:5]:>5} {accs} {m['avg_accuracy']:>8.2f}")
+    if f.get("routing_accuracy") is not None:
+        lines.append(f"routing accuracy (implicit, held-out mixed prompts): {f['routing_accuracy']:.3f}")
+    lines.append(f"final ({f.get('inference_setup')}): average accuracy {f['avg_accuracy']:.3f}; {f['total_bytes'] / 1e6:.3f} MB in all "
                  f"(join {report['join_bytes'] / 1e6:.3f} MB), {f['bytes_per_device_per_round'] / 1e3:.1f} kB per "
                  f"device per round; clusters {f['clusters']}; {f['wall_s']:.0f} s")
     return "\n".join(lines)

@@ -16,7 +16,8 @@ from edgedfl.config import ConfigBase, check, option
 from edgedfl.devices import PROFILES
 
 TOPOLOGIES = ("clusters", "flat")
-ROUTING_MODES = ("implicit", "oracle", "merge-all", "own")
+#: final evaluation modes: implicit routing (ours), the true task's expert, the sum of all experts
+FINAL_MODES = ("implicit", "oracle", "merge")
 
 
 @dataclasses.dataclass
@@ -51,7 +52,14 @@ class SwarmConfig(ConfigBase):
     n_eval: int = option(40, help="test examples per task for evaluation")
     n_signature: int = option(16, help="prompts pooled into the task signature")
     n_calibration: int = option(16, help="prompts for the mask calibration")
-    routing: str = option("own", help="final inference setup: own (the device's cluster expert) or oracle")
+    eval_tasks: list[str] = option(
+        help="tasks of the final mixed test set every device answers with all experts (empty = its own task)",
+        factory=list,
+    )
+    final_modes: list[str] = option(
+        help="final evaluation modes: implicit (routed by latent codes), oracle (the true task's expert), "
+        "merge (sum of all experts); the first is the device's inference setup", factory=lambda: ["implicit"],
+    )
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -66,7 +74,8 @@ class SwarmConfig(ConfigBase):
         check(0 < self.quorum <= 1, n, "quorum", self.quorum, "must be in (0, 1]")
         check(self.degree >= 1, n, "degree", self.degree, "must be >= 1")
         check(self.round_deadline_s > 0, n, "round_deadline_s", self.round_deadline_s, "must be > 0")
-        check(self.routing in ROUTING_MODES, n, "routing", self.routing, f"choose from {ROUTING_MODES}")
+        check(bool(self.final_modes) and all(m in FINAL_MODES for m in self.final_modes), n, "final_modes",
+              self.final_modes, f"a non-empty subset of {FINAL_MODES}")
 
     @property
     def num_slots(self) -> int:

@@ -47,12 +47,15 @@ from edgedfl.model.quantize import quantize_model
 from edgedfl.node.config import NodeConfig
 from edgedfl.node.links import CountingTransport
 from edgedfl.node.signature import task_signature
+from edgedfl.routing import LatentCode, RouterConfig
+from edgedfl.routing.calibrate import compute_code
+from edgedfl.routing.router import RoutedModel
 from edgedfl.topology import ClusterConfig, cluster, flat_clustering, metropolis_weights, neighbour_graph
 from edgedfl.topology.clustering import Clustering
 from edgedfl.topology.graph import present_weights
 from edgedfl.train.batching import collate_prompts
 from edgedfl.train.checkpoint import CheckpointManager
-from edgedfl.train.evaluate import evaluate
+from edgedfl.train.evaluate import evaluate, normalise_answer
 from edgedfl.train.trainer import TrainConfig, Trainer
 from edgedfl.transport.mqtt import transport_from_url
 from edgedfl.transport.proto_types import ProtocolConfig
@@ -61,6 +64,7 @@ from edgedfl.transport.protocol import NeighbourProtocol
 log = logging.getLogger("edgedfl.node")
 
 CALIBRATION_ROUND = 0
+CODE_PREFIX = "code."
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -88,6 +92,9 @@ class Node:
         self.slot = 0
         self.neighbours: tuple[str, ...] = ()
         self.weights: dict[str, float] = {}
+        self.router_config = RouterConfig()
+        #: the cluster's pooled latent code (solora), from round 0
+        self.cluster_code: LatentCode | None = None
 
     # -- status for the live view ------------------------------------------------
 
@@ -203,14 +210,14 @@ class Node:
         assert self.protocol is not None and self.link is not None and self.clustering is not None
         if self.swarm.method != "solora":
             return
-        if self.swarm.random_masks:
-            self.adapted.set_uniform_masks(self.slot, self.swarm.density, random_positions=True)
-            return
         prompts = [e.prompt for e in self.train_examples[: self.swarm.n_calibration]]
         batches = (collate_prompts(self.tok, prompts[i : i + 8], self.swarm.max_length)
                    for i in range(0, len(prompts), 8))
         own = self.adapted.calibrate(batches, self.slot)
-        tensors = {}
+        code = compute_code(self.adapted, self.tok, prompts, self.router_config, self.slot,
+                            max_length=self.swarm.max_length)
+        self.adapted.activate(self.slot)  # the routing probe toggles adapters: restore what trains
+        tensors = code.to_tensors(CODE_PREFIX)
         for layer, st in own.items():
             tensors[f"{layer}.cov"] = st.cov.astype(np.float32)
             tensors[f"{layer}.energy"] = np.array([st.total_energy, st.n_tokens], dtype=np.float32)
@@ -226,12 +233,18 @@ class Node:
             log.warning("%s: calibration stats missing from some cluster members", self.me)
         everyone = {self.me: tensors, **{s: u.tensors for s, u in got.items()}}
         pooled: dict[str, LayerStats] = {}
+        self.cluster_code = None
         for sender in sorted(everyone):  # same order, same float sums, on every member
             t = everyone[sender]
+            c = LatentCode.from_tensors(t, CODE_PREFIX)
+            self.cluster_code = c if self.cluster_code is None else self.cluster_code.merged(c)
             for layer, st in own.items():
                 e = t[f"{layer}.energy"].astype(np.float64)
                 s = LayerStats(t[f"{layer}.cov"].astype(np.float64), float(e[0]), int(e[1]), st.d_in, st.d_out)
                 pooled[layer] = pooled[layer].merged(s) if layer in pooled else s
+        if self.swarm.random_masks:  # the ablation: same budget, positions at random
+            self.adapted.set_uniform_masks(self.slot, self.swarm.density, random_positions=True)
+            return
         masks, densities = self.adapted.masks_from_stats(self.slot, pooled)
         self.adapted.set_masks(self.slot, masks, densities)
 
@@ -311,8 +324,11 @@ class Node:
 
     def _extra(self, r: int) -> dict[str, Any]:
         assert self.clustering is not None
+        code = None
+        if self.cluster_code is not None:
+            code = {k: v.tolist() for k, v in self.cluster_code.to_tensors().items()}
         return {"round": r, "clustering": self.clustering.to_dict(), "slot": self.slot,
-                "neighbours": list(self.neighbours), "weights": self.weights}
+                "neighbours": list(self.neighbours), "weights": self.weights, "code": code}
 
     def _is_speaker(self) -> bool:
         assert self.clustering is not None
@@ -325,7 +341,9 @@ class Node:
         if not self._is_speaker() or not (r == self.swarm.rounds or (every and r % every == 0)):
             return
         tensors = {k: v.astype(np.float16) for k, v in self.adapted.get_update(self.slot).items()}
-        self.protocol.publish_expert(self.slot, r, tensors, {}, meta={"task_hint": ""})
+        latent = self.cluster_code.to_tensors() if self.cluster_code is not None else {}
+        # the task name travels only so that emulations can score oracle routing
+        self.protocol.publish_expert(self.slot, r, tensors, latent, meta={"task": self.cfg.data})
 
     def collect_experts(self, timeout_s: float, *, fell_behind: bool = False) -> dict[int, int]:
         """Load every cluster's finished expert into its slot; returns slot -> round of the expert.
@@ -351,6 +369,59 @@ class Node:
             loaded[slot] = info.round
         return loaded
 
+    def final_eval(self, loaded: dict[int, int]) -> dict[str, Any]:
+        """Every device answers the mixed test set of ``eval_tasks`` with all the experts it holds.
+
+        Modes (``final_modes``): ``implicit`` routes each prompt by the experts'
+        latent codes (the device's inference setup), ``oracle`` applies the true
+        task's expert, ``merge`` the sum of all experts. A slot without an expert
+        gets a code no prompt is near, so it is never chosen (and adds zero when merged).
+        """
+        assert self.protocol is not None
+        tasks = list(self.swarm.eval_tasks) or [self.cfg.data]
+        test = {t: self.test_examples if t == self.cfg.data
+                else load_examples(t, "test", n=self.swarm.n_eval, seed=self.swarm.seed) for t in tasks}
+        modes = list(self.swarm.final_modes)
+        out: dict[str, Any] = {"modes": {m: {} for m in modes}, "routing_accuracy": None, "setup": modes[0]}
+        if self.swarm.method != "solora" or self.swarm.num_slots == 1 or self.cluster_code is None:
+            self.adapted.activate(self.slot)  # one adapter: every mode is the same model
+            for t, exs in test.items():
+                acc = evaluate(self.adapted.peft_model, self.tok, exs, batch_size=16,
+                               max_length=self.swarm.max_length, max_new_tokens=8, with_loss=False)["exact_match"]
+                for m in modes:
+                    out["modes"][m][t] = acc
+            return out
+        codes = {self.slot: self.cluster_code}
+        task_slot = {self.cfg.data: self.slot}
+        for slot in loaded:
+            info = self.protocol.experts[slot]
+            if info.latent:
+                codes[slot] = LatentCode.from_tensors(info.latent)
+            task_slot.setdefault(info.meta.get("task", ""), slot)
+        dim = self.cluster_code.dim
+        nowhere = LatentCode(2, np.full(dim, 1e6), np.eye(dim))  # (D,), (D, D)
+        routed = RoutedModel(self.adapted, [codes.get(k, nowhere) for k in range(self.swarm.num_slots)],
+                             self.router_config)
+        hits = total = 0
+        for t, exs in test.items():
+            for mode in modes:
+                if mode == "oracle" and t not in task_slot:
+                    continue
+                answers: list[str] = []
+                for i in range(0, len(exs), 16):
+                    chunk = exs[i : i + 16]
+                    slots = [task_slot[t]] * len(chunk) if mode == "oracle" else None
+                    texts, route = routed.generate_text(self.tok, [e.prompt for e in chunk], mode, slots,
+                                                        max_new_tokens=8, max_length=self.swarm.max_length)
+                    answers += texts
+                    if mode == "implicit" and t in task_slot:
+                        hits += int((route.experts == task_slot[t]).sum())
+                        total += len(chunk)
+                out["modes"][mode][t] = float(np.mean(
+                    [normalise_answer(a) == normalise_answer(e.completion) for a, e in zip(answers, exs)]))
+        out["routing_accuracy"] = hits / total if total else None
+        return out
+
     # -- the whole life ------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -368,6 +439,9 @@ class Node:
             done = int(extra["round"])
             self.link.round = done + 1
             self.place(Clustering.from_dict(extra["clustering"]))
+            if extra.get("code"):
+                self.cluster_code = LatentCode.from_tensors({k: np.asarray(v, dtype=np.float32)
+                                                             for k, v in extra["code"].items()})
             self.trainer = self._make_trainer()
             self.trainer.resume()
             log.info("%s: resumed after round %d in slot %d", self.me, done, self.slot)
@@ -390,15 +464,13 @@ class Node:
         self._set_status("collecting experts")
         behind = any(r["quorum_short"] and not r["peers"] for r in rows)
         experts = self.collect_experts(self.swarm.round_deadline_s, fell_behind=behind)
-        accuracy = rows[-1]["accuracy"] if rows else None
-        if self.slot in experts:  # caught up through the cluster's finished expert
-            self.adapted.activate(self.slot)
-            accuracy = evaluate(self.adapted.peft_model, self.tok, self.test_examples, batch_size=16,
-                                max_length=self.swarm.max_length, max_new_tokens=8)["exact_match"]
+        self._set_status("final evaluation")
+        routed = self.final_eval({s: r for s, r in experts.items() if s != self.slot})
+        setup = routed["modes"][self.swarm.final_modes[0]]
         final = {
             "node": self.me, "task": self.cfg.data, "slot": self.slot, "quant": self.quant,
             "clusters": self.clustering.assignment, "experts": experts,
-            "accuracy": accuracy, "adopted_expert": self.slot in experts,
+            "accuracy": setup.get(self.cfg.data), "final": routed, "adopted_expert": self.slot in experts,
             "bytes_by_round": dict(self.link.bytes_by_round), "total_bytes": self.link.total_bytes,
             "resumed_after": done, "wall_s": time.monotonic() - t_start,
         }
