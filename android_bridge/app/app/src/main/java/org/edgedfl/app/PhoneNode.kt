@@ -142,6 +142,22 @@ class PhoneNode(private val cfg: PhoneConfig, private val status: (String) -> Un
             tensors["${l.name}.cov"] = FloatTensor(longArrayOf(r, r), st.cov[k])
             tensors["${l.name}.energy"] = FloatTensor(longArrayOf(2), floatArrayOf(st.energy[k].toFloat(), st.tokens.toFloat()))
         }
+        // The cluster's latent code (implicit MoE routing): node.py sends its own code with the
+        // statistics as "code.latent.{count,mean,cov}" (LatentCode.from_features: mean, cov / N).
+        if (st.routing.size >= 2) {
+            val n = st.routing.size
+            val d = st.routing[0].size
+            val mean = DoubleArray(d) { j -> st.routing.sumOf { it[j].toDouble() } / n }
+            val cov = FloatArray(d * d) { x ->
+                val (i, j) = x / d to x % d
+                (st.routing.sumOf { (it[i] - mean[i]) * (it[j] - mean[j]) } / n).toFloat()
+            }
+            tensors["code.latent.count"] = FloatTensor(longArrayOf(1), floatArrayOf(n.toFloat()))
+            tensors["code.latent.mean"] = FloatTensor(longArrayOf(d.toLong()), FloatArray(d) { mean[it].toFloat() })
+            tensors["code.latent.cov"] = FloatTensor(longArrayOf(d.toLong(), d.toLong()), cov)
+        } else {
+            Log.w(TAG, "$me: the features program gives no routing features: no latent code sent (README.md)")
+        }
         val mates = members.filter { it != me }.toSet()
         proto.publishUpdate(0, slot, tensors, mates, null, Precision.FP32)
         val (_, short) = proto.collectRound(0, slot, mates, mates.size, (s.joinTimeoutS * 1000).toLong())

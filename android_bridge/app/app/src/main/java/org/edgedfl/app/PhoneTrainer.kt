@@ -124,7 +124,12 @@ class PhoneTrainer(private val bundle: Bundle, lr: Double, momentum: Double) : A
 class PhoneFeatures(private val bundle: Bundle) : AutoCloseable {
     private val module = Module.load(bundle.featuresFile.absolutePath)
 
-    class Stats(val pooled: List<FloatArray>, val cov: List<FloatArray>, val energy: DoubleArray, var tokens: Double)
+    /**
+     * [routing]: per prompt, the routing features in the slot's subspace (the latent code's input,
+     * `edgedfl.routing.calibrate.routing_features`), when the program has that fifth output; else empty.
+     */
+    class Stats(val pooled: List<FloatArray>, val cov: List<FloatArray>, val energy: DoubleArray, var tokens: Double,
+                val routing: List<FloatArray>)
 
     /** Run over [prompts] (token ids, already cut to max length) in fixed-size padded batches. */
     fun run(prompts: List<LongArray>, slotA: List<FloatArray>): Stats {
@@ -133,6 +138,7 @@ class PhoneFeatures(private val bundle: Bundle) : AutoCloseable {
         val r = bundle.rank
         val aIn = bundle.layers.zip(slotA).map { (l, v) -> EValue.from(Tensor.fromBlob(v, longArrayOf(r.toLong(), l.dIn.toLong()))) }
         val pooled = ArrayList<FloatArray>()
+        val routing = ArrayList<FloatArray>()
         val cov = bundle.layers.map { FloatArray(r * r) }
         val energy = DoubleArray(bundle.layers.size)
         var tokens = 0.0
@@ -158,8 +164,14 @@ class PhoneFeatures(private val bundle: Bundle) : AutoCloseable {
                 energy[k] += e[k].toDouble()
             }
             tokens += out[3].toTensor().dataAsFloatArray[0].toDouble()
+            if (out.size > 4) {
+                val z = out[4].toTensor()
+                val d = z.shape()[1].toInt()
+                val zv = z.dataAsFloatArray
+                for (i in chunk.indices) routing.add(zv.copyOfRange(i * d, (i + 1) * d))
+            }
         }
-        return Stats(pooled, cov, energy, tokens)
+        return Stats(pooled, cov, energy, tokens, routing)
     }
 
     override fun close() = module.destroy()
