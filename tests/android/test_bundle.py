@@ -1,0 +1,189 @@
+"""Android bundle export on the tiny model: 20 SGD steps through the ExecuTorch training program
+match torch SGD on the same data (losses and B to 1e-5); the manifest, A, masks and tokenizer
+are what a phone needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgedfl.adapters import solora
+from edgedfl.android import is_executorch_available
+from edgedfl.android import manifest as mf
+
+requires_executorch = pytest.mark.skipif(
+    not is_executorch_available(), reason="executorch not installed (pip install -e '.[android]')"
+)
+
+SLOT = 1
+SLOTS = 3
+BATCH, MAX_LEN = 4, 48
+LR = 0.5
+STEPS = 20
+
+
+def test_mask_bits_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    for shape in [(64, 8), (13, 3), (1, 1)]:
+        mask = rng.random(shape) < 0.3
+        bits = mf.pack_mask(mask)
+        assert bits.dtype == np.uint8 and bits.size == -(-mask.size // 8)
+        assert np.array_equal(mf.unpack_mask(bits, shape), mask)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not is_executorch_available():
+        pytest.skip("executorch not installed (pip install -e '.[android]')")
+    from edgedfl.adapters import AdapterConfig
+    from edgedfl.android.export import AndroidExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("bundle")
+    cfg = AndroidExportConfig(
+        out=str(out), slot=SLOT, batch_size=BATCH, max_length=MAX_LEN, lr=LR, programs=["train"],
+        adapter=AdapterConfig(num_slots=SLOTS, seed=3, density=0.3),
+    )
+    return export_bundle(cfg)
+
+
+def _batches(tok: object, n: int) -> list[dict]:
+    import torch
+
+    from edgedfl.data.sources import load_examples
+    from edgedfl.train.batching import collate_train
+
+    examples = load_examples("arith", "train", n=n * BATCH, seed=0)
+    out = []
+    for i in range(n):
+        b = collate_train(tok, examples[i * BATCH : (i + 1) * BATCH], MAX_LEN)
+        pad = MAX_LEN - b["input_ids"].shape[1]  # the program's shape is fixed: pad on the right
+        out.append({
+            "input_ids": torch.nn.functional.pad(b["input_ids"], (0, pad), value=tok.pad_token_id),
+            "labels": torch.nn.functional.pad(b["labels"], (0, pad), value=-100),
+            "attention_mask": torch.nn.functional.pad(b["attention_mask"], (0, pad), value=0),
+        })
+    return out
+
+
+@requires_executorch
+def test_manifest_a_masks_tokenizer(bundle: Path) -> None:
+    manifest = mf.load_manifest(bundle)
+    assert manifest["bundle_version"] == mf.BUNDLE_VERSION
+    assert manifest["slot"] == SLOT and manifest["num_slots"] == SLOTS and manifest["rank"] == 8
+    assert manifest["programs"]["train"]["batch_size"] == BATCH
+    assert manifest["programs"]["train"]["check_loss_abs_diff"] < 1e-5
+    layers = [e["name"] for e in manifest["layers"]]
+    assert len(layers) == 8 and all(e["param"] for e in manifest["layers"])
+    # A: regenerable from the seed, exactly what solora gives every node
+    first = manifest["layers"][0]
+    a = mf.read_lora_A(bundle / mf.LORA_A, SLOT, layers)[0]
+    expected = solora.slot_A(3, first["name"], first["d_in"], 8, SLOT, SLOTS, manifest["a_scale"])
+    np.testing.assert_allclose(a, expected, atol=1e-7)
+    # masks: the planned slot's uniform masks, as packed bits
+    masks = mf.read_masks(bundle / mf.MASKS, mf.layer_shapes(manifest))
+    m0 = solora.make_mask(3, first["name"], SLOT, first["d_out"], 8, 0.3)
+    assert np.array_equal(masks[first["name"]], m0)
+    assert manifest["masks"]["source"] == "uniform"
+    # the tokenizer file encodes like the model's tokenizer
+    from tokenizers import Tokenizer
+
+    from edgedfl.model.tiny import tiny_tokenizer
+
+    raw = Tokenizer.from_file(str(bundle / manifest["tokenizer"]["file"]))
+    text = "Task: string transformation\nInput: a b\nAnswer:"
+    assert raw.encode(text).ids == tiny_tokenizer()(text)["input_ids"]
+    assert manifest["tokenizer"]["eos_id"] == 2
+    json.dumps(manifest)  # plain JSON all the way down
+
+
+@requires_executorch
+def test_executorch_sgd_matches_torch(bundle: Path) -> None:
+    """20 SGD steps through train.pte (masked after each step) == torch SGD on the same batches."""
+    import torch
+    from executorch.extension.training import _load_for_executorch_for_training, get_sgd_optimizer
+
+    from edgedfl.adapters import AdapterConfig, attach_adapter
+    from edgedfl.model.loading import load_model
+
+    # Prepare: the torch reference is the node's own model (peft, K slots, masks, SGD)
+    manifest = mf.load_manifest(bundle)
+    layers = [e["name"] for e in manifest["layers"]]
+    params = {e["name"]: e["param"] for e in manifest["layers"]}
+    masks = mf.read_masks(bundle / mf.MASKS, mf.layer_shapes(manifest))
+    base, tok = load_model("tiny", seed=3)
+    adapted = attach_adapter(base, AdapterConfig(num_slots=SLOTS, seed=3, density=0.3))
+    adapted.activate(SLOT)
+    adapted.set_masks(SLOT, masks)
+    adapted.peft_model.eval()  # no dropout either way; gradients flow
+    torch_opt = torch.optim.SGD(adapted.trainable_parameters(), lr=LR)
+    a_inputs = [torch.from_numpy(a) for a in mf.read_lora_A(bundle / mf.LORA_A, SLOT, layers)]
+    program = _load_for_executorch_for_training(str(bundle / mf.TRAIN_PTE))
+    batches = _batches(tok, STEPS)
+    torch_masks = {n: torch.from_numpy(m).float() for n, m in masks.items()}
+
+    # Execute
+    et_losses, torch_losses = [], []
+    optimizer = None
+    for batch in batches:
+        loss = program.forward_backward(
+            "forward", (batch["input_ids"], batch["labels"], batch["attention_mask"], *a_inputs))[0]
+        et_losses.append(float(loss))
+        if optimizer is None:  # parameters are known after the first call
+            optimizer = get_sgd_optimizer(program.named_parameters(), LR, 0, 0, 0, False)
+        optimizer.step(program.named_gradients())
+        named = program.named_parameters()
+        for n in layers:
+            named[params[n]].mul_(torch_masks[n])  # masked entries stay exactly zero
+
+        t_loss = adapted.peft_model(**batch).loss
+        t_loss.backward()
+        torch_opt.step()
+        torch_opt.zero_grad()
+        adapted.apply_masks(SLOT)
+        torch_losses.append(float(t_loss.detach()))
+
+    # Assert
+    np.testing.assert_allclose(et_losses, torch_losses, atol=1e-5, rtol=0)
+    assert torch_losses[-1] < torch_losses[0]  # it trains
+    named = program.named_parameters()
+    for n in layers:
+        et_b = named[params[n]].numpy()
+        t_b = adapted.B(SLOT, n).detach().numpy()
+        np.testing.assert_allclose(et_b, t_b, atol=1e-5, rtol=0)
+        assert not et_b[~masks[n]].any()
+        assert np.abs(t_b).max() > 0
+
+
+@requires_executorch
+def test_b_written_into_the_program_is_used(bundle: Path) -> None:
+    """What the stand-in does after aggregation: write B into the program's parameters in place."""
+    import torch
+    from executorch.extension.training import _load_for_executorch_for_training
+
+    from edgedfl.adapters import AdapterConfig, attach_adapter
+    from edgedfl.model.loading import load_model
+
+    manifest = mf.load_manifest(bundle)
+    layers = [e["name"] for e in manifest["layers"]]
+    base, tok = load_model("tiny", seed=3)
+    adapted = attach_adapter(base, AdapterConfig(num_slots=SLOTS, seed=3, density=0.3))
+    adapted.activate(SLOT)
+    rng = np.random.default_rng(1)
+    new_b = {n: rng.normal(0, 0.05, adapted.B(SLOT, n).shape).astype(np.float32) for n in layers}
+    adapted.set_update(SLOT, {f"{n}.lora_B": b for n, b in new_b.items()})
+    new_b = {n: adapted.B(SLOT, n).detach().numpy().copy() for n in layers}  # masked, as a node holds it
+    program = _load_for_executorch_for_training(str(bundle / mf.TRAIN_PTE))
+    a_inputs = [torch.from_numpy(a) for a in mf.read_lora_A(bundle / mf.LORA_A, SLOT, layers)]
+    batch = _batches(tok, 1)[0]
+    inputs = (batch["input_ids"], batch["labels"], batch["attention_mask"], *a_inputs)
+    program.forward_backward("forward", inputs)
+    named = program.named_parameters()
+    for e in manifest["layers"]:
+        named[e["param"]].copy_(torch.from_numpy(new_b[e["name"]]))
+    et_loss = float(program.forward_backward("forward", inputs)[0])
+    with torch.no_grad():
+        t_loss = float(adapted.peft_model(**batch).loss)
+    assert abs(et_loss - t_loss) < 1e-5
