@@ -20,6 +20,7 @@ from edgedfl.errors import EdgeDFLError
 COMMANDS: dict[str, tuple[str, str]] = {
     # each owner adds one line for its subcommand
     "emulate": ("emulate", "run N devices as processes on this machine, on the embedded broker, and report"),
+    "bench": ("bench", "benchmarks: `edgedfl bench paper` puts edgedfl and the baselines side by side"),
     "node": ("node", "run this device in a swarm from a node config file"),
     "demo": ("demo", "the main job: an emulated 4-device swarm fine-tuning SmolLM2-135M on 2 tasks"),
     "train": ("train", "fine-tune one device's expert on local data (resumes if interrupted)"),
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("broker", "start an MQTT broker (embedded amqtt or Mosquitto) and print its URL"),
     "export": ("export", "write every expert, the router and the base as one ONNX model"),
     "infer": ("infer", "run an exported ONNX model on a prompt (onnxruntime only, no torch)"),
+    "android": ("android", "write a phone's bundle: ExecuTorch training and inference programs, tokenizer, manifest"),
     "doctor": ("doctor", "report what this device can do (CUDA, memory, quantization, broker) and its profile"),
 }
 

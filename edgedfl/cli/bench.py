@@ -1,0 +1,47 @@
+"""``edgedfl bench paper``: the paper's claims and the baselines on one emulated swarm."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("which", choices=["paper"], help="the benchmark to run")
+    p.add_argument("--quick", action="store_true", help="tiny model, 4 devices, 2 tasks, 2 rounds (minutes)")
+    p.add_argument("--devices", type=int, default=None)
+    p.add_argument("--tasks", default=None, help="comma-separated built-in tasks")
+    p.add_argument("--model", default=None)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--local-steps", type=int, default=None)
+    p.add_argument("--n-eval", type=int, default=None)
+    p.add_argument("--lrs", default=None, help="comma-separated learning rates: every variant is tuned over them")
+    p.add_argument("--variants", default=None, help="comma-separated subset of the training variants")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default="bench/results", help="where paper.md / .json / .png go")
+    p.add_argument("--work", default="runs/bench-paper", help="where the runs go")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from edgedfl.bench.paper import PaperSettings, run_paper, write_results
+
+    s = PaperSettings.quick() if args.quick else PaperSettings()
+    over: dict[str, object] = {}
+    for key in ("devices", "model", "rounds", "local_steps", "n_eval", "seed"):
+        if getattr(args, key) is not None:
+            over[key] = getattr(args, key)
+    if args.tasks:
+        over["tasks"] = tuple(t for t in args.tasks.split(",") if t)
+    if args.lrs:
+        over["lrs"] = tuple(float(x) for x in args.lrs.split(","))
+    if args.variants:
+        over["variants"] = tuple(v for v in args.variants.split(",") if v)
+    s = dataclasses.replace(s, **over)  # type: ignore[arg-type]
+    summary = run_paper(s, args.work)
+    command = "edgedfl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "edgedfl bench paper"
+    paths = write_results(summary, args.out, command)
+    print(paths[0].read_text())
+    return 0
