@@ -51,16 +51,19 @@ class Bundle private constructor(val dir: File, private val m: JSONObject) {
     }
     /** The slot planned at export; the live clustering decides the slot actually used. */
     val plannedSlot: Int = m.optInt("slot", 0)
-    val swarm: SwarmSettings = m.getJSONObject("swarm").let { s ->
+    private val mqtt: JSONObject = m.optJSONObject("mqtt") ?: JSONObject()
+    private val training: JSONObject = m.getJSONObject("training")
+    /** `swarm_settings` is the swarm's SwarmConfig as exported (may be partial: SwarmConfig's defaults fill in). */
+    val swarm: SwarmSettings = (m.optJSONObject("swarm_settings") ?: JSONObject()).let { s ->
         SwarmSettings(
-            name = s.getString("name"),
-            seed = s.optLong("seed", 0),
-            method = s.optString("method", "solora"),
+            name = mqtt.optString("swarm").ifEmpty { s.getString("name") },
+            seed = m.optLong("seed", s.optLong("seed", 0)),
+            method = m.optString("method", s.optString("method", "solora")),
             rounds = s.optInt("rounds", 3),
-            localSteps = s.optInt("local_steps", 10),
-            lr = s.optDouble("lr", 2e-3),
-            momentum = m.optJSONObject("programs")?.optJSONObject("train")?.optDouble("momentum", 0.0) ?: 0.0,
-            maxSlots = s.optInt("max_slots", 4),
+            localSteps = training.optInt("local_steps", s.optInt("local_steps", 10)),
+            lr = training.optDouble("lr", s.optDouble("lr", 2e-3)),
+            momentum = training.optDouble("momentum", 0.0),
+            maxSlots = s.optInt("max_slots", m.optInt("num_slots", 4)),
             degree = s.optInt("degree", 3),
             quorum = s.optDouble("quorum", 0.5),
             roundDeadlineS = s.optDouble("round_deadline_s", 60.0),
@@ -75,16 +78,17 @@ class Bundle private constructor(val dir: File, private val m: JSONObject) {
     val featuresFile: File = file(programs.getJSONObject("features").getString("file"))
     val inferFile: File? = programs.optJSONObject("infer")?.let { file(it.getString("file")) }
     /** Fixed input shapes of the training program: ExecuTorch plans its memory once. */
-    val batchSize: Int = programs.getJSONObject("train").getInt("batch_size")
-    val maxLength: Int = programs.getJSONObject("train").getInt("max_length")
-    val featuresBatch: Int = programs.getJSONObject("features").optInt("batch_size", batchSize)
-    /** layer -> fully qualified name of its B among the training program's parameters. */
-    val parameterNames: Map<String, String> = programs.getJSONObject("train").getJSONObject("parameters").let { p ->
-        layers.associate { it.name to p.getString(it.name) }
+    val batchSize: Int = training.getInt("batch_size")
+    val maxLength: Int = training.getInt("max_length")
+    /** layer -> fully qualified name of its B among the training program's parameters (`layers[].param`). */
+    val parameterNames: Map<String, String> = m.getJSONArray("layers").let { arr ->
+        (0 until arr.length()).associate { i ->
+            val l = arr.getJSONObject(i)
+            l.getString("name") to l.getString("param").also { require(it.isNotEmpty()) { "layer ${l.getString("name")} has no param name" } }
+        }
     }
     val padId: Long = m.optJSONObject("tokenizer")?.optLong("pad_id", 0) ?: 0
-    val brokerUrl: String? = m.optJSONObject("broker")?.optString("url")?.takeIf { it.isNotEmpty() }
-    val maxPayload: Int = m.optJSONObject("broker")?.optInt("max_payload", 0) ?: 0
+    val brokerUrl: String? = mqtt.optString("broker").takeIf { it.startsWith("mqtt") }
     /** Link rate the phone advertises in its hello (the phone profile's, edgedfl/devices.py). */
     val linkRateBps: Long = m.optLong("link_rate_bps", 20_000_000)
 

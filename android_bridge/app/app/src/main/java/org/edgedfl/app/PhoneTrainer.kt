@@ -131,10 +131,8 @@ class PhoneFeatures(private val bundle: Bundle) : AutoCloseable {
     class Stats(val pooled: List<FloatArray>, val cov: List<FloatArray>, val energy: DoubleArray, var tokens: Double,
                 val routing: List<FloatArray>)
 
-    /** Run over [prompts] (token ids, already cut to max length) in fixed-size padded batches. */
+    /** Run over [prompts] (token ids, already cut to max length), one prompt per call: shape (1, T). */
     fun run(prompts: List<LongArray>, slotA: List<FloatArray>): Stats {
-        val rows = bundle.featuresBatch
-        val t = bundle.maxLength
         val r = bundle.rank
         val aIn = bundle.layers.zip(slotA).map { (l, v) -> EValue.from(Tensor.fromBlob(v, longArrayOf(r.toLong(), l.dIn.toLong()))) }
         val pooled = ArrayList<FloatArray>()
@@ -142,21 +140,11 @@ class PhoneFeatures(private val bundle: Bundle) : AutoCloseable {
         val cov = bundle.layers.map { FloatArray(r * r) }
         val energy = DoubleArray(bundle.layers.size)
         var tokens = 0.0
-        for (start in prompts.indices step rows) {
-            val chunk = prompts.subList(start, minOf(start + rows, prompts.size))
-            val ids = LongArray(rows * t) { bundle.padId }
-            val mask = LongArray(rows * t)
-            chunk.forEachIndexed { i, p ->
-                // left padding, as collate_prompts does for prompts
-                val off = t - p.size
-                p.forEachIndexed { j, id -> ids[i * t + off + j] = id; mask[i * t + off + j] = 1 }
-            }
-            val shape = longArrayOf(rows.toLong(), t.toLong())
-            val out = module.forward(EValue.from(Tensor.fromBlob(ids, shape)), EValue.from(Tensor.fromBlob(mask, shape)), *aIn.toTypedArray())
-            val p = out[0].toTensor()
-            val hidden = p.shape()[1].toInt()
-            val pv = p.dataAsFloatArray
-            for (i in chunk.indices) pooled.add(pv.copyOfRange(i * hidden, (i + 1) * hidden)) // padding rows are skipped
+        for (p in prompts) {
+            val shape = longArrayOf(1, p.size.toLong())
+            val out = module.forward(EValue.from(Tensor.fromBlob(p, shape)),
+                EValue.from(Tensor.fromBlob(LongArray(p.size) { 1 }, shape)), *aIn.toTypedArray())
+            pooled.add(out[0].toTensor().dataAsFloatArray)
             val c = out[1].toTensor().dataAsFloatArray
             val e = out[2].toTensor().dataAsFloatArray
             for (k in bundle.layers.indices) {
@@ -164,12 +152,7 @@ class PhoneFeatures(private val bundle: Bundle) : AutoCloseable {
                 energy[k] += e[k].toDouble()
             }
             tokens += out[3].toTensor().dataAsFloatArray[0].toDouble()
-            if (out.size > 4) {
-                val z = out[4].toTensor()
-                val d = z.shape()[1].toInt()
-                val zv = z.dataAsFloatArray
-                for (i in chunk.indices) routing.add(zv.copyOfRange(i * d, (i + 1) * d))
-            }
+            if (out.size > 4) routing.add(out[4].toTensor().dataAsFloatArray)
         }
         return Stats(pooled, cov, energy, tokens, routing)
     }
