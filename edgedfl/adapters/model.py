@@ -182,7 +182,8 @@ class AdaptedModel:
             m = np.asarray(masks[name], dtype=bool)
             if m.shape != (d_out, self.config.rank):
                 raise AdapterError(f"mask of {name} has shape {m.shape}, expected {(d_out, self.config.rank)}")
-            out[name] = torch.from_numpy(m.copy()).to(self.B(slot, name).dtype)
+            B = self.B(slot, name)
+            out[name] = torch.from_numpy(m.copy()).to(device=B.device, dtype=B.dtype)
         self.masks[slot] = out
         self.densities[slot] = dict(densities or {n: float(m.mean()) for n, m in masks.items()})
         self.apply_masks(slot)

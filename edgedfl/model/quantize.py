@@ -109,6 +109,8 @@ def _bnb(kind: str) -> Callable[[Any], Any]:
                     new.bias = torch.nn.Parameter(child.bias.data.clone(), requires_grad=False)
                 new = new.to(device)  # quantizes the weights
                 setattr(parent, cname, new)
+        if device != "cpu":
+            model.to(device)  # embeddings, norms and lm_head follow the quantized layers
         guard_bnb_cpu(model)
         if kind == "int8":
             # LLM.int8 on CPU warns about a float16 cast on every call.

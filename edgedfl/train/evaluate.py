@@ -11,6 +11,10 @@ from edgedfl.data.examples import Example
 from edgedfl.train.batching import collate_prompts, collate_train
 
 
+def _device(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
 def normalise_answer(text: str) -> str:
     """What exact match compares: the first line, stripped."""
     return text.strip().split("\n", 1)[0].strip()
@@ -25,6 +29,7 @@ def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], bat
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             batch = collate_train(tokenizer, examples[i : i + batch_size], max_length)
+            batch = {k: v.to(_device(model)) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             shift_logits = logits[:, :-1].float()  # (B, T-1, V)
             shift_labels = batch["labels"][:, 1:]  # (B, T-1)
@@ -48,6 +53,7 @@ def generate_answers(
     with torch.no_grad():
         for i in range(0, len(prompts), batch_size):
             batch = collate_prompts(tokenizer, prompts[i : i + batch_size], max_length)
+            batch = {k: v.to(_device(model)) for k, v in batch.items()}
             gen = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
@@ -56,7 +62,7 @@ def generate_answers(
                 eos_token_id=tokenizer.eos_token_id,
             )
             new = gen[:, batch["input_ids"].shape[1] :]  # (B, new)
-            out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+            out.extend(tokenizer.batch_decode(new.cpu(), skip_special_tokens=True))
     return out
 
 

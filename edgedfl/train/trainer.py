@@ -94,6 +94,7 @@ class Trainer:
         #: JSON-able state of the caller (e.g. the node's round), saved and restored with the checkpoint
         self.extra: dict[str, Any] = {}
         params = adapted.trainable_parameters()
+        self._device = next(iter(params)).device if params else "cpu"
         if not params:
             raise DataError("the adapter has no trainable parameters")
         self.optimizer = torch.optim.AdamW(
@@ -132,6 +133,7 @@ class Trainer:
         total = 0.0
         for _ in range(self.config.grad_accum):
             batch = collate_train(self.tokenizer, self._next_batch(), self.config.max_length)
+            batch = {k: v.to(self._device) for k, v in batch.items()}
             loss = self.model(**batch).loss / self.config.grad_accum
             loss.backward()
             total += float(loss.detach())
