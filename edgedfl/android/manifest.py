@@ -10,6 +10,7 @@ A bundle is one folder per phone::
     tokenizer.json       the model's tokenizer (Hugging Face ``tokenizers`` format)
     lora_A.safetensors   A of every slot and layer, ``slot<k>/<layer>`` (r, d_in) float32
     masks.safetensors    the phone's masks of B as packed bits, ``<layer>`` uint8
+    signature.safetensors  ``projection`` (hidden, dim): the swarm's signature projection
 
 Decisions:
 
@@ -25,6 +26,8 @@ Decisions:
   export (uniform masks of the planned slot unless given); a phone in a live
   swarm replaces them with its cluster's masks, derived with the same numpy
   code every node runs.
+* **The signature projection is stored too** (``topology.projection_matrix``,
+  evaluated at export), for the same reason as A: no RNG port on the phone.
 * The manifest names every program input in order, so an app binds tensors by
   position without reading Python.
 """
@@ -50,6 +53,7 @@ INFER_PTE = "infer.pte"
 TOKENIZER = "tokenizer.json"
 LORA_A = "lora_A.safetensors"
 MASKS = "masks.safetensors"
+SIGNATURE = "signature.safetensors"
 
 #: the default output folder, relative to the repository root: android_bridge/out/<node>/
 DEFAULT_OUT = Path("android_bridge") / "out"
@@ -123,7 +127,7 @@ def load_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if version != BUNDLE_VERSION:
         raise ConfigError(f"{path}: bundle_version {version!r}, this edgedfl reads {BUNDLE_VERSION}")
     files = [p["file"] for p in manifest["programs"].values()]
-    files += [manifest["tokenizer"]["file"], manifest["lora_A"]["file"], manifest["masks"]["file"]]
+    files += [manifest[k]["file"] for k in ("tokenizer", "lora_A", "masks", "signature")]
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise ConfigError(f"{folder}: bundle files missing: {missing}")

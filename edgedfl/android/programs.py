@@ -11,10 +11,12 @@ Three programs, all with A of the phone's slot as an input (see
   (batch, max_length): ExecuTorch's training runtime plans memory once; the
   phone pads to them.
 * :class:`FeaturesProgram` ``(input_ids, attention_mask, *A) -> (pooled, cov,
-  energy, tokens)`` on the frozen base: the mean-pooled last hidden state per
-  prompt (the task signature's input, as ``edgedfl.node.signature`` computes
-  it) and, per adapted layer, the statistics of its input in the slot's
-  subspace (as ``AdaptedModel.calibrate`` computes them; padding excluded).
+  energy, tokens, routing)`` on the frozen base: the mean-pooled last hidden
+  state per prompt (the task signature's input, as ``edgedfl.node.signature``
+  computes it), per adapted layer the statistics of its input in the slot's
+  subspace (as ``AdaptedModel.calibrate`` computes them; padding excluded), and
+  the prompt's routing features in the slot's subspace (as
+  ``edgedfl.routing.calibrate.routing_features``: the latent code's input).
 * :class:`InferProgram` ``(input_ids, attention_mask, route, code_means,
   code_factors, *B_cat) -> (logits, expert, route_weights)``: the routed model
   of :mod:`edgedfl.export.module` (base + every expert + router in plain tensor
@@ -112,7 +114,8 @@ class TrainProgram(nn.Module):
 class FeaturesProgram(nn.Module):
     """Pooled hidden states and per-layer input statistics of the frozen base (no LoRA)."""
 
-    def __init__(self, base_model: Any, layer_names: Sequence[str]) -> None:
+    def __init__(self, base_model: Any, layer_names: Sequence[str], routing_modules: Sequence[str] = (),
+                 pooling: str = "mean") -> None:
         super().__init__()
         _eager(base_model)
         base_model.eval()
@@ -120,6 +123,8 @@ class FeaturesProgram(nn.Module):
             p.requires_grad_(False)
         self.base = base_model
         self.layer_names = list(layer_names)
+        self.routing = [self.layer_names.index(n) for n in routing_modules]
+        self.pooling = pooling
         self._seen = _Current()
         modules = dict(base_model.named_modules())
         missing = [n for n in self.layer_names if n not in modules]
@@ -148,7 +153,18 @@ class FeaturesProgram(nn.Module):
             flat = proj.reshape(-1, proj.shape[-1])  # (B*T, r)
             covs.append(flat.t() @ flat)  # (r, r)
             energies.append((x * x).sum())
-        return pooled, torch.stack(covs), torch.stack(energies), m.sum()
+        outputs = [pooled, torch.stack(covs), torch.stack(energies), m.sum()]
+        if self.routing:  # routing features in the slot's subspace, as edgedfl.routing.calibrate computes them
+            parts = []
+            for i in self.routing:
+                x = self._seen.tensors[self.layer_names[i]].float()  # (B, T, d_in)
+                if self.pooling == "last":
+                    pooled_x = x[:, -1]  # (B, d_in)
+                else:
+                    pooled_x = (x * m).sum(1) / m.sum(1)  # (B, d_in)
+                parts.append(pooled_x @ lora_A[i].t())  # (B, r)
+            outputs.append(torch.cat(parts, dim=-1))  # (B, D)
+        return tuple(outputs)
 
 
 class InferProgram(nn.Module):

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deadline", type=float, default=None, help="round deadline in seconds")
     p.add_argument("--final-modes", default="implicit",
                    help="final evaluation modes, comma-separated: implicit (the inference setup), oracle, merge")
+    p.add_argument("--android", type=int, default=0,
+                   help="the last N devices are phone stand-ins on an exported ExecuTorch bundle (needs executorch)")
     p.add_argument("--quiet", action="store_true", help="no live progress view")
 
 
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
             swarm_kwargs[key] = value
     tasks = resolve_tasks(args.tasks)
     cfg = FleetConfig(devices=args.devices, tasks=tasks, profiles=args.profiles.split(","),
-                      shape_links=args.shape_links, broker=args.broker, swarm=SwarmConfig(**swarm_kwargs))
+                      shape_links=args.shape_links, broker=args.broker, swarm=SwarmConfig(**swarm_kwargs),
+                      android=args.android)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         import shutil

@@ -43,12 +43,15 @@ class FleetConfig(ConfigBase):
         help="per-device NodeConfig fields by node id, e.g. {'dev02': {'slowdown': 10}}", factory=dict
     )
     swarm: SwarmConfig = option(help="settings every device shares", factory=SwarmConfig)
+    android: int = option(0, help="the last N devices are phone stand-ins (android_bridge/standin) running an "
+                                  "exported ExecuTorch bundle instead of a Python node")
 
     def __post_init__(self) -> None:
         if isinstance(self.swarm, dict):
             self.swarm = SwarmConfig.from_dict(self.swarm)
         n = type(self).__name__
         check(self.devices >= 1, n, "devices", self.devices, "must be >= 1")
+        check(0 <= self.android <= self.devices, n, "android", self.android, f"must be in [0, {self.devices}]")
         check(bool(self.tasks), n, "tasks", self.tasks, "name at least one task")
         for t in self.tasks:
             check(t in TASKS, n, "tasks", self.tasks, f"unknown task {t!r}; built-in: {sorted(TASKS)}")
@@ -111,8 +114,13 @@ class Fleet:
             self.broker_url = self._broker.url
         self.nodes = node_configs(self.cfg, self.run_dir, self.broker_url)
         self.cfg.save(self.run_dir / "fleet_config.json")
-        for node in self.nodes:
+        # stand-ins first: their bundles are exported before any node starts its join deadline
+        for node in sorted(self.nodes, key=lambda nd: nd.node_id not in self.android_ids):
             self.spawn(node)
+
+    @property
+    def android_ids(self) -> set[str]:
+        return {nd.node_id for nd in self.nodes[len(self.nodes) - self.cfg.android :]} if self.cfg.android else set()
 
     def spawn(self, node: NodeConfig, **overrides: Any) -> None:
         node = dataclasses.replace(node, **overrides) if overrides else node
@@ -122,9 +130,13 @@ class Fleet:
         node.save(path)
         env = dict(os.environ, EDGEDFL_THREADS=os.environ.get("EDGEDFL_THREADS", "1"), HF_HUB_OFFLINE="1")
         log = open(state / "node.log", "ab")  # noqa: SIM115 - owned by the child process
-        self.procs[node.node_id] = subprocess.Popen(
-            [sys.executable, "-m", "edgedfl.node", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        cmd = [sys.executable, "-m", "edgedfl.node", "--config", str(path)]
+        if node.node_id in self.android_ids:
+            from edgedfl.android.launch import prepare_standin
+
+            cmd, extra_env = prepare_standin(path, state / "bundle", log)
+            env.update(extra_env)
+        self.procs[node.node_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def status(self) -> list[dict[str, Any]]:
         rows = []
