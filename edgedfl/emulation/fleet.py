@@ -36,7 +36,11 @@ class FleetConfig(ConfigBase):
     tasks: list[str] = option(help="built-in tasks; device i gets tasks[i % len(tasks)]",
                               factory=lambda: ["arith", "strtf"])
     profiles: list[str] = option(help="device profiles, cycled over the devices", factory=lambda: ["laptop"])
-    shape_links: bool = option(False, help="apply each profile's link rate and latency at application level")
+    shape_links: bool = option(
+        False,
+        help="shape each device's link to its profile (rate, latency, loss): for real when root "
+        "(a network namespace per device, veth, tc tbf, nftables, a delay proxy), else at application level",
+    )
     broker: str = option("", help="mqtt://host:port of an existing broker (empty: start the embedded one)")
     timeout_s: float = option(1800.0, help="give up on the run after this many seconds")
     node_overrides: dict[str, dict[str, Any]] = option(
@@ -71,7 +75,8 @@ def resolve_tasks(spec: str) -> list[str]:
     return [t.strip() for t in spec.split(",") if t.strip()]
 
 
-def node_configs(cfg: FleetConfig, run_dir: Path, broker_url: str) -> list[NodeConfig]:
+def node_configs(cfg: FleetConfig, run_dir: Path, broker_url: str, *, app_shaping: bool | None = None) -> list[NodeConfig]:
+    app = cfg.shape_links if app_shaping is None else app_shaping
     swarm = dataclasses.replace(cfg.swarm, expected_devices=cfg.swarm.expected_devices or cfg.devices,
                                 eval_tasks=list(cfg.swarm.eval_tasks) or list(cfg.tasks))
     out = []
@@ -84,8 +89,8 @@ def node_configs(cfg: FleetConfig, run_dir: Path, broker_url: str) -> list[NodeC
             node_id=f"dev{i:02d}", data=task, shard=per_task[task].index(i), shards=len(per_task[task]),
             profile=profile.name, broker=broker_url, state_dir=str(run_dir / f"dev{i:02d}"),
             slowdown=profile.compute_slowdown / fastest,
-            link_rate_bps=float(profile.link_rate_bps) if cfg.shape_links else 0.0,
-            link_latency_ms=profile.latency_ms if cfg.shape_links else 0.0,
+            link_rate_bps=float(profile.link_rate_bps) if app else 0.0,
+            link_latency_ms=profile.latency_ms if app else 0.0,
             swarm=swarm,
         ))
         extra = cfg.node_overrides.get(out[-1].node_id)
@@ -104,19 +109,50 @@ class Fleet:
         self.nodes: list[NodeConfig] = []
         self._broker: Any = None
         self.broker_url = cfg.broker
+        self.lab: Any = None
+        #: "netns" (real links), "application" or "none"
+        self.shaping = "none"
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.broker_url:
+        if self.cfg.shape_links and not self.cfg.broker:
+            from edgedfl.netlab import can_shape_links
+
+            if can_shape_links():
+                self._start_lab()
+        if self.lab is None and not self.broker_url:
             from edgedfl.transport.broker import EmbeddedBroker
 
             self._broker = EmbeddedBroker().start()
             self.broker_url = self._broker.url
-        self.nodes = node_configs(self.cfg, self.run_dir, self.broker_url)
+        if self.lab is None:
+            self.shaping = "application" if self.cfg.shape_links else "none"
+            self.nodes = node_configs(self.cfg, self.run_dir, self.broker_url)
         self.cfg.save(self.run_dir / "fleet_config.json")
         # stand-ins first: their bundles are exported before any node starts its join deadline
         for node in sorted(self.nodes, key=lambda nd: nd.node_id not in self.android_ids):
             self.spawn(node)
+
+    def _start_lab(self) -> None:
+        """Real links: the broker in a hub namespace, each device in its own, joined by shaped veths."""
+        from edgedfl.netlab import Lab
+        from edgedfl.transport.broker import EmbeddedBroker
+
+        self.lab = Lab(prefix="emu")
+        with self.lab.inside(self.lab.hub):  # the broker's threads and socket live in the hub
+            self._broker = EmbeddedBroker(host="0.0.0.0").start()
+        port = self._broker.port
+        nodes = node_configs(self.cfg, self.run_dir, "", app_shaping=False)
+        self.nodes, self._hosts = [], {}
+        for node in nodes:
+            profile = get_profile(node.profile)
+            host = self.lab.add_host(node.node_id, rate_bps=float(profile.link_rate_bps),
+                                     loss_pct=profile.loss_pct, delay_ms=profile.latency_ms)
+            addr, p = self.lab.endpoint(host, port)
+            self._hosts[node.node_id] = host
+            self.nodes.append(dataclasses.replace(node, broker=f"mqtt://{addr}:{p}?protocol=311"))
+        self.broker_url = f"netns hub :{port}"
+        self.shaping = "netns"
 
     @property
     def android_ids(self) -> set[str]:
@@ -136,7 +172,11 @@ class Fleet:
 
             cmd, extra_env = prepare_standin(path, state / "bundle", log)
             env.update(extra_env)
-        self.procs[node.node_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if self.lab is not None:  # real links: the device runs in its own network namespace
+            self.procs[node.node_id] = self.lab.popen(self._hosts[node.node_id], cmd, stdout=log,
+                                                      stderr=subprocess.STDOUT, env=env)
+        else:
+            self.procs[node.node_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def status(self) -> list[dict[str, Any]]:
         rows = []
@@ -174,3 +214,6 @@ class Fleet:
         if self._broker is not None:
             self._broker.stop()
             self._broker = None
+        if self.lab is not None:
+            self.lab.close()
+            self.lab = None

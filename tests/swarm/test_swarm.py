@@ -148,3 +148,32 @@ def test_emulate_cli_is_quick_valid_and_deterministic(tmp_path):
     assert [r["bytes_sent"] for r in again["rounds"]] == [r["bytes_sent"] for r in report["rounds"]]
     assert [r["accuracy"] for r in again["rounds"]] == [r["accuracy"] for r in report["rounds"]]
     assert [r["loss"] for r in again["rounds"]] == [r["loss"] for r in report["rounds"]]
+
+
+@pytest.mark.root
+def test_as_root_links_are_shaped_for_real_in_network_namespaces(tmp_path):
+    from edgedfl.netlab import can_shape_links
+
+    if not can_shape_links():
+        pytest.skip("needs root and working ip netns + tc")
+    swarm = _swarm(rounds=1, n_signature=16)
+    cfg = FleetConfig(devices=3, tasks=["arith"], profiles=["phone", "laptop"], shape_links=True, swarm=swarm,
+                      timeout_s=300)
+    fleet = Fleet(cfg, tmp_path)
+    fleet.start()
+    try:
+        assert fleet.shaping == "netns"
+        lab_namespaces = [h.ns for h in fleet.lab.hosts.values()]
+        assert len(lab_namespaces) == 3
+        shown = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert all(ns in shown for ns in lab_namespaces)
+        fleet.wait()
+    finally:
+        fleet.stop()
+    for node in fleet.nodes:
+        assert node.broker.startswith("mqtt://10."), node.broker  # through its own shaped veth
+        assert node.link_rate_bps == 0  # not shaped twice
+        assert [r["round"] for r in _rows(tmp_path, node.node_id)] == [0, 1]
+    assert any(_rows(tmp_path, n.node_id)[1]["peers"] for n in fleet.nodes)
+    shown = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert not any(ns in shown for ns in lab_namespaces)  # torn down
