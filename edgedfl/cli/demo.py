@@ -15,7 +15,7 @@ import argparse
 import time
 
 DEMO_SWARM = ["--model", "smollm2", "--devices", "4", "--tasks", "topic,yesno", "--rounds", "3",
-              "--local-steps", "8", "--n-eval", "40"]
+              "--local-steps", "6", "--n-eval", "24"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2", help="tiny, smollm2, a hub id, a directory or a .gguf")
     p.add_argument("--tasks", default="topic,yesno", help="comma-separated built-in tasks")
     p.add_argument("--steps", type=int, default=40, help="--single-device: optimizer steps per expert")
-    p.add_argument("--n-eval", type=int, default=40, help="test examples per task")
+    p.add_argument("--n-eval", type=int, default=24, help="test examples per task")
     p.add_argument("--quant", default="auto", help="--single-device: quantization backend")
     p.add_argument("--out", default="runs/demo", help="where runs are written")
 
