@@ -3,13 +3,14 @@
 Each slot of the :class:`~edgedfl.adapters.model.AdaptedModel` is an expert
 with a :class:`~edgedfl.routing.codes.LatentCode`. For a batch of prompts:
 
-1. **Pool.** One partial forward of the frozen base (adapters off) stops at
-   the routing layer's first routing module and reads its input, the layer's
-   normed attention input ``x`` (B, T, d); pooling over the real prompt tokens
-   gives ``h`` (B, d). At the default layer 0 this is the normed token
-   embeddings: the partial forward is one embedding lookup and one RMSNorm,
+1. **Pool.** The routing layer's normed attention input ``x`` (B, T, d) on
+   the frozen base (adapters off), pooled over the real prompt tokens, gives
+   ``h`` (B, d). At the default layer 0 this is ``input_layernorm(
+   embed_tokens(ids))``, read directly: one embedding lookup and one RMSNorm,
    and nothing adapted runs before it, so the route is known before the first
-   adapted matmul (measured in bench/bench_routing.py).
+   adapted matmul at no extra forward (measured in bench/bench_routing.py).
+   A later layer L costs a partial forward of L frozen layers, stopped by a
+   hook at the routing module.
 2. **Project and score.** ``z`` (B, K, D) = ``h`` through every expert's A of
    every routing module; squared Mahalanobis distances (B, K) to the codes.
 3. **Apply.** Route weights (B, K) (one-hot for top-1) are applied at *every*
@@ -110,6 +111,7 @@ class RoutedModel:
         means, factors = stack_codes(self.codes, self.config.ridge)
         self.code_means = torch.from_numpy(means).float()  # (K, D)
         self.code_factors = torch.from_numpy(factors).float()  # (K, D, D)
+        self._stacks: tuple[tuple[Any, ...], dict[str, tuple[Any, Any]]] | None = None
 
     @property
     def num_experts(self) -> int:
@@ -163,8 +165,17 @@ class RoutedModel:
     # -- applying a route ----------------------------------------------------------
 
     def expert_stacks(self) -> dict[str, tuple[Any, Any]]:
-        """layer -> (A_cat (K·r, d_in), B_cat (d_out, K·r) with each slot's scaling folded in)."""
+        """layer -> (A_cat (K·r, d_in), B_cat (d_out, K·r) with each slot's scaling folded in).
+
+        Cached until any A or B changes in place (torch bumps a tensor's version on every write).
+        """
         torch = self._torch
+        key = tuple(
+            (self.adapted.A(k, n)._version, self.adapted.B(k, n)._version, id(self.adapted.B(k, n)))
+            for n in self.adapted.layers for k in range(self.num_experts)
+        )
+        if self._stacks is not None and self._stacks[0] == key:
+            return dict(self._stacks[1])
         out = {}
         for name, layer in self.adapted.layers.items():
             a = torch.cat([self.adapted.A(k, name).detach() for k in range(self.num_experts)], 0)  # (K*r, d_in)
@@ -173,7 +184,8 @@ class RoutedModel:
                 for k in range(self.num_experts)
             ], 1)  # (d_out, K*r)
             out[name] = (a, b)
-        return out
+        self._stacks = (key, out)
+        return dict(out)
 
     @contextlib.contextmanager
     def applied(self, weights: Any) -> Iterator[None]:
@@ -267,9 +279,18 @@ class RoutedModel:
 
 def pooled_state(adapted: Any, config: RouterConfig, modules: Sequence[str], input_ids: Any,
                  attention_mask: Any) -> Any:
-    """Pooled input (B, d) of the routing module ``modules[0]`` on the frozen base (partial forward)."""
+    """Pooled input (B, d) of the routing module ``modules[0]`` on the frozen base.
+
+    Layer 0 of a Llama-style model reads ``input_layernorm(embed_tokens(ids))``
+    directly (no forward at all); other layers, or other architectures, run a
+    partial forward that stops at the routing module.
+    """
     import torch
 
+    if config.layer == 0:
+        direct = _layer0_state(adapted, input_ids)
+        if direct is not None:
+            return pool(direct.float(), attention_mask, config.pooling)  # (B, d)
     captured: list[Any] = []
 
     def hook(module: Any, args: tuple[Any, ...]) -> None:
@@ -287,6 +308,19 @@ def pooled_state(adapted: Any, config: RouterConfig, modules: Sequence[str], inp
     if not captured:
         raise AdapterError("the routing module never ran: is RouterConfig.layer within the model?")
     return pool(captured[0].float(), attention_mask, config.pooling)  # (B, d)
+
+
+def _layer0_state(adapted: Any, input_ids: Any) -> Any | None:
+    """``input_layernorm(embed_tokens(ids))`` of layer 0 (B, T, d), or None if the model is not Llama-shaped."""
+    import torch
+
+    hf = adapted.peft_model.base_model.model
+    layers = getattr(getattr(hf, "model", None), "layers", None)
+    norm = getattr(layers[0], "input_layernorm", None) if layers is not None and len(layers) else None
+    if norm is None:
+        return None
+    with torch.no_grad():
+        return norm(hf.get_input_embeddings()(input_ids))  # (B, T, d)
 
 
 def project(adapted: Any, modules: Sequence[str], pooled: Any) -> Any:

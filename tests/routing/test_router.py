@@ -150,3 +150,18 @@ def test_bundle_round_trip_and_tampered_codes(routed_tok, mixed, tmp_path):
     save_file(latent, str(tmp_path / "b" / LATENT_FILE))
     with pytest.raises(TensorValidationError, match="slot2|infinite|latent.mean"):
         load_bundle(tmp_path / "b")
+
+
+def test_layer0_shortcut_equals_the_partial_forward(routed_tok, mixed):
+    from edgedfl.routing import router as router_mod
+
+    routed, _ = routed_tok
+    batch, _ = mixed
+    fast = routed.pooled(batch["input_ids"], batch["attention_mask"])
+    original = router_mod._layer0_state
+    router_mod._layer0_state = lambda adapted, ids: None  # force the hooked partial forward
+    try:
+        slow = routed.pooled(batch["input_ids"], batch["attention_mask"])
+    finally:
+        router_mod._layer0_state = original
+    torch.testing.assert_close(fast, slow)
