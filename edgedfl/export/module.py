@@ -8,7 +8,9 @@ of a layer are concatenated into one rank-K·r pair (``A_cat`` (d_in, K·r),
     y = x W + ((x A_cat) ⊙ repeat(w, r)) B_cat
 
 is the base plus the chosen expert (one-hot w), the top-k mix, or the sum of
-all experts (w = 1), in one graph. A gather of the chosen expert's A and B per
+all experts (w = 1), in one graph. Projections that read the same input
+(q/k/v, gate/up) are fused into one MatMul each, experts included (a
+block-diagonal B), in the routed graph and the merged baseline alike. A gather of the chosen expert's A and B per
 row would do less arithmetic for large K; at K·r = 32 the dense form costs a
 few percent of a forward and keeps the graph to plain MatMuls (measured in
 bench/bench_onnx.py).
@@ -48,25 +50,44 @@ def _t(w: torch.Tensor) -> torch.Tensor:
 
 
 class _Proj(nn.Module):
-    """One linear layer (pre-transposed weight) with optional concatenated experts."""
+    """Linear layers that read the same input, fused: one base MatMul, one expert A, one expert B.
+
+    Members (q/k/v, or gate/up, or a single projection) are concatenated along
+    the output: ``weight`` (d_in, Σ d_out), ``lora_A`` (d_in, G·K·r) and a
+    block-diagonal ``lora_B`` (G·K·r, Σ d_out) (a member without experts gets
+    zero blocks). Fewer, larger MatMuls are what a CPU runtime runs fastest.
+    """
 
     weight: torch.Tensor
     lora_A: torch.Tensor
     lora_B: torch.Tensor
 
-    def __init__(self, weight: torch.Tensor, lora: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    def __init__(self, members: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]],
+                 lora_cols: int) -> None:
         super().__init__()
-        self.register_buffer("weight", _t(weight))  # (d_in, d_out)
-        self.has_lora = lora is not None
-        if lora is not None:
-            a_cat, b_cat = lora
-            self.register_buffer("lora_A", _t(a_cat))  # (d_in, K*r)
-            self.register_buffer("lora_B", _t(b_cat))  # (K*r, d_out)
+        self.sizes = [int(w.shape[0]) for w, _ in members]
+        self.register_buffer("weight", torch.cat([_t(w) for w, _ in members], dim=1))  # (d_in, Σ d_out)
+        self.has_lora = any(lora is not None for _, lora in members)
+        self.groups = len(members)
+        if self.has_lora:
+            d_in = int(members[0][0].shape[1])
+            a_blocks, b_block = [], torch.zeros(len(members) * lora_cols, sum(self.sizes))
+            offset = 0
+            for g, (w, lora) in enumerate(members):
+                if lora is not None:
+                    a_blocks.append(_t(lora[0]))  # (d_in, K*r)
+                    b_block[g * lora_cols : (g + 1) * lora_cols, offset : offset + w.shape[0]] = _t(lora[1])
+                else:
+                    a_blocks.append(torch.zeros(d_in, lora_cols))
+                offset += int(w.shape[0])
+            self.register_buffer("lora_A", torch.cat(a_blocks, dim=1))  # (d_in, G*K*r)
+            self.register_buffer("lora_B", b_block)  # (G*K*r, Σ d_out), block-diagonal
 
     def forward(self, x: torch.Tensor, w_rep: torch.Tensor) -> torch.Tensor:
-        y = x @ self.weight  # (B, T, d_out)
+        y = x @ self.weight  # (B, T, Σ d_out)
         if self.has_lora:
-            y = y + ((x @ self.lora_A) * w_rep) @ self.lora_B  # (B, T, d_out)
+            w_g = w_rep.repeat(1, 1, self.groups) if self.groups > 1 else w_rep  # (B, 1, G*K*r)
+            y = y + ((x @ self.lora_A) * w_g) @ self.lora_B  # (B, T, Σ d_out)
         return y
 
 
@@ -83,24 +104,25 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class _Layer(nn.Module):
     ln1: torch.Tensor
     ln2: torch.Tensor
-    q_proj: _Proj
-    k_proj: _Proj
-    v_proj: _Proj
+    qkv: _Proj
     o_proj: _Proj
-    gate_proj: _Proj
-    up_proj: _Proj
+    gate_up: _Proj
     down_proj: _Proj
 
-    def __init__(self, hf_layer: Any, lookup: Any, prefix: str, eps: float) -> None:
+    def __init__(self, hf_layer: Any, lookup: Any, prefix: str, eps: float, lora_cols: int) -> None:
         super().__init__()
         self.eps = eps
         self.register_buffer("ln1", hf_layer.input_layernorm.weight.detach().float().clone())  # (d,)
         self.register_buffer("ln2", hf_layer.post_attention_layernorm.weight.detach().float().clone())  # (d,)
         attn, mlp = hf_layer.self_attn, hf_layer.mlp
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
-            lookup(getattr(attn, n), f"{prefix}.self_attn.{n}") for n in ATTN
-        )
-        self.gate_proj, self.up_proj, self.down_proj = (lookup(getattr(mlp, n), f"{prefix}.mlp.{n}") for n in MLP)
+
+        def proj(owner: Any, names: tuple[str, ...], where: str) -> _Proj:
+            return _Proj([lookup(getattr(owner, n), f"{prefix}.{where}.{n}") for n in names], lora_cols)
+
+        self.qkv = proj(attn, ATTN[:3], "self_attn")
+        self.o_proj = proj(attn, ATTN[3:], "self_attn")
+        self.gate_up = proj(mlp, MLP[:2], "mlp")
+        self.down_proj = proj(mlp, MLP[2:], "mlp")
 
 
 class RoutedLlama(nn.Module):
@@ -148,25 +170,26 @@ class RoutedLlama(nn.Module):
         if merge_slot is not None and not 0 <= merge_slot < self.num_experts:
             raise AdapterError(f"merge_slot {merge_slot} out of range ({self.num_experts} experts)")
 
-        def lookup(module: Any, path: str) -> _Proj:
+        def lookup(module: Any, path: str) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+            """(base weight (d_out, d_in), experts' (A_cat, B_cat) or None) of one projection."""
             name = by_module.get(id(module))
             weight = module.weight if name is None else module.base_layer.weight
             if type(weight) not in (torch.Tensor, nn.Parameter) or not weight.dtype.is_floating_point:
                 raise AdapterError(f"{path}: export needs an unquantized base (load it with quant 'none'), "
                                    f"found {type(weight).__name__}")
             if name is None:
-                return _Proj(module.weight, None)
+                return weight.detach(), None
             if merge_slot is not None:  # one adapter merged into the weight
-                k = merge_slot
-                r = self.rank
+                k, r = merge_slot, self.rank
                 a, b = stacks[name]  # (K*r, d_in), (d_out, K*r), scaling folded into b
                 delta = b[:, k * r : (k + 1) * r] @ a[k * r : (k + 1) * r]  # (d_out, d_in)
-                return _Proj(module.base_layer.weight.detach() + delta, None)
-            return _Proj(module.base_layer.weight, stacks[name])  # a peft LoraLayer: base weight + experts
+                return weight.detach() + delta, None
+            return weight.detach(), stacks[name]  # a peft LoraLayer: base weight + experts
 
         self.register_buffer("embed", inner.embed_tokens.weight.detach().float().clone())  # (V, d)
         self.layers = nn.ModuleList(
-            [_Layer(layer, lookup, f"model.layers.{i}", self.eps) for i, layer in enumerate(inner.layers)]
+            [_Layer(layer, lookup, f"model.layers.{i}", self.eps, self.num_experts * self.rank)
+             for i, layer in enumerate(inner.layers)]
         )
         self.register_buffer("norm", inner.norm.weight.detach().float().clone())  # (d,)
         self.tied = bool(getattr(cfg, "tie_word_embeddings", False)) and (
@@ -178,9 +201,10 @@ class RoutedLlama(nn.Module):
         self.register_buffer("inv_freq", rot.inv_freq.detach().float().clone())  # (hd/2,)
         self.rope_scale = float(getattr(rot, "attention_scaling", 1.0))
         # router: which projections' A_cat project the pooled state, and the codes
-        route_layer = self.layer(self.routing_layer)
-        self.route_projs = [getattr(route_layer, m.rsplit(".", 1)[-1]) for m in routed.routing_modules]
-        if merge_slot is None and not all(p.has_lora for p in self.route_projs):
+        short = [m.rsplit(".", 1)[-1] for m in routed.routing_modules]
+        #: positions of the routing modules inside the fused q/k/v projection, in the codes' order
+        self.route_index = [ATTN[:3].index(m) for m in short]
+        if merge_slot is None and not self.layer(self.routing_layer).qkv.has_lora:
             raise AdapterError("every routing module must be adapted")
         self.register_buffer("code_means", routed.code_means.float().clone())  # (K, D)
         self.register_buffer("code_factors", routed.code_factors.float().clone())  # (K, D, D)
@@ -196,9 +220,10 @@ class RoutedLlama(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, t, _ = x.shape
         hd, nh, nkv = self.head_dim, self.num_heads, self.num_kv
-        q = layer.q_proj(x, w_rep).view(b, t, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = layer.k_proj(x, w_rep).view(b, t, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
-        v = layer.v_proj(x, w_rep).view(b, t, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k, v = layer.qkv(x, w_rep).split(layer.qkv.sizes, dim=-1)  # (B, T, nh*hd), (B, T, nkv*hd) x 2
+        q = q.reshape(b, t, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.reshape(b, t, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.reshape(b, t, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         if past_k is not None and past_v is not None:
@@ -220,8 +245,8 @@ class RoutedLlama(nn.Module):
         a, k, v = self._attention(layer, _rms(h, layer.ln1, self.eps), w_rep, cos, sin, bias, past_k, past_v)
         h = h + a  # (B, T, d)
         x = _rms(h, layer.ln2, self.eps)  # (B, T, d)
-        gate = layer.gate_proj(x, w_rep)  # (B, T, d_ff)
-        mlp = layer.down_proj(torch.nn.functional.silu(gate) * layer.up_proj(x, w_rep), w_rep)  # (B, T, d)
+        gate, up = layer.gate_up(x, w_rep).split(layer.gate_up.sizes, dim=-1)  # (B, T, d_ff) x 2
+        mlp = layer.down_proj(torch.nn.functional.silu(gate) * up, w_rep)  # (B, T, d)
         return h + mlp, k, v
 
     def _route(self, x_route: torch.Tensor, mask_now: torch.Tensor, route: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -232,9 +257,9 @@ class RoutedLlama(nn.Module):
         else:
             m = mask_now.to(x_route.dtype)[..., None]  # (B, T, 1)
             pooled = (x_route * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, d)
-        z = torch.cat(
-            [(pooled @ p.lora_A).view(b, self.num_experts, self.rank) for p in self.route_projs], dim=-1
-        )  # (B, K, D)
+        qkv_a = self.layer(self.routing_layer).qkv.lora_A  # (d, 3*K*r): q, k, v blocks
+        full = (pooled @ qkv_a).view(b, 3, self.num_experts, self.rank)  # (B, 3, K, r)
+        z = full[:, self.route_index].permute(0, 2, 1, 3).reshape(b, self.num_experts, -1)  # (B, K, D)
         white = torch.einsum("bkd,kde->bke", z - self.code_means, self.code_factors)  # (B, K, D)
         dist = (white * white).sum(-1)  # (B, K)
         vals, idx = torch.topk(-dist, self.top_k, dim=1)  # (B, k)
