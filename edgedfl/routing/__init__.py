@@ -12,6 +12,8 @@ module             what                                                needs
 ``calibrate``      latent codes from an expert's calibration prompts   torch
 ``bundle``         the on-disk layout of K experts + codes             torch
 ``local``          one expert per built-in task, trained locally       torch
+``runs``           experts from several ``edgedfl train`` runs          torch
+``testing``        a tiny deterministic routed model for tests         torch
 =================  ==================================================  ==========
 
 Importing this package loads only ``config`` and ``codes`` (no torch).
