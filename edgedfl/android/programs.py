@@ -168,23 +168,51 @@ class FeaturesProgram(nn.Module):
 
 
 class InferProgram(nn.Module):
-    """The routed model with the experts' B and the latent codes as inputs (no KV cache)."""
+    """The routed model with the experts' B and the latent codes as inputs (no KV cache).
+
+    Inputs keep one B per adapted layer, ``(K·r, d_out)``: what the phone holds
+    and receives. The routed model fuses projections that read the same input
+    (q/k/v, gate/up) into one block-diagonal B; ``forward`` assembles those
+    blocks from the per-layer inputs (zero blocks for members not adapted).
+    """
+
+    #: adapted projection -> (fused module of RoutedLlama, position inside it)
+    _FUSED = {"q_proj": ("qkv", 0), "k_proj": ("qkv", 1), "v_proj": ("qkv", 2), "o_proj": ("o_proj", 0),
+              "gate_proj": ("gate_up", 0), "up_proj": ("gate_up", 1), "down_proj": ("down_proj", 0)}
 
     def __init__(self, routed_llama: Any, layer_names: Sequence[str]) -> None:
         super().__init__()
         self.inner = routed_llama
         self.layer_names = list(layer_names)
-        buffers = dict(routed_llama.named_buffers())
-        self.b_buffers: list[str] = []
-        for name in self.layer_names:
-            # adapted "model.layers.<i>.<self_attn|mlp>.<proj>" -> RoutedLlama "layers.<i>.<proj>.lora_B"
+        modules = dict(routed_llama.named_modules())
+        #: fused buffer key -> (sizes of its members, {member position: index into the B inputs})
+        self.fused: dict[str, tuple[list[int], dict[int, int]]] = {}
+        for i, name in enumerate(self.layer_names):
+            # adapted "model.layers.<i>.<self_attn|mlp>.<proj>" -> RoutedLlama "layers.<i>.<fused>.lora_B"
             parts = name.split(".")
-            if len(parts) != 5 or parts[0] != "model" or parts[1] != "layers":
+            if len(parts) != 5 or parts[0] != "model" or parts[1] != "layers" or parts[4] not in self._FUSED:
                 raise AdapterError(f"cannot map layer {name!r} onto the routed model")
-            key = f"layers.{parts[2]}.{parts[4]}.lora_B"
-            if key not in buffers:
-                raise AdapterError(f"routed model has no {key} for layer {name}")
-            self.b_buffers.append(key)
+            fused, pos = self._FUSED[parts[4]]
+            owner = modules.get(f"layers.{parts[2]}.{fused}")
+            if owner is None or not getattr(owner, "has_lora", False):
+                raise AdapterError(f"routed model has no layers.{parts[2]}.{fused}.lora_B for layer {name}")
+            entry = self.fused.setdefault(f"layers.{parts[2]}.{fused}.lora_B", (list(owner.sizes), {}))
+            entry[1][pos] = i
+
+    def _block(self, sizes: list[int], members: dict[int, int], lora_B: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        rows_per = int(lora_B[next(iter(members.values()))].shape[0])  # K*r
+        total = sum(sizes)
+        rows, offset = [], 0
+        for g, size in enumerate(sizes):
+            if g in members:
+                b = lora_B[members[g]]  # (K*r, size)
+                left = b.new_zeros(rows_per, offset)
+                right = b.new_zeros(rows_per, total - offset - size)
+                rows.append(torch.cat([left, b, right], dim=1))
+            else:
+                rows.append(lora_B[0].new_zeros(rows_per, total))
+            offset += size
+        return torch.cat(rows, dim=0)  # (G*K*r, Σ d_out), block-diagonal
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, route: torch.Tensor,
                 code_means: torch.Tensor, code_factors: torch.Tensor,
@@ -193,7 +221,7 @@ class InferProgram(nn.Module):
         b = input_ids.shape[0]
         past_mask = torch.ones(b, 1, dtype=attention_mask.dtype)[:, :0]  # (B, 0): no cache
         past = [torch.zeros(b, inner.num_kv, 0, inner.head_dim) for _ in range(2 * inner.num_layers)]
-        swap = dict(zip(self.b_buffers, lora_B))
+        swap = {key: self._block(sizes, members, lora_B) for key, (sizes, members) in self.fused.items()}
         swap.update(code_means=code_means, code_factors=code_factors)
         out = torch.func.functional_call(inner, swap, (input_ids, attention_mask, route, past_mask, past))
         return out[0], out[1], out[2]

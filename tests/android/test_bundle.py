@@ -187,3 +187,66 @@ def test_b_written_into_the_program_is_used(bundle: Path) -> None:
     with torch.no_grad():
         t_loss = float(adapted.peft_model(**batch).loss)
     assert abs(et_loss - t_loss) < 1e-5
+
+
+def _expert_stacks(adapted: object, names: list[str], k: int, r: int, scaling: float) -> list[object]:
+    """Per-layer (K*r, d_out) inputs as the phone builds them: rows k*r..(k+1)*r-1 = scaling * B_kᵀ."""
+    import torch
+
+    stacks = []
+    for n in names:
+        rows = [scaling * adapted.B(slot, n).detach().float().t() for slot in range(k)]  # type: ignore[attr-defined]
+        stacks.append(torch.cat(rows, dim=0))
+    return stacks
+
+
+@requires_executorch
+def test_infer_program_builds_the_fused_experts_from_per_layer_inputs() -> None:
+    """The inference program takes one B per adapted layer and fuses q/k/v and gate/up itself:
+    fed the routed model's own experts it gives the routed model's logits and expert, and the
+    experts it is fed are the ones used."""
+    import torch
+
+    from edgedfl.adapters import AdapterConfig, attach_adapter
+    from edgedfl.android.programs import InferProgram
+    from edgedfl.export.module import RoutedLlama
+    from edgedfl.model.loading import load_model
+    from edgedfl.routing import LatentCode, RouterConfig
+    from edgedfl.routing.router import RoutedModel, routing_module_names
+
+    cfg = AdapterConfig(num_slots=SLOTS, seed=3, density=0.3)
+    base, _ = load_model("tiny", seed=3)
+    adapted = attach_adapter(base, cfg)
+    names = list(adapted.layers)
+    rng = np.random.default_rng(4)
+    for slot in range(SLOTS):
+        adapted.set_update(slot, {f"{n}.lora_B": rng.normal(0, 0.2, adapted.B(slot, n).shape).astype(np.float32)
+                                  for n in names})
+    router_cfg = RouterConfig()
+    dim = len(routing_module_names(adapted, router_cfg)) * cfg.rank
+    codes = []
+    for _ in range(SLOTS):
+        z = rng.normal(0, 1, (4 * dim, dim))
+        codes.append(LatentCode.from_features(z + rng.normal(0, 3, dim)))
+    routed = RoutedLlama(RoutedModel(adapted, codes, router_cfg))
+    program = InferProgram(routed, names)
+    stacks = _expert_stacks(adapted, names, SLOTS, cfg.rank, float(cfg.scaling))
+    ids = torch.randint(3, int(routed.embed.shape[0]), (1, 11))
+    mask = torch.ones_like(ids)
+    past = [torch.zeros(1, routed.num_kv, 0, routed.head_dim) for _ in range(2 * routed.num_layers)]
+    for route in (torch.zeros(1, SLOTS), torch.eye(SLOTS)[1:2]):
+        with torch.no_grad():
+            want = routed(ids, mask, route, mask[:, :0], past)
+            got = program(ids, mask, route, routed.code_means, routed.code_factors, *stacks)
+        assert torch.allclose(got[0], want[0], atol=1e-5)
+        assert int(got[1]) == int(want[1])
+    with torch.no_grad():
+        forced = torch.eye(SLOTS)[1:2]
+        other = [s.clone() for s in stacks]
+        other[0][cfg.rank : 2 * cfg.rank] *= 2.0  # expert 1 of the first layer changes
+        changed = program(ids, mask, forced, routed.code_means, routed.code_factors, *other)
+        base_only = program(ids, mask, forced, routed.code_means, routed.code_factors,
+                            *[torch.zeros_like(s) for s in stacks])
+        want = routed(ids, mask, forced, mask[:, :0], past)
+    assert not torch.allclose(changed[0], want[0], atol=1e-4)
+    assert not torch.allclose(base_only[0], want[0], atol=1e-4)
