@@ -7,4 +7,4 @@ or its wire and transport layers never imports torch.
 from edgedfl._version import __version__
 from edgedfl.errors import EdgeDFLError
 
-__all__ = ["__version__", "EdgeDFLError"]
+__all__ = ["EdgeDFLError", "__version__"]

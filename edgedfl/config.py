@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +40,18 @@ def check(cond: bool, cls_name: str, field: str, value: Any, why: str) -> None:
 @dataclasses.dataclass
 class ConfigBase:
     """Base for edgedfl configs: JSON round-trip and field help."""
+
+    def __post_init__(self) -> None:
+        """Turn nested dicts (read from JSON) back into their config objects.
+
+        A field whose annotation is a :class:`ConfigBase` subclass and whose
+        value is a dict is rebuilt with that class's :meth:`from_dict`.
+        Subclasses with their own ``__post_init__`` call this first.
+        """
+        for name, kind in _nested_fields(type(self)).items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, kind.from_dict(value))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -78,3 +91,21 @@ class ConfigBase:
     def describe(cls) -> dict[str, str]:
         """Field name -> help text."""
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+_NESTED: dict[str, dict[str, type[ConfigBase]]] = {}
+
+
+def _nested_fields(cls: type) -> dict[str, type[ConfigBase]]:
+    """Field name -> config class, for the fields of ``cls`` annotated with a ConfigBase subclass."""
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    if key in _NESTED:
+        return _NESTED[key]
+    hints = typing.get_type_hints(cls)
+    out: dict[str, type[ConfigBase]] = {}
+    for f in dataclasses.fields(cls):
+        kind = hints.get(f.name)
+        if isinstance(kind, type) and issubclass(kind, ConfigBase):
+            out[f.name] = kind
+    _NESTED[key] = out
+    return out

@@ -64,8 +64,7 @@ class AndroidExportConfig(ConfigBase):
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.adapter, dict):
-            self.adapter = AdapterConfig.from_dict(self.adapter)
+        super().__post_init__()
         n = type(self).__name__
         check(0 <= self.slot < self.adapter.num_slots, n, "slot", self.slot,
               f"must be in [0, {self.adapter.num_slots}) (adapter.num_slots)")

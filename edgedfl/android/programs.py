@@ -167,6 +167,11 @@ class FeaturesProgram(nn.Module):
         return tuple(outputs)
 
 
+#: adapted projection -> (fused module of RoutedLlama, position inside it)
+_FUSED = {"q_proj": ("qkv", 0), "k_proj": ("qkv", 1), "v_proj": ("qkv", 2), "o_proj": ("o_proj", 0),
+          "gate_proj": ("gate_up", 0), "up_proj": ("gate_up", 1), "down_proj": ("down_proj", 0)}
+
+
 class InferProgram(nn.Module):
     """The routed model with the experts' B and the latent codes as inputs (no KV cache).
 
@@ -175,10 +180,6 @@ class InferProgram(nn.Module):
     (q/k/v, gate/up) into one block-diagonal B; ``forward`` assembles those
     blocks from the per-layer inputs (zero blocks for members not adapted).
     """
-
-    #: adapted projection -> (fused module of RoutedLlama, position inside it)
-    _FUSED = {"q_proj": ("qkv", 0), "k_proj": ("qkv", 1), "v_proj": ("qkv", 2), "o_proj": ("o_proj", 0),
-              "gate_proj": ("gate_up", 0), "up_proj": ("gate_up", 1), "down_proj": ("down_proj", 0)}
 
     def __init__(self, routed_llama: Any, layer_names: Sequence[str]) -> None:
         super().__init__()
@@ -190,9 +191,9 @@ class InferProgram(nn.Module):
         for i, name in enumerate(self.layer_names):
             # adapted "model.layers.<i>.<self_attn|mlp>.<proj>" -> RoutedLlama "layers.<i>.<fused>.lora_B"
             parts = name.split(".")
-            if len(parts) != 5 or parts[0] != "model" or parts[1] != "layers" or parts[4] not in self._FUSED:
+            if len(parts) != 5 or parts[0] != "model" or parts[1] != "layers" or parts[4] not in _FUSED:
                 raise AdapterError(f"cannot map layer {name!r} onto the routed model")
-            fused, pos = self._FUSED[parts[4]]
+            fused, pos = _FUSED[parts[4]]
             owner = modules.get(f"layers.{parts[2]}.{fused}")
             if owner is None or not getattr(owner, "has_lora", False):
                 raise AdapterError(f"routed model has no layers.{parts[2]}.{fused}.lora_B for layer {name}")

@@ -51,8 +51,7 @@ class FleetConfig(ConfigBase):
                                   "exported ExecuTorch bundle instead of a Python node")
 
     def __post_init__(self) -> None:
-        if isinstance(self.swarm, dict):
-            self.swarm = SwarmConfig.from_dict(self.swarm)
+        super().__post_init__()
         n = type(self).__name__
         check(self.devices >= 1, n, "devices", self.devices, "must be >= 1")
         check(0 <= self.android <= self.devices, n, "android", self.android, f"must be in [0, {self.devices}]")

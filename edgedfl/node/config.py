@@ -100,8 +100,7 @@ class NodeConfig(ConfigBase):
     swarm: SwarmConfig = option(help="the swarm's shared settings", factory=SwarmConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.swarm, dict):
-            self.swarm = SwarmConfig.from_dict(self.swarm)
+        super().__post_init__()
         n = type(self).__name__
         check(self.profile in PROFILES, n, "profile", self.profile, f"choose from {sorted(PROFILES)}")
         check(self.slowdown >= 1, n, "slowdown", self.slowdown, "must be >= 1")

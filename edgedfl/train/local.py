@@ -49,10 +49,7 @@ class LocalRunConfig(ConfigBase):
     train: TrainConfig = option(help="training settings", factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.adapter, dict):
-            self.adapter = AdapterConfig.from_dict(self.adapter)
-        if isinstance(self.train, dict):
-            self.train = TrainConfig.from_dict(self.train)
+        super().__post_init__()
         n = type(self).__name__
         check(self.n_train >= 0, n, "n_train", self.n_train, "must be >= 0")
         check(self.n_eval >= 0, n, "n_eval", self.n_eval, "must be >= 0")

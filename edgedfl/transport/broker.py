@@ -100,7 +100,26 @@ class BrokerTls:
     port: int | None = None
 
 
-class MosquittoBroker:
+class _BrokerLife:
+    """What both brokers share: ``with broker:`` starts it and closes it."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class MosquittoBroker(_BrokerLife):
     """A Mosquitto subprocess with an edgedfl-written config, on a free port of ``host``."""
 
     def __init__(
@@ -292,20 +311,11 @@ class MosquittoBroker:
         kwargs.setdefault("max_payload", self.message_size_limit or None)
         return MqttTransport(host=self.host, port=self.port, client_id=client_id, **kwargs)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"MosquittoBroker({self.url}, pid={self.pid}, running={self.running})"
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(_BrokerLife):
     """amqtt in this process, on its own asyncio loop in a daemon thread. MQTT 3.1.1 only."""
 
     protocol = 311
@@ -389,15 +399,6 @@ class EmbeddedBroker:
         """An :class:`MqttTransport` to this broker, on MQTT 3.1.1."""
         kwargs["protocol"] = 311
         return MqttTransport(host=self.host, port=self.port, client_id=client_id, **kwargs)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"EmbeddedBroker({self.url}, running={self.running})"

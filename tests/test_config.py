@@ -1,0 +1,28 @@
+"""Configs: JSON round trip with nested configs, unknown keys and bad values named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgedfl.errors import ConfigError
+from edgedfl.node.config import NodeConfig, SwarmConfig
+from edgedfl.train.local import LocalRunConfig
+
+
+def test_nested_configs_come_back_as_objects_from_json(tmp_path):
+    cfg = NodeConfig(node_id="dev07", swarm=SwarmConfig(rounds=7, lr=3e-3))
+    back = NodeConfig.load(cfg.save(tmp_path / "node.json"))
+    assert isinstance(back.swarm, SwarmConfig)
+    assert back == cfg and back.swarm.rounds == 7
+    local = LocalRunConfig.from_dict(json.loads(LocalRunConfig().to_json()))
+    assert type(local.adapter).__name__ == "AdapterConfig" and type(local.train).__name__ == "TrainConfig"
+    assert local == LocalRunConfig()
+
+
+def test_a_bad_field_inside_a_nested_config_is_named():
+    with pytest.raises(ConfigError, match="rounds"):
+        NodeConfig.from_dict({"node_id": "dev00", "swarm": {"rounds": 0}})
+    with pytest.raises(ConfigError, match="unknown field"):
+        NodeConfig.from_dict({"node_id": "dev00", "swarm": {"roundz": 3}})
