@@ -17,9 +17,17 @@ edgedfl-random-masks   ours with random mask positions at the same density (abla
 =====================  ==========================================================
 
 Routing modes only change the final evaluation, so the oracle and merge rows
-come from the edgedfl run's own devices (no extra training). With ``lrs``, every
-training variant is run at each learning rate and keeps its best final average
-accuracy: the same tuning for every method.
+come from the edgedfl run's own devices (no extra training).
+
+Learning rates are tuned the same way for every method, before the swarm runs
+and without the test split: for each adapter method (lora, ffa, solora) and
+each rate of ``lrs``, one device per task trains from scratch for as many
+steps as a swarm device takes (rounds x local_steps, same batch size and
+length, solora masks calibrated on its own prompts) and is scored by exact
+match on ``n_tune`` held-out training examples of its task (examples no swarm
+device trains on). Each method runs the swarm at the rate with the best mean
+score. The edgedfl variants (flat, random masks) share solora's rate, so the
+ablations change one thing only.
 
 Per row: per-task and average accuracy (each device answers every task's test
 split with its final inference setup), bytes per device per round and in total
@@ -62,23 +70,76 @@ class PaperSettings:
     seed: int = 0
     n_train: int = 400
     n_eval: int = 40
-    lrs: tuple[float, ...] = (2e-3,)
+    lrs: tuple[float, ...] = (2e-3, 5e-3, 1e-2)
     variants: tuple[str, ...] = tuple(VARIANTS)
     round_deadline_s: float = 120.0
+    #: held-out training examples per task that score a learning rate (never the test split)
+    n_tune: int = 24
 
     @classmethod
     def quick(cls) -> PaperSettings:
         """The tiny model, few rounds: minutes, for the test suite (numbers mean nothing)."""
         return cls(devices=4, tasks=("arith", "strtf"), model="tiny", rounds=2, local_steps=5, n_train=32,
-                   n_eval=8, lrs=(1e-2,), round_deadline_s=30.0)
+                   n_eval=8, lrs=(1e-2, 3e-2), round_deadline_s=30.0, n_tune=8)
 
 
 def _swarm(s: PaperSettings, variant: str, lr: float) -> SwarmConfig:
+    """The swarm settings of ``variant`` (every variant: the same settings but method, topology and lr)."""
     return SwarmConfig(
         name=f"paper-{variant}", seed=s.seed, model=s.model, rank=s.rank, rounds=s.rounds,
         local_steps=s.local_steps, lr=lr, precision=s.precision, n_train=s.n_train, n_eval=s.n_eval,
         round_deadline_s=s.round_deadline_s, **VARIANTS[variant],
     )
+
+
+def _tune_score(s: PaperSettings, method: str, lr: float, task: str) -> float:
+    """Exact match on held-out training examples after one device's local training at ``lr``."""
+    import torch
+
+    from edgedfl.adapters import attach_adapter
+    from edgedfl.data.sources import load_examples
+    from edgedfl.devices import detect_profile
+    from edgedfl.model.loading import load_model
+    from edgedfl.model.quantize import quantize_model
+    from edgedfl.node.node import Node
+    from edgedfl.train.evaluate import evaluate
+    from edgedfl.train.local import calibrate
+    from edgedfl.train.trainer import Trainer
+
+    swarm = _swarm(s, _VARIANT_OF[method], lr)
+    torch.manual_seed(s.seed)
+    base, tok = load_model(s.model, seed=s.seed)
+    base, _ = quantize_model(base, "auto", detect_profile())
+    adapted = attach_adapter(base, Node.adapter_config_of(swarm))
+    adapted.activate(0)
+    per_task = -(-s.devices // len(s.tasks))  # devices holding this task in the swarm
+    pool = load_examples(task, "train", n=s.n_train * per_task + s.n_tune, seed=s.seed)
+    train, held_out = pool[: s.n_train], pool[s.n_train * per_task :]  # held-out: no swarm device trains on it
+    if method == "solora":
+        calibrate(adapted, tok, [e.prompt for e in train[: swarm.n_calibration]], 0, swarm.max_length)
+    trainer = Trainer(adapted, tok, train, Node.train_config_of(swarm))
+    trainer.train(save_at_end=False)
+    metrics = evaluate(adapted.peft_model, tok, held_out, batch_size=16, max_length=swarm.max_length,
+                       max_new_tokens=8)
+    return float(metrics["exact_match"])
+
+
+#: the variant whose swarm settings a method's tuning run copies
+_VARIANT_OF = {"lora": "lora", "ffa": "ffa", "solora": "edgedfl"}
+
+
+def tune_lrs(s: PaperSettings) -> dict[str, Any]:
+    """Per adapter method: the score of every rate of ``s.lrs`` and the best one (see the module doc)."""
+    methods = sorted({VARIANTS[v]["method"] for v in s.variants})
+    out: dict[str, Any] = {}
+    for method in methods:
+        scores = {}
+        for lr in s.lrs:
+            per_task = {t: _tune_score(s, method, lr, t) for t in s.tasks}
+            scores[f"{lr:g}"] = {"mean": sum(per_task.values()) / len(per_task), "per_task": per_task}
+        best = max(s.lrs, key=lambda lr: (scores[f"{lr:g}"]["mean"], -lr))  # ties: the smaller rate
+        out[method] = {"scores": scores, "best": best}
+    return out
 
 
 def run_variant(s: PaperSettings, variant: str, lr: float, out: Path) -> dict[str, Any]:
@@ -146,18 +207,21 @@ def summarise(reports: dict[str, dict[str, Any]], s: PaperSettings) -> dict[str,
 
 
 def run_paper(s: PaperSettings, out_dir: str | Path) -> dict[str, Any]:
+    """Tune every method's learning rate (the same way), then run each variant once at its rate."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    best: dict[str, dict[str, Any]] = {}
-    sweep: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    tuning: dict[str, Any] = tune_lrs(s) if len(s.lrs) > 1 else {
+        m: {"scores": {}, "best": s.lrs[0]} for m in {VARIANTS[v]["method"] for v in s.variants}}
+    tune_s = time.monotonic() - t0
+    (out / "tuning.json").write_text(json.dumps(tuning, indent=2, sort_keys=True))
+    reports: dict[str, dict[str, Any]] = {}
     for variant in s.variants:
-        for lr in s.lrs:
-            rep = run_variant(s, variant, lr, out / "runs" / f"{variant}-lr{lr:g}")
-            sweep.append({"variant": variant, "lr": lr, "avg_accuracy": rep["final"]["avg_accuracy"]})
-            if variant not in best or rep["final"]["avg_accuracy"] > best[variant]["final"]["avg_accuracy"]:
-                best[variant] = rep
-    summary = summarise(best, s)
-    summary["lr_sweep"] = sweep
+        lr = float(tuning[VARIANTS[variant]["method"]]["best"])
+        reports[variant] = run_variant(s, variant, lr, out / "runs" / f"{variant}-lr{lr:g}")
+    summary = summarise(reports, s)
+    summary["lr_tuning"] = tuning
+    summary["lr_tuning_s"] = tune_s
     return summary
 
 
@@ -178,6 +242,14 @@ def write_results(summary: dict[str, Any], out_dir: str | Path, command: str) ->
         lines.append(f"| {name} | {accs} | {row['avg_accuracy']:.3f} | {row['bytes_per_device_per_round'] / 1e3:.1f} | "
                      f"{_fmt_bytes(row['total_bytes'])} | {_fmt_bytes(row.get('bytes_to_lora_accuracy'))} | "
                      f"{row['lr']:g} | {row['wall_s']:.0f} |")
+    tuning = summary.get("lr_tuning", {})
+    if any(t["scores"] for t in tuning.values()):
+        lines += ["", "## Learning rates (tuned the same way for every method; held-out training examples)", "",
+                  "| method | " + " | ".join(f"lr {lr}" for lr in next(iter(tuning.values()))["scores"]) + " | chosen |",
+                  "|" + "---|" * (len(next(iter(tuning.values()))["scores"]) + 2)]
+        for method, t in sorted(tuning.items()):
+            cells = " | ".join(f"{v['mean']:.3f}" for v in t["scores"].values())
+            lines.append(f"| {method} | {cells} | {t['best']:g} |")
     lines += ["", "## Targets", ""]
     for key, t in summary["targets"].items():
         lines.append(f"- {key}: measured {t['measured']:.3f}, target {t['target']}: **{'met' if t['met'] else 'MISSED'}**")

@@ -16,7 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--local-steps", type=int, default=None)
     p.add_argument("--n-eval", type=int, default=None)
-    p.add_argument("--lrs", default=None, help="comma-separated learning rates: every variant is tuned over them")
+    p.add_argument("--lrs", default=None,
+                   help="comma-separated learning rates: every method is tuned over them the same way "
+                        "(held-out training examples); one rate = no tuning")
+    p.add_argument("--n-tune", type=int, default=None, help="held-out training examples per task that score a rate")
     p.add_argument("--variants", default=None, help="comma-separated subset of the training variants")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default="bench/results", help="where paper.md / .json / .png go")
@@ -30,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     s = PaperSettings.quick() if args.quick else PaperSettings()
     over: dict[str, object] = {}
-    for key in ("devices", "model", "rounds", "local_steps", "n_eval", "seed"):
+    for key in ("devices", "model", "rounds", "local_steps", "n_eval", "n_tune", "seed"):
         if getattr(args, key) is not None:
             over[key] = getattr(args, key)
     if args.tasks:

@@ -44,7 +44,7 @@ from edgedfl.devices import get_profile
 from edgedfl.errors import QuorumNotReached
 from edgedfl.model.loading import load_model
 from edgedfl.model.quantize import quantize_model
-from edgedfl.node.config import NodeConfig
+from edgedfl.node.config import NodeConfig, SwarmConfig
 from edgedfl.node.links import CountingTransport
 from edgedfl.node.signature import task_signature
 from edgedfl.routing import LatentCode, RouterConfig
@@ -106,12 +106,24 @@ class Node:
 
     # -- set-up ---------------------------------------------------------------------
 
-    def _adapter_config(self) -> AdapterConfig:
-        s = self.swarm
+    @staticmethod
+    def adapter_config_of(s: SwarmConfig) -> AdapterConfig:
+        """The adapter every device of swarm ``s`` attaches."""
         return AdapterConfig(
             method=s.method, rank=s.rank, alpha=s.alpha, target_modules=list(s.target_modules),
             num_slots=s.num_slots, seed=s.seed, density=s.density, density_proxy=s.density_proxy,
         )
+
+    @staticmethod
+    def train_config_of(s: SwarmConfig) -> TrainConfig:
+        """The local training every device of swarm ``s`` runs (all rounds' steps)."""
+        return TrainConfig(
+            lr=s.lr, batch_size=s.batch_size, max_steps=s.rounds * s.local_steps,
+            max_length=s.max_length, seed=s.seed, progress=False, eval_batch_size=16,
+        )
+
+    def _adapter_config(self) -> AdapterConfig:
+        return self.adapter_config_of(self.swarm)
 
     def load(self) -> None:
         """Model, quantization, slots, data."""
@@ -131,10 +143,7 @@ class Node:
             pool = load_examples(self.cfg.data, seed=self.swarm.seed)
             self.train_examples = pool[: len(pool) * 9 // 10][:n]
             self.test_examples = pool[len(pool) * 9 // 10 :][: self.swarm.n_eval]
-        self.train_config = TrainConfig(
-            lr=self.swarm.lr, batch_size=self.swarm.batch_size, max_steps=self.swarm.rounds * self.swarm.local_steps,
-            max_length=self.swarm.max_length, seed=self.swarm.seed, progress=False, eval_batch_size=16,
-        )
+        self.train_config = self.train_config_of(self.swarm)
 
     def connect(self) -> None:
         will = NeighbourProtocol.will_message(self.swarm.name, self.me)

@@ -37,6 +37,19 @@ def test_bench_paper_quick_writes_every_row_and_the_targets(tmp_path):
     assert rows["ffa"]["bytes_per_device_per_round"] < rows["lora"]["bytes_per_device_per_round"]
     assert set(summary["targets"]) == {"bytes_per_round_vs_lora", "accuracy_gain_points_vs_lora",
                                        "implicit_vs_oracle_points"}
+    # learning rates: every method tuned over the same grid, on held-out training examples; each
+    # row trained at its method's chosen rate (the edgedfl variants share solora's)
+    tuning = summary["lr_tuning"]
+    grid = {f"{lr:g}" for lr in summary["settings"]["lrs"]}
+    assert len(grid) >= 2 and set(tuning) == {"lora", "ffa", "solora"}
+    for method, t in tuning.items():
+        assert set(t["scores"]) == grid, method
+        assert all(set(v["per_task"]) == set(tasks) for v in t["scores"].values())
+        assert f"{t['best']:g}" in grid
+        assert t["scores"][f"{t['best']:g}"]["mean"] == max(v["mean"] for v in t["scores"].values())
+    family = {"lora": "lora", "ffa": "ffa"}
+    for name, row in rows.items():
+        assert row["lr"] == tuning[family.get(name, "solora")]["best"], name
     md = (out / "paper.md").read_text()
-    assert "| edgedfl-random-masks |" in md and "Command: `" in md
+    assert "| edgedfl-random-masks |" in md and "Command: `" in md and "| solora |" in md
     assert (out / "paper.png").stat().st_size > 1000
