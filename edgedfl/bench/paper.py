@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ from typing import Any
 from edgedfl.emulation.fleet import Fleet, FleetConfig
 from edgedfl.emulation.report import build_report
 from edgedfl.node.config import SwarmConfig
+
+log = logging.getLogger("edgedfl.bench")
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "lora": {"method": "lora", "topology": "flat"},
@@ -135,7 +138,10 @@ def tune_lrs(s: PaperSettings) -> dict[str, Any]:
     for method in methods:
         scores = {}
         for lr in s.lrs:
-            per_task = {t: _tune_score(s, method, lr, t) for t in s.tasks}
+            per_task = {}
+            for t in s.tasks:
+                per_task[t] = _tune_score(s, method, lr, t)
+                log.info("tuning %s lr=%g %s: %.3f on held-out training examples", method, lr, t, per_task[t])
             scores[f"{lr:g}"] = {"mean": sum(per_task.values()) / len(per_task), "per_task": per_task}
         best = max(s.lrs, key=lambda lr: (scores[f"{lr:g}"]["mean"], -lr))  # ties: the smaller rate
         out[method] = {"scores": scores, "best": best}
@@ -218,6 +224,7 @@ def run_paper(s: PaperSettings, out_dir: str | Path) -> dict[str, Any]:
     reports: dict[str, dict[str, Any]] = {}
     for variant in s.variants:
         lr = float(tuning[VARIANTS[variant]["method"]]["best"])
+        log.info("running %s at lr=%g", variant, lr)
         reports[variant] = run_variant(s, variant, lr, out / "runs" / f"{variant}-lr{lr:g}")
     summary = summarise(reports, s)
     summary["lr_tuning"] = tuning
