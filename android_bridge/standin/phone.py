@@ -47,14 +47,14 @@ from typing import Any
 import numpy as np
 
 from edgedfl.adapters import solora
-from edgedfl.aggregation import for_method
 from edgedfl.android import manifest as mf
 from edgedfl.data.sources import load_examples
 from edgedfl.data.tasks import TASKS
 from edgedfl.devices import get_profile
-from edgedfl.errors import ConfigError, QuorumNotReached
+from edgedfl.errors import ConfigError
 from edgedfl.node.config import NodeConfig
 from edgedfl.node.links import CountingTransport
+from edgedfl.node.member import CALIBRATION_ROUND, SwarmMember
 from edgedfl.routing import LatentCode, RouterConfig, stack_codes
 from edgedfl.topology import (
     ClusterConfig,
@@ -65,7 +65,6 @@ from edgedfl.topology import (
     normalise,
 )
 from edgedfl.topology.clustering import Clustering
-from edgedfl.topology.graph import present_weights
 from edgedfl.transport.mqtt import transport_from_url
 from edgedfl.transport.proto_types import ProtocolConfig
 from edgedfl.transport.protocol import NeighbourProtocol
@@ -75,8 +74,6 @@ from .text import PhoneTokenizer, normalise_answer, train_batch
 
 log = logging.getLogger("edgedfl.standin")
 
-CALIBRATION_ROUND = 0
-CODE_PREFIX = "code."  # the nodes' prefix for the latent code in round-0 statistics
 MAX_NEW_TOKENS = 8  # as the nodes evaluate
 
 
@@ -86,7 +83,7 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-class Phone:
+class Phone(SwarmMember):
     """One emulated phone. ``run()`` is the whole life; the pieces are methods for tests."""
 
     def __init__(self, config: NodeConfig, bundle: str | Path, *, lr: float | None = None) -> None:
@@ -280,31 +277,7 @@ class Phone:
         if self.swarm.method != "solora":
             return
         own, code = self.calibration_stats(self.slot)
-        tensors = code.to_tensors(CODE_PREFIX)
-        for layer, st in own.items():
-            tensors[f"{layer}.cov"] = st.cov.astype(np.float32)
-            tensors[f"{layer}.energy"] = np.array([st.total_energy, st.n_tokens], dtype=np.float32)
-        members = [m for m in self.clustering.members(self.slot) if m != self.me]
-        self.link.round = CALIBRATION_ROUND
-        self.protocol.publish_update(CALIBRATION_ROUND, self.slot, tensors, receivers=members, precision="fp32")
-        try:
-            got = self.protocol.collect_round(
-                CALIBRATION_ROUND, self.slot, members, len(members), self.swarm.join_timeout_s
-            ).updates
-        except QuorumNotReached:
-            got = self.protocol.round_updates(CALIBRATION_ROUND, self.slot)
-            log.warning("%s: calibration stats missing from some cluster members", self.me)
-        everyone = {self.me: tensors, **{s: u.tensors for s, u in got.items()}}
-        pooled: dict[str, solora.LayerStats] = {}
-        self.cluster_code = None
-        for sender in sorted(everyone):  # the nodes' order: the same float sums on every member
-            t = everyone[sender]
-            c = LatentCode.from_tensors(t, CODE_PREFIX)
-            self.cluster_code = c if self.cluster_code is None else self.cluster_code.merged(c)
-            for layer, st in own.items():
-                e = t[f"{layer}.energy"].astype(np.float64)
-                one = solora.LayerStats(t[f"{layer}.cov"].astype(np.float64), float(e[0]), int(e[1]), st.d_in, st.d_out)
-                pooled[layer] = pooled[layer].merged(one) if layer in pooled else one
+        pooled = self.exchange_calibration(own, code)
         if self.swarm.random_masks:  # the ablation: same budget, positions at random
             self.set_masks({n: solora.random_mask(self.swarm.seed, n, self.slot, d, r, self.swarm.density)
                             for n, (d, r) in self.shapes.items()})
@@ -384,35 +357,19 @@ class Phone:
             time.sleep(train_s * (self.cfg.slowdown - 1))
         own = self.own_update()
         self._set_status("publishing", round=r)
-        self.protocol.publish_update(r, self.slot, own, receivers=self.neighbours, masks=self._wire_masks(),
-                                     precision=self.swarm.precision)  # type: ignore[arg-type]
-        self._set_status("collecting", round=r)
-        quorum = min(len(self.neighbours), math.ceil(self.swarm.quorum * len(self.neighbours)))
-        t_collect = time.monotonic()
-        try:
-            arrived = self.protocol.collect_round(r, self.slot, self.neighbours, quorum,
-                                                  self.swarm.round_deadline_s).updates
-            short = False
-        except QuorumNotReached:
-            arrived = {s: u for s, u in self.protocol.round_updates(r, self.slot).items() if s in self.neighbours}
-            short = True
-        own_w, peer_w = present_weights(self.weights, self.me, arrived)
-        agg = for_method(self.swarm.method, robust=None if self.swarm.aggregator == "mean" else self.swarm.aggregator,
-                         clip_norm=self.swarm.clip_norm or None)
         masks = self.masks if self.swarm.method == "solora" else None
-        mixed = agg.aggregate(own, [(peer_w[s], arrived[s].tensors) for s in sorted(peer_w)],
-                              own_weight=own_w, masks=masks)
+        got = self.exchange_round(r, own, wire_masks=self._wire_masks(), masks=masks)
+        mixed = got["mixed"]
         self.trainer.set_B({n: mixed[f"{n}.lora_B"] for n in self.layers})
-        t_eval = time.monotonic()
         self._set_status("evaluating", round=r)
         metrics = self.evaluate()
         self.share_expert(r)
         row = {
             "round": r, "node": self.me, "slot": self.slot, "task": self.cfg.data,
             "accuracy": metrics["exact_match"], "loss": metrics["loss"], "train_loss": float(np.mean(losses)),
-            "peers": sorted(arrived), "quorum_short": short, "rejects": dict(self.protocol.rejects),
+            "peers": got["peers"], "quorum_short": got["quorum_short"], "rejects": dict(self.protocol.rejects),
             "bytes_sent": self.link.bytes_by_round.get(r, 0), "wall_s": time.monotonic() - t0,
-            "train_s": train_s, "waited_s": t_eval - t_collect, "device": "android-standin",
+            "train_s": train_s, "waited_s": got["waited_s"], "device": "android-standin",
         }
         self.save_checkpoint(r)
         with open(self.state / "rounds.jsonl", "a") as f:
@@ -420,33 +377,14 @@ class Phone:
         self._set_status("round done", round=r, accuracy=row["accuracy"])
         return row
 
-    def _is_speaker(self) -> bool:
-        assert self.clustering is not None
-        return self.me == min(self.clustering.members(self.slot))
-
-    def share_expert(self, r: int) -> None:
-        assert self.protocol is not None
-        every = self.swarm.expert_every
-        if not self._is_speaker() or not (r == self.swarm.rounds or (every and r % every == 0)):
-            return
-        tensors = {k: v.astype(np.float16) for k, v in self.own_update().items()}
-        latent = self.cluster_code.to_tensors() if self.cluster_code is not None else {}
-        # the task name travels only so that emulations can score oracle routing (as the nodes do)
-        self.protocol.publish_expert(self.slot, r, tensors, latent, meta={"task": self.cfg.data})
+    def _after_publish(self, r: int) -> None:
+        self._set_status("collecting", round=r)
 
     def collect_experts(self, timeout_s: float, *, fell_behind: bool = False) -> dict[int, int]:
         """Every other cluster's finished expert (kept for the inference program), as ``Node.collect_experts``."""
-        assert self.protocol is not None and self.clustering is not None
-        wanted = set(self.clustering.slot_numbers) - {self.slot}
-        deadline = time.monotonic() + timeout_s
-        while wanted - set(self.protocol.experts) and time.monotonic() < deadline:
-            self.protocol.poll(0.2)
-        if fell_behind:
-            own = self.protocol.experts.get(self.slot)
-            if own is not None and own.sender != self.me and own.round >= self.swarm.rounds:
-                wanted.add(self.slot)
+        assert self.protocol is not None
         loaded = {}
-        for slot in sorted(wanted & set(self.protocol.experts)):
+        for slot in self.wait_for_experts(timeout_s, fell_behind=fell_behind):
             info = self.protocol.experts[slot]
             b = {k.removesuffix(".lora_B"): v.astype(np.float32) for k, v in info.tensors.items()}
             if slot == self.slot:
@@ -469,20 +407,12 @@ class Phone:
         modes = list(self.swarm.final_modes)
         out: dict[str, Any] = {"modes": {m: {} for m in modes}, "routing_accuracy": None, "setup": modes[0]}
         self.infer.set_experts({**self.experts, self.slot: self.trainer.get_B()})
-        task_slot = {self.cfg.data: self.slot}
+        task_slot: dict[str, int] = {self.cfg.data: self.slot}
         single = self.swarm.method != "solora" or self.swarm.num_slots == 1 or self.cluster_code is None
         if not single:
             assert self.cluster_code is not None
-            codes = {self.slot: self.cluster_code}
-            for slot in loaded:
-                info = self.protocol.experts[slot]
-                if info.latent:
-                    codes[slot] = LatentCode.from_tensors(info.latent)
-                task_slot.setdefault(str(info.meta.get("task", "")), slot)
-            dim = self.cluster_code.dim
-            nowhere = LatentCode(2, np.full(dim, 1e6), np.eye(dim))  # a slot without an expert is never chosen
-            means, factors = stack_codes([codes.get(k, nowhere) for k in range(self.swarm.num_slots)],
-                                         self.router_config.ridge)
+            codes, task_slot = self.routing_table(loaded)
+            means, factors = stack_codes(codes, self.router_config.ridge)
             self.infer.set_codes(means, factors)
         hits = total = 0
         for t, exs in test.items():

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -36,23 +35,20 @@ from typing import Any
 import numpy as np
 
 from edgedfl.adapters import AdapterConfig, attach_adapter
-from edgedfl.adapters.solora import LayerStats
-from edgedfl.aggregation import for_method
 from edgedfl.data.sources import load_examples
 from edgedfl.data.tasks import TASKS
 from edgedfl.devices import get_profile
-from edgedfl.errors import QuorumNotReached
 from edgedfl.model.loading import load_model
 from edgedfl.model.quantize import quantize_model
 from edgedfl.node.config import NodeConfig, SwarmConfig
 from edgedfl.node.links import CountingTransport
+from edgedfl.node.member import CALIBRATION_ROUND, SwarmMember
 from edgedfl.node.signature import task_signature
 from edgedfl.routing import LatentCode, RouterConfig
 from edgedfl.routing.calibrate import compute_code
 from edgedfl.routing.router import RoutedModel
 from edgedfl.topology import ClusterConfig, cluster, flat_clustering, metropolis_weights, neighbour_graph
 from edgedfl.topology.clustering import Clustering
-from edgedfl.topology.graph import present_weights
 from edgedfl.train.batching import collate_prompts
 from edgedfl.train.checkpoint import CheckpointManager
 from edgedfl.train.evaluate import evaluate, normalise_answer
@@ -63,8 +59,6 @@ from edgedfl.transport.protocol import NeighbourProtocol
 
 log = logging.getLogger("edgedfl.node")
 
-CALIBRATION_ROUND = 0
-CODE_PREFIX = "code."
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -73,7 +67,7 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-class Node:
+class Node(SwarmMember):
     """One device. ``run()`` does the whole life; the pieces are methods for tests and tools."""
 
     def __init__(self, config: NodeConfig) -> None:
@@ -226,31 +220,7 @@ class Node:
         code = compute_code(self.adapted, self.tok, prompts, self.router_config, self.slot,
                             max_length=self.swarm.max_length)
         self.adapted.activate(self.slot)  # the routing probe toggles adapters: restore what trains
-        tensors = code.to_tensors(CODE_PREFIX)
-        for layer, st in own.items():
-            tensors[f"{layer}.cov"] = st.cov.astype(np.float32)
-            tensors[f"{layer}.energy"] = np.array([st.total_energy, st.n_tokens], dtype=np.float32)
-        members = [m for m in self.clustering.members(self.slot) if m != self.me]
-        self.link.round = CALIBRATION_ROUND
-        self.protocol.publish_update(CALIBRATION_ROUND, self.slot, tensors, receivers=members, precision="fp32")
-        try:
-            got = self.protocol.collect_round(
-                CALIBRATION_ROUND, self.slot, members, len(members), self.swarm.join_timeout_s
-            ).updates
-        except QuorumNotReached:
-            got = self.protocol.round_updates(CALIBRATION_ROUND, self.slot)
-            log.warning("%s: calibration stats missing from some cluster members", self.me)
-        everyone = {self.me: tensors, **{s: u.tensors for s, u in got.items()}}
-        pooled: dict[str, LayerStats] = {}
-        self.cluster_code = None
-        for sender in sorted(everyone):  # same order, same float sums, on every member
-            t = everyone[sender]
-            c = LatentCode.from_tensors(t, CODE_PREFIX)
-            self.cluster_code = c if self.cluster_code is None else self.cluster_code.merged(c)
-            for layer, st in own.items():
-                e = t[f"{layer}.energy"].astype(np.float64)
-                s = LayerStats(t[f"{layer}.cov"].astype(np.float64), float(e[0]), int(e[1]), st.d_in, st.d_out)
-                pooled[layer] = pooled[layer].merged(s) if layer in pooled else s
+        pooled = self.exchange_calibration(own, code)
         if self.swarm.random_masks:  # the ablation: same budget, positions at random
             self.adapted.set_uniform_masks(self.slot, self.swarm.density, random_positions=True)
             return
@@ -275,28 +245,9 @@ class Node:
             time.sleep(train_s * (self.cfg.slowdown - 1))
         own = self.adapted.get_update(self.slot)
         self._set_status("publishing", round=r)
-        self.protocol.publish_update(r, self.slot, own, receivers=self.neighbours, masks=self._wire_masks(),
-                                     precision=self.swarm.precision)  # type: ignore[arg-type]
-        if self.cfg.crash_after_round == r:
-            os.kill(os.getpid(), signal.SIGKILL)
-        self._set_status("collecting", round=r)
-        quorum = min(len(self.neighbours), math.ceil(self.swarm.quorum * len(self.neighbours)))
-        t_collect = time.monotonic()
-        try:
-            arrived = self.protocol.collect_round(r, self.slot, self.neighbours, quorum,
-                                                  self.swarm.round_deadline_s).updates
-            short = False
-        except QuorumNotReached:
-            arrived = {s: u for s, u in self.protocol.round_updates(r, self.slot).items() if s in self.neighbours}
-            short = True
-        own_w, peer_w = present_weights(self.weights, self.me, arrived)
-        agg = for_method(self.swarm.method, robust=None if self.swarm.aggregator == "mean" else self.swarm.aggregator,
-                         clip_norm=self.swarm.clip_norm or None)
         masks = self.adapted.get_masks(self.slot) if self.swarm.method == "solora" else None
-        mixed = agg.aggregate(own, [(peer_w[s], arrived[s].tensors) for s in sorted(peer_w)],
-                              own_weight=own_w, masks=masks)
-        self.adapted.set_update(self.slot, mixed)
-        t_eval = time.monotonic()
+        got = self.exchange_round(r, own, wire_masks=self._wire_masks(), masks=masks)
+        self.adapted.set_update(self.slot, got["mixed"])
         self._set_status("evaluating", round=r)
         metrics = evaluate(self.adapted.peft_model, self.tok, self.test_examples, batch_size=16,
                            max_length=self.swarm.max_length, max_new_tokens=8)
@@ -305,9 +256,9 @@ class Node:
             "round": r, "node": self.me, "slot": self.slot, "task": self.cfg.data,
             "accuracy": metrics["exact_match"], "loss": metrics["loss"],
             "train_loss": float(np.mean([h["loss"] for h in self.trainer.history[-self.swarm.local_steps:]])),
-            "peers": sorted(arrived), "quorum_short": short, "rejects": dict(self.protocol.rejects),
+            "peers": got["peers"], "quorum_short": got["quorum_short"], "rejects": dict(self.protocol.rejects),
             "bytes_sent": self.link.bytes_by_round.get(r, 0), "wall_s": time.monotonic() - t0,
-            "train_s": train_s, "waited_s": t_eval - t_collect,
+            "train_s": train_s, "waited_s": got["waited_s"],
         }
         self.trainer.extra = self._extra(r)
         self.trainer.save_checkpoint()
@@ -315,6 +266,14 @@ class Node:
             f.write(json.dumps(row, sort_keys=True) + "\n")
         self._set_status("round done", round=r, accuracy=row["accuracy"])
         return row
+
+    def _after_publish(self, r: int) -> None:
+        self._set_status("collecting", round=r)
+        if self.cfg.crash_after_round == r:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def own_update(self) -> dict[str, np.ndarray]:
+        return self.adapted.get_update(self.slot)
 
     def evaluate_before(self) -> None:
         """Round 0 of the report: accuracy and loss of the base with the untrained expert (B = 0)."""
@@ -339,21 +298,6 @@ class Node:
         return {"round": r, "clustering": self.clustering.to_dict(), "slot": self.slot,
                 "neighbours": list(self.neighbours), "weights": self.weights, "code": code}
 
-    def _is_speaker(self) -> bool:
-        assert self.clustering is not None
-        return self.me == min(self.clustering.members(self.slot))
-
-    def share_expert(self, r: int) -> None:
-        """The cluster's speaker (its smallest id) publishes the finished expert on schedule."""
-        assert self.protocol is not None
-        every = self.swarm.expert_every
-        if not self._is_speaker() or not (r == self.swarm.rounds or (every and r % every == 0)):
-            return
-        tensors = {k: v.astype(np.float16) for k, v in self.adapted.get_update(self.slot).items()}
-        latent = self.cluster_code.to_tensors() if self.cluster_code is not None else {}
-        # the task name travels only so that emulations can score oracle routing
-        self.protocol.publish_expert(self.slot, r, tensors, latent, meta={"task": self.cfg.data})
-
     def collect_experts(self, timeout_s: float, *, fell_behind: bool = False) -> dict[int, int]:
         """Load every cluster's finished expert into its slot; returns slot -> round of the expert.
 
@@ -361,17 +305,9 @@ class Node:
         a restart on a broker that kept nothing for it) also adopts its own
         cluster's finished expert, published by the speaker at the last round.
         """
-        assert self.protocol is not None and self.clustering is not None
-        wanted = set(self.clustering.slot_numbers) - {self.slot}
-        deadline = time.monotonic() + timeout_s
-        while wanted - set(self.protocol.experts) and time.monotonic() < deadline:
-            self.protocol.poll(0.2)
-        if fell_behind:
-            own = self.protocol.experts.get(self.slot)
-            if own is not None and own.sender != self.me and own.round >= self.swarm.rounds:
-                wanted.add(self.slot)
+        assert self.protocol is not None
         loaded = {}
-        for slot in sorted(wanted & set(self.protocol.experts)):
+        for slot in self.wait_for_experts(timeout_s, fell_behind=fell_behind):
             info = self.protocol.experts[slot]
             tensors = {k: v.astype(np.float32) for k, v in info.tensors.items()}
             self.adapted.set_update(slot, tensors)
@@ -400,17 +336,8 @@ class Node:
                 for m in modes:
                     out["modes"][m][t] = acc
             return out
-        codes = {self.slot: self.cluster_code}
-        task_slot = {self.cfg.data: self.slot}
-        for slot in loaded:
-            info = self.protocol.experts[slot]
-            if info.latent:
-                codes[slot] = LatentCode.from_tensors(info.latent)
-            task_slot.setdefault(info.meta.get("task", ""), slot)
-        dim = self.cluster_code.dim
-        nowhere = LatentCode(2, np.full(dim, 1e6), np.eye(dim))  # (D,), (D, D)
-        routed = RoutedModel(self.adapted, [codes.get(k, nowhere) for k in range(self.swarm.num_slots)],
-                             self.router_config)
+        codes, task_slot = self.routing_table(loaded)
+        routed = RoutedModel(self.adapted, codes, self.router_config)
         hits = total = 0
         for t, exs in test.items():
             for mode in modes:
