@@ -26,3 +26,16 @@ def test_a_bad_field_inside_a_nested_config_is_named():
         NodeConfig.from_dict({"node_id": "dev00", "swarm": {"rounds": 0}})
     with pytest.raises(ConfigError, match="unknown field"):
         NodeConfig.from_dict({"node_id": "dev00", "swarm": {"roundz": 3}})
+
+
+def test_a_swarm_without_a_learning_rate_trains_at_its_method_s_tuned_default():
+    from edgedfl.node.config import DEFAULT_LR
+    from edgedfl.node.node import Node
+
+    for method in ("solora", "lora", "ffa"):
+        swarm = SwarmConfig(method=method)
+        assert swarm.lr == 0 and swarm.learning_rate == DEFAULT_LR[method]
+        assert Node.train_config_of(swarm).lr == DEFAULT_LR[method]
+    assert Node.train_config_of(SwarmConfig(method="ffa", lr=3e-4)).lr == 3e-4
+    with pytest.raises(ConfigError, match="lr"):
+        SwarmConfig(lr=-1.0)

@@ -20,6 +20,12 @@ TOPOLOGIES = ("clusters", "flat")
 FINAL_MODES = ("implicit", "oracle", "merge")
 
 
+#: AdamW learning rate per method when ``SwarmConfig.lr`` is 0: each method's best of 2e-3, 5e-3
+#: and 1e-2 on held-out training examples, tuned the same way for all three (SmolLM2-135M, topic and
+#: yesno, 18 steps of batch 8): see "Learning rates" in bench/results/paper.md
+DEFAULT_LR: dict[str, float] = {"solora": 5e-3, "lora": 2e-3, "ffa": 1e-2}
+
+
 @dataclasses.dataclass
 class SwarmConfig(ConfigBase):
     name: str = option("demo", help="swarm name: the MQTT topic prefix edgedfl/<name>/...")
@@ -37,7 +43,7 @@ class SwarmConfig(ConfigBase):
     rounds: int = option(3, help="federated rounds")
     local_steps: int = option(10, help="optimizer steps per round")
     batch_size: int = option(8, help="examples per step")
-    lr: float = option(2e-3, help="AdamW learning rate")
+    lr: float = option(0.0, help="AdamW learning rate; 0 = the method's default (DEFAULT_LR)")
     max_length: int = option(128, help="tokens per example")
     precision: str = option("fp16", help="value precision on the wire: fp16, int8 or fp32")
     aggregator: str = option("mean", help="mean (Metropolis), median or trimmed (trimmed mean)")
@@ -67,6 +73,7 @@ class SwarmConfig(ConfigBase):
         check(self.topology in TOPOLOGIES, n, "topology", self.topology, f"choose from {TOPOLOGIES}")
         check(self.rounds >= 1, n, "rounds", self.rounds, "must be >= 1")
         check(self.local_steps >= 1, n, "local_steps", self.local_steps, "must be >= 1")
+        check(self.lr >= 0, n, "lr", self.lr, "must be > 0, or 0 for the method's default")
         check(self.max_slots >= 1, n, "max_slots", self.max_slots, "must be >= 1")
         check(self.precision in ("fp16", "int8", "fp32"), n, "precision", self.precision, "fp16, int8 or fp32")
         check(self.aggregator in ("mean", "median", "trimmed"), n, "aggregator", self.aggregator,
@@ -76,6 +83,11 @@ class SwarmConfig(ConfigBase):
         check(self.round_deadline_s > 0, n, "round_deadline_s", self.round_deadline_s, "must be > 0")
         check(bool(self.final_modes) and all(m in FINAL_MODES for m in self.final_modes), n, "final_modes",
               self.final_modes, f"a non-empty subset of {FINAL_MODES}")
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or the method's default when it is 0."""
+        return self.lr or DEFAULT_LR[self.method]
 
     @property
     def num_slots(self) -> int:

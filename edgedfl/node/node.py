@@ -112,7 +112,7 @@ class Node(SwarmMember):
     def train_config_of(s: SwarmConfig) -> TrainConfig:
         """The local training every device of swarm ``s`` runs (all rounds' steps)."""
         return TrainConfig(
-            lr=s.lr, batch_size=s.batch_size, max_steps=s.rounds * s.local_steps,
+            lr=s.learning_rate, batch_size=s.batch_size, max_steps=s.rounds * s.local_steps,
             max_length=s.max_length, seed=s.seed, progress=False, eval_batch_size=16,
         )
 
