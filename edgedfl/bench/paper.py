@@ -212,15 +212,45 @@ def summarise(reports: dict[str, dict[str, Any]], s: PaperSettings) -> dict[str,
     return {"settings": dataclasses.asdict(s), "rows": rows, "targets": targets}
 
 
-def run_paper(s: PaperSettings, out_dir: str | Path) -> dict[str, Any]:
-    """Tune every method's learning rate (the same way), then run each variant once at its rate."""
+def _tuning_key(s: PaperSettings) -> dict[str, Any]:
+    """What a tuning result depends on: reusing one needs the same values."""
+    return {"model": s.model, "tasks": list(s.tasks), "lrs": list(s.lrs), "steps": s.rounds * s.local_steps,
+            "rank": s.rank, "n_train": s.n_train, "n_tune": s.n_tune, "seed": s.seed, "devices": s.devices}
+
+
+def load_tuning(path: str | Path, s: PaperSettings) -> dict[str, Any]:
+    """A ``tuning.json`` of an earlier run with the same tuning settings (else ``ConfigError``)."""
+    from edgedfl.errors import ConfigError
+
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the learning-rate tuning {path}: {exc}") from exc
+    if not isinstance(saved, dict) or saved.get("settings") != _tuning_key(s):
+        raise ConfigError(f"{path} was tuned with other settings ({saved.get('settings') if isinstance(saved, dict) else saved!r}); "
+                          f"this run needs {_tuning_key(s)}")
+    methods: dict[str, Any] = saved["methods"]
+    return methods
+
+
+def run_paper(s: PaperSettings, out_dir: str | Path, *, tuning_file: str | Path | None = None) -> dict[str, Any]:
+    """Tune every method's learning rate (the same way), then run each variant once at its rate.
+
+    ``tuning_file``: reuse the ``tuning.json`` of an earlier run with the same settings.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    tuning: dict[str, Any] = tune_lrs(s) if len(s.lrs) > 1 else {
-        m: {"scores": {}, "best": s.lrs[0]} for m in {VARIANTS[v]["method"] for v in s.variants}}
+    tuning: dict[str, Any]
+    if tuning_file is not None:
+        tuning = load_tuning(tuning_file, s)
+    elif len(s.lrs) > 1:
+        tuning = tune_lrs(s)
+    else:
+        tuning = {m: {"scores": {}, "best": s.lrs[0]} for m in {VARIANTS[v]["method"] for v in s.variants}}
     tune_s = time.monotonic() - t0
-    (out / "tuning.json").write_text(json.dumps(tuning, indent=2, sort_keys=True))
+    (out / "tuning.json").write_text(json.dumps({"settings": _tuning_key(s), "methods": tuning}, indent=2,
+                                                sort_keys=True))
     reports: dict[str, dict[str, Any]] = {}
     for variant in s.variants:
         lr = float(tuning[VARIANTS[variant]["method"]]["best"])

@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lrs", default=None,
                    help="comma-separated learning rates: every method is tuned over them the same way "
                         "(held-out training examples); one rate = no tuning")
+    p.add_argument("--tuning", default=None,
+                   help="reuse the tuning.json of an earlier run with the same settings (skips the tuning)")
     p.add_argument("--n-tune", type=int, default=None, help="held-out training examples per task that score a rate")
     p.add_argument("--variants", default=None, help="comma-separated subset of the training variants")
     p.add_argument("--seed", type=int, default=None)
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.variants:
         over["variants"] = tuple(v for v in args.variants.split(",") if v)
     s = dataclasses.replace(s, **over)  # type: ignore[arg-type]
-    summary = run_paper(s, args.work)
+    summary = run_paper(s, args.work, tuning_file=args.tuning)
     command = "edgedfl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "edgedfl bench paper"
     paths = write_results(summary, args.out, command)
     print(paths[0].read_text())

@@ -67,6 +67,10 @@ class SwarmMember:
         """``<layer>.lora_B`` -> this member's B of its slot (dense, zero outside the mask)."""
         raise NotImplementedError
 
+    def _wire_masks(self) -> dict[str, np.ndarray] | None:
+        """``<layer>.lora_B`` -> the slot's mask (solora: B travels sparse), or None (dense)."""
+        raise NotImplementedError
+
     # -- round 0 ----------------------------------------------------------------------
 
     def exchange_calibration(self, own: Mapping[str, LayerStats], code: LatentCode) -> dict[str, LayerStats]:
@@ -145,7 +149,7 @@ class SwarmMember:
         return self.me == min(self.clustering.members(self.slot))
 
     def share_expert(self, r: int) -> None:
-        """The speaker publishes the finished expert (fp16 B and the cluster's code) on schedule."""
+        """The speaker publishes the finished expert (fp16 B, sparse under the mask, and the cluster's code)."""
         assert self.protocol is not None
         every = self.swarm.expert_every
         if not self.is_speaker() or not (r == self.swarm.rounds or (every and r % every == 0)):
@@ -153,7 +157,8 @@ class SwarmMember:
         tensors = {k: v.astype(np.float16) for k, v in self.own_update().items()}
         latent = self.cluster_code.to_tensors() if self.cluster_code is not None else {}
         # the task name travels only so that emulations can score oracle routing
-        self.protocol.publish_expert(self.slot, r, tensors, latent, meta={"task": self.cfg.data})
+        self.protocol.publish_expert(self.slot, r, tensors, latent, meta={"task": self.cfg.data},
+                                     masks=self._wire_masks())
 
     def wait_for_experts(self, timeout_s: float, *, fell_behind: bool = False) -> list[int]:
         """Slots whose finished expert this member should load, after waiting up to ``timeout_s``.

@@ -16,8 +16,10 @@ from edgedfl.wire.envelope import Envelope
 
 __all__ = [
     "LATENT_PREFIX",
+    "MASK_PREFIX",
     "PRESENCE_OFFLINE",
     "PRESENCE_ONLINE",
+    "SHAPE_PREFIX",
     "ExpertInfo",
     "PeerInfo",
     "ProtocolConfig",
@@ -31,6 +33,10 @@ PRESENCE_ONLINE = "online"
 PRESENCE_OFFLINE = "offline"
 #: Prefix of latent-code tensors inside an expert body.
 LATENT_PREFIX = "latent."
+#: Prefixes of a sparse expert tensor's mask (numpy.packbits of the bool mask, row-major, big bit
+#: order; uint8) and shape (int64 (2,)): the tensor itself then holds only the values under the mask.
+MASK_PREFIX = "mask."
+SHAPE_PREFIX = "shape."
 
 
 def message_id(sender: str, round: int, seq: int) -> str:

@@ -69,6 +69,7 @@ from edgedfl.errors import (
     PayloadTooLarge,
     QuorumNotReached,
     StaleRound,
+    TensorValidationError,
     TransportError,
     UnknownMask,
     WireError,
@@ -87,9 +88,11 @@ from edgedfl.transport.outbox import (
 from edgedfl.transport.proto_topics import Topics, validate_name
 from edgedfl.transport.proto_types import (
     LATENT_PREFIX,
+    MASK_PREFIX,
     PRESENCE_OFFLINE,
     PRESENCE_ONLINE,
     REMEMBER_DONE,
+    SHAPE_PREFIX,
     Answer,
     ExpertInfo,
     PeerInfo,
@@ -318,14 +321,28 @@ class NeighbourProtocol:
         latent: Mapping[str, np.ndarray],
         *,
         meta: Mapping[str, str] | None = None,
+        masks: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Publish a finished expert of ``slot`` (retained): its tensors and task latent code.
 
-        One message (retained messages cannot be chunked: the broker keeps only
-        the last publish of a topic), so it must fit the transport's limit;
-        ``PayloadTooLarge`` otherwise.
+        Tensors named in ``masks`` travel sparse: their values under the mask,
+        the mask's packed bits and the shape (receivers rebuild the dense
+        tensor, zero outside the mask). One message (retained messages cannot
+        be chunked: the broker keeps only the last publish of a topic), so it
+        must fit the transport's limit; ``PayloadTooLarge`` otherwise.
         """
-        body_tensors = dict(tensors)
+        body_tensors: dict[str, np.ndarray] = {}
+        for k, v in tensors.items():
+            mask = None if masks is None else masks.get(k)
+            if mask is None:
+                body_tensors[k] = v
+                continue
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != v.shape:
+                raise TensorValidationError(f"expert tensor {k!r}: mask shape {mask.shape} != {v.shape}")
+            body_tensors[k] = np.ascontiguousarray(np.asarray(v)[mask])  # (nnz,), row-major order
+            body_tensors[MASK_PREFIX + k] = np.packbits(mask.reshape(-1))
+            body_tensors[SHAPE_PREFIX + k] = np.array(v.shape, dtype=np.int64)
         for k, v in latent.items():
             body_tensors[LATENT_PREFIX + k] = v
         payload = self._envelope("expert", round, slot, 0, encode_tensors(body_tensors), meta)
@@ -645,7 +662,8 @@ class NeighbourProtocol:
         latent = {
             k[len(LATENT_PREFIX) :]: np.array(v) for k, v in tensors.items() if k.startswith(LATENT_PREFIX)
         }
-        weights = {k: np.array(v) for k, v in tensors.items() if not k.startswith(LATENT_PREFIX)}
+        weights = _dense_expert({k: v for k, v in tensors.items() if not k.startswith(LATENT_PREFIX)},
+                                self.limits)
         self.experts[slot] = ExpertInfo(slot, env.sender, env.round, weights, latent, dict(env.meta))
 
     def _on_ack(self, env: Envelope) -> None:
@@ -824,3 +842,39 @@ class NeighbourProtocol:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dense_expert(tensors: Mapping[str, np.ndarray], limits: Limits) -> dict[str, np.ndarray]:
+    """An expert's tensors, with the sparse ones (values + ``mask.`` + ``shape.``) rebuilt dense.
+
+    :raises MalformedMessage: a mask or shape without its tensor, a shape that is
+        not two positive sizes within the limits, mask bits that do not cover the
+        shape, or a value count that is not the mask's count.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, v in tensors.items():
+        if name.startswith((MASK_PREFIX, SHAPE_PREFIX)):
+            base = name.split(".", 1)[1]
+            if base not in tensors:
+                raise MalformedMessage(f"expert: {name!r} without the tensor {base!r}")
+            continue
+        if MASK_PREFIX + name not in tensors and SHAPE_PREFIX + name not in tensors:
+            out[name] = np.array(v)
+            continue
+        bits, shape_t = tensors.get(MASK_PREFIX + name), tensors.get(SHAPE_PREFIX + name)
+        if bits is None or shape_t is None:
+            raise MalformedMessage(f"expert: sparse tensor {name!r} needs both its mask and its shape")
+        shape = tuple(int(x) for x in np.asarray(shape_t).reshape(-1))
+        size = int(np.prod(shape)) if shape else 0
+        if (np.asarray(shape_t).dtype != np.int64 or len(shape) != 2 or min(shape) < 1
+                or size > limits.max_dense_elements):
+            raise MalformedMessage(f"expert: bad shape {shape} for sparse tensor {name!r}")
+        if bits.dtype != np.uint8 or bits.ndim != 1 or bits.size != -(-size // 8):
+            raise MalformedMessage(f"expert: mask of {name!r} has {bits.size} bytes, {-(-size // 8)} expected")
+        mask = np.unpackbits(bits)[:size].astype(bool).reshape(shape)
+        if v.ndim != 1 or v.size != int(mask.sum()):
+            raise MalformedMessage(f"expert: {name!r} has {v.size} values for a mask of {int(mask.sum())}")
+        dense = np.zeros(shape, dtype=v.dtype)
+        dense[mask] = v
+        out[name] = dense
+    return out

@@ -53,3 +53,21 @@ def test_bench_paper_quick_writes_every_row_and_the_targets(tmp_path):
     md = (out / "paper.md").read_text()
     assert "| edgedfl-random-masks |" in md and "Command: `" in md and "| solora |" in md
     assert (out / "paper.png").stat().st_size > 1000
+
+
+def test_a_saved_tuning_is_reused_only_with_the_same_settings(tmp_path):
+    from edgedfl.bench.paper import PaperSettings, _tuning_key, load_tuning
+    from edgedfl.errors import ConfigError
+
+    s = PaperSettings.quick()
+    methods = {m: {"scores": {}, "best": 0.01} for m in ("lora", "ffa", "solora")}
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps({"settings": _tuning_key(s), "methods": methods}))
+    assert load_tuning(path, s) == methods
+    other = PaperSettings.quick()
+    other.lrs = (1e-3, 1e-2)
+    with pytest.raises(ConfigError, match="other settings"):
+        load_tuning(path, other)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_tuning(path, s)

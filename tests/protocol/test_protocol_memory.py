@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from proto_helpers import SWARM, Swarm, pump, tensors
 
-from edgedfl.errors import ConfigError, QuorumNotReached
+from edgedfl.errors import ConfigError, QuorumNotReached, TensorValidationError
 from edgedfl.transport.outbox import ACK_APPLIED, ACK_DUPLICATE, ACK_REJECTED, ACK_STALE
 from edgedfl.transport.protocol import NeighbourProtocol, ProtocolConfig
 from edgedfl.wire.codec import encode_update
@@ -233,6 +233,51 @@ def test_presence_hello_expert_and_will(swarm: Swarm) -> None:
     # a crash fires the last will
     swarm.hub.kill("a")
     pump([b], lambda: b.peers["a"].online is False)
+
+
+def test_a_sparse_expert_travels_as_values_mask_bits_and_shape(swarm: Swarm) -> None:
+    a, b = swarm.node("a"), swarm.node("b")
+    rng = np.random.default_rng(3)
+    shape = (96, 8)
+    masks = {f"l{i}.B": rng.random(shape) < 0.25 for i in range(3)}
+    dense = {k: np.where(m, rng.normal(size=shape), 0).astype(np.float16) for k, m in masks.items()}
+    latent = {"mean": np.zeros(4), "cov": np.eye(4)}
+    a.publish_expert(1, 3, dense, latent, masks=masks)
+    pump([a, b], lambda: 1 in b.experts)
+    got = b.experts[1].tensors
+    assert set(got) == set(dense)
+    for k in dense:
+        assert got[k].shape == shape and got[k].dtype == np.float16
+        np.testing.assert_array_equal(got[k], dense[k])
+    # the sparse expert is much smaller than the dense one
+    sparse_bytes = len(swarm.hub._retained[f"edgedfl/{SWARM}/expert/1"].payload)
+    a.publish_expert(2, 3, dense, latent)
+    dense_bytes = len(swarm.hub._retained[f"edgedfl/{SWARM}/expert/2"].payload)
+    assert sparse_bytes < 0.55 * dense_bytes
+    with pytest.raises(TensorValidationError):
+        a.publish_expert(3, 3, dense, latent, masks={"l0.B": np.ones((4, 4), bool)})
+
+
+@pytest.mark.parametrize("bad", ["count", "bits", "shape", "orphan", "half"])
+def test_a_malformed_sparse_expert_is_rejected_and_nothing_is_kept(swarm: Swarm, bad: str) -> None:
+    a, b = swarm.node("a"), swarm.node("b")
+    mask = np.zeros((16, 8), bool)
+    mask[::2, :4] = True  # 32 entries
+    body = {"q.B": np.ones(32, np.float16), "mask.q.B": np.packbits(mask.reshape(-1)),
+            "shape.q.B": np.array([16, 8], np.int64)}
+    if bad == "count":
+        body["q.B"] = np.ones(31, np.float16)
+    elif bad == "bits":
+        body["mask.q.B"] = body["mask.q.B"][:-1]
+    elif bad == "shape":
+        body["shape.q.B"] = np.array([16, 0], np.int64)
+    elif bad == "orphan":
+        body["mask.k.B"] = body.pop("mask.q.B")
+    else:
+        del body["shape.q.B"]
+    a.publish_expert(4, 2, body, {})
+    pump([a, b], lambda: sum(b.rejects.values()) >= 1)
+    assert 4 not in b.experts and b.rejects["MalformedMessage"] == 1
 
 
 def test_will_message_is_retained_offline() -> None:

@@ -447,6 +447,82 @@ public final class Codec {
         return SafeTensors.write(tensors, metadata(TENSORS_CODEC, null, null));
     }
 
+    /** Prefix of the latent code's tensors inside an expert body. */
+    public static final String LATENT_PREFIX = "latent.";
+    /** Prefix of a sparse expert tensor's mask: numpy.packbits of the bool mask (row-major, big bit order), U8. */
+    public static final String MASK_PREFIX = "mask.";
+    /** Prefix of a sparse expert tensor's dense shape: I64, two sizes. */
+    public static final String SHAPE_PREFIX = "shape.";
+
+    /**
+     * An expert body's weights (its {@code tensors/1} tensors without {@code latent.*}), with every
+     * sparse one (values under the mask + {@code mask.<name>} + {@code shape.<name>}) rebuilt dense,
+     * zero outside the mask. As Python's {@code NeighbourProtocol} does on receipt.
+     *
+     * @throws WireException.MalformedMessage a mask or shape without its tensor, a tensor with only
+     *     one of them, a shape that is not two positive sizes within the limits, mask bytes that do
+     *     not cover the shape, or a value count other than the mask's
+     */
+    public static Map<String, FloatTensor> denseExpert(Map<String, RawTensor> tensors, Limits limits) {
+        Map<String, FloatTensor> out = new TreeMap<>();
+        for (Map.Entry<String, RawTensor> e : tensors.entrySet()) {
+            String name = e.getKey();
+            RawTensor t = e.getValue();
+            if (name.startsWith(LATENT_PREFIX)) {
+                continue;
+            }
+            if (name.startsWith(MASK_PREFIX) || name.startsWith(SHAPE_PREFIX)) {
+                String base = name.substring(name.indexOf('.') + 1);
+                if (!tensors.containsKey(base)) {
+                    throw new WireException.MalformedMessage("expert: '" + name + "' without the tensor '" + base + "'");
+                }
+                continue;
+            }
+            RawTensor bits = tensors.get(MASK_PREFIX + name);
+            RawTensor shapeT = tensors.get(SHAPE_PREFIX + name);
+            if (bits == null && shapeT == null) {
+                out.put(name, new FloatTensor(t.shape(), t.toFloats()));
+                continue;
+            }
+            if (bits == null || shapeT == null) {
+                throw new WireException.MalformedMessage("expert: sparse tensor '" + name + "' needs both its mask and its shape");
+            }
+            if (shapeT.dtype() != DType.I64 || shapeT.numel() != 2) {
+                throw new WireException.MalformedMessage("expert: bad shape tensor for '" + name + "'");
+            }
+            java.nio.ByteBuffer sb = java.nio.ByteBuffer.wrap(shapeT.data()).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+            long rows = sb.getLong();
+            long cols = sb.getLong();
+            if (rows < 1 || cols < 1 || rows > limits.maxDenseElements() / cols) {
+                throw new WireException.MalformedMessage("expert: bad shape [" + rows + ", " + cols + "] for '" + name + "'");
+            }
+            int size = (int) (rows * cols);
+            byte[] mask = bits.data();
+            if (bits.dtype() != DType.U8 || bits.shape().length != 1 || mask.length != (size + 7) / 8) {
+                throw new WireException.MalformedMessage("expert: mask of '" + name + "' has " + mask.length
+                        + " bytes, " + ((size + 7) / 8) + " expected");
+            }
+            float[] values = t.toFloats();
+            int count = 0;
+            for (int i = 0; i < size; i++) {
+                count += (mask[i >> 3] >> (7 - (i & 7))) & 1;
+            }
+            if (t.shape().length != 1 || values.length != count) {
+                throw new WireException.MalformedMessage("expert: '" + name + "' has " + values.length
+                        + " values for a mask of " + count);
+            }
+            float[] dense = new float[size];
+            int k = 0;
+            for (int i = 0; i < size; i++) {
+                if (((mask[i >> 3] >> (7 - (i & 7))) & 1) != 0) {
+                    dense[i] = values[k++];
+                }
+            }
+            out.put(name, new FloatTensor(new long[] {rows, cols}, dense));
+        }
+        return out;
+    }
+
     /** Parse a {@code tensors/1} body into its tensors (floats checked finite), validated against {@code spec}. */
     public static Map<String, RawTensor> decodeTensors(byte[] body, TensorSpec spec, Limits limits) {
         SafeTensors.Parsed parsed = SafeTensors.read(body, limits);

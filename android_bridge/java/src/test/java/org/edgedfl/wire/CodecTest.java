@@ -13,6 +13,7 @@ import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.TreeMap;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -247,5 +248,53 @@ class CodecTest {
                 header);
         assertEquals(t, new TreeMap<>(Codec.decodeTensors(body, null, Limits.DEFAULT)));
         assertEquals(0, (body[0] & 0xff) % 8, "header padded to 8 bytes");
+    }
+
+    // --- sparse experts ---------------------------------------------------------------------
+
+    private static RawTensor shape(long rows, long cols) {
+        java.nio.ByteBuffer b = java.nio.ByteBuffer.allocate(16).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        b.putLong(rows).putLong(cols);
+        return new RawTensor(DType.I64, new long[] {2}, b.array());
+    }
+
+    private static Map<String, RawTensor> sparseExpert() {
+        // a 3x4 tensor, mask 1010 0001 1100 (row-major): packbits -> 0b10100001, 0b1100_0000
+        Map<String, RawTensor> body = new TreeMap<>();
+        body.put("q.B", RawTensor.ofFloats(DType.F16, new long[] {5}, new float[] {1f, 2f, 3f, 4f, 5f}));
+        body.put("mask.q.B", new RawTensor(DType.U8, new long[] {2}, new byte[] {(byte) 0xA1, (byte) 0xC0}));
+        body.put("shape.q.B", shape(3, 4));
+        body.put("k.B", RawTensor.ofFloats(DType.F16, new long[] {1, 2}, new float[] {7f, 8f}));
+        body.put("latent.mean", RawTensor.ofFloats(DType.F32, new long[] {2}, new float[] {0f, 0f}));
+        return body;
+    }
+
+    @Test
+    void sparseExpertTensorsAreRebuiltDense() {
+        Map<String, RawTensor> body = Codec.decodeTensors(Codec.encodeTensors(sparseExpert()), null, Limits.DEFAULT);
+        Map<String, FloatTensor> got = Codec.denseExpert(body, Limits.DEFAULT);
+        assertEquals(Set.of("q.B", "k.B"), got.keySet());
+        assertArrayEquals(new long[] {3, 4}, got.get("q.B").shape());
+        assertArrayEquals(new float[] {1f, 0f, 2f, 0f, 0f, 0f, 0f, 3f, 4f, 5f, 0f, 0f}, got.get("q.B").values());
+        assertArrayEquals(new float[] {7f, 8f}, got.get("k.B").values());
+    }
+
+    @Test
+    void malformedSparseExpertsAreRejectedAsPythonRejectsThem() {
+        Map<String, RawTensor> count = sparseExpert();
+        count.put("q.B", RawTensor.ofFloats(DType.F16, new long[] {4}, new float[] {1f, 2f, 3f, 4f}));
+        Map<String, RawTensor> bits = sparseExpert();
+        bits.put("mask.q.B", new RawTensor(DType.U8, new long[] {1}, new byte[] {(byte) 0xA1}));
+        Map<String, RawTensor> badShape = sparseExpert();
+        badShape.put("shape.q.B", shape(3, 0));
+        Map<String, RawTensor> orphan = sparseExpert();
+        orphan.put("mask.v.B", orphan.remove("mask.q.B"));
+        Map<String, RawTensor> half = sparseExpert();
+        half.remove("shape.q.B");
+        for (Map<String, RawTensor> bad : List.of(count, bits, badShape, orphan, half)) {
+            WireException e = assertThrows(WireException.MalformedMessage.class,
+                    () -> Codec.denseExpert(bad, Limits.DEFAULT));
+            assertEquals("MalformedMessage", e.pythonName());
+        }
     }
 }

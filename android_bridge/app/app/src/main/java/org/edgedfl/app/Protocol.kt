@@ -144,7 +144,7 @@ class PhoneProtocol(
         tryPublish(topics.hello(me), env.encode(), retain = true)
     }
 
-    /** A finished expert of [slot], retained, as `NeighbourProtocol.publish_expert` sends it (fp16 tensors). */
+    /** A finished expert of [slot], retained, with dense fp16 tensors (receivers also accept the sparse form). */
     fun publishExpert(slot: Int, round: Long, tensors: Map<String, FloatTensor>) {
         val raw = tensors.mapValues { (_, t) -> RawTensor.ofFloats(DType.F16, t.shape(), t.values()) }
         val env = Envelope.of("expert", swarm, me, round, slot.toLong(), 0, Codec.encodeTensors(raw), mapOf("task_hint" to ""))
@@ -318,8 +318,8 @@ class PhoneProtocol(
         val known = experts[slot]
         if (known != null && (known.round > env.round() || (known.round == env.round() && known.sender > env.sender()))) return
         val t = Codec.decodeTensors(env.body(), null, limits)
-        experts[slot] = Expert(slot, env.sender(), env.round(),
-            t.filterKeys { !it.startsWith("latent.") }.mapValues { it.value.toFloats() })
+        // sparse tensors (values + mask. + shape., as the Python nodes send them) come back dense
+        experts[slot] = Expert(slot, env.sender(), env.round(), Codec.denseExpert(t, limits).mapValues { it.value.values() })
     }
 
     private fun onAck(env: Envelope) {
