@@ -48,13 +48,11 @@ import numpy as np
 
 from edgedfl.adapters import solora
 from edgedfl.android import manifest as mf
-from edgedfl.data.sources import load_examples
-from edgedfl.data.tasks import TASKS
 from edgedfl.devices import get_profile
 from edgedfl.errors import ConfigError
 from edgedfl.node.config import NodeConfig
 from edgedfl.node.links import CountingTransport
-from edgedfl.node.member import CALIBRATION_ROUND, SwarmMember
+from edgedfl.node.member import CALIBRATION_ROUND, SwarmMember, device_examples, eval_examples
 from edgedfl.routing import LatentCode, RouterConfig, stack_codes
 from edgedfl.topology import (
     ClusterConfig,
@@ -146,15 +144,8 @@ class Phone(SwarmMember):
 
         sig = m["signature"]
         self.projection = load_file(str(self.bundle / sig["file"]))[sig["tensor"]].astype(np.float64)  # (H, dim)
-        n, shards = s.n_train, max(self.cfg.shards, 1)
-        if self.cfg.data in TASKS:  # the same examples a node with this config holds
-            pool = load_examples(self.cfg.data, "train", n=n * shards, seed=s.seed)
-            self.train_examples = pool[self.cfg.shard :: shards][:n]
-            self.test_examples = load_examples(self.cfg.data, "test", n=s.n_eval, seed=s.seed)
-        else:
-            pool = load_examples(self.cfg.data, seed=s.seed)
-            self.train_examples = pool[: len(pool) * 9 // 10][:n]
-            self.test_examples = pool[len(pool) * 9 // 10 :][: s.n_eval]
+        # the same examples a node with this config holds
+        self.train_examples, self.test_examples = device_examples(self.cfg)
 
     def _slot_A(self, slot: int) -> list[np.ndarray]:
         return mf.read_lora_A(self.bundle / self.manifest["lora_A"]["file"], slot, self.layers)
@@ -402,8 +393,7 @@ class Phone(SwarmMember):
         """
         assert self.protocol is not None
         tasks = list(self.swarm.eval_tasks) or [self.cfg.data]
-        test = {t: self.test_examples if t == self.cfg.data
-                else load_examples(t, "test", n=self.swarm.n_eval, seed=self.swarm.seed) for t in tasks}
+        test = {t: self.test_examples if t == self.cfg.data else eval_examples(self.cfg, t) for t in tasks}
         modes = list(self.swarm.final_modes)
         out: dict[str, Any] = {"modes": {m: {} for m in modes}, "routing_accuracy": None, "setup": modes[0]}
         self.infer.set_experts({**self.experts, self.slot: self.trainer.get_B()})

@@ -41,12 +41,13 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edgedfl.emulation.fleet import Fleet, FleetConfig
 from edgedfl.emulation.report import build_report
-from edgedfl.node.config import SwarmConfig
+from edgedfl.node.config import DEFAULT_LR, SwarmConfig
 
 log = logging.getLogger("edgedfl.bench")
 
@@ -149,7 +150,16 @@ def tune_lrs(s: PaperSettings) -> dict[str, Any]:
 
 
 def run_variant(s: PaperSettings, variant: str, lr: float, out: Path) -> dict[str, Any]:
+    """One fleet run of ``variant``; a finished run of the same fleet settings in ``out`` is reused."""
     cfg = FleetConfig(devices=s.devices, tasks=list(s.tasks), swarm=_swarm(s, variant, lr), timeout_s=7200)
+    done = _finished_report(cfg, out)
+    if done is not None:
+        log.info("reusing the finished run %s", out)
+        return done
+    if out.exists():  # an unfinished run: its devices would resume from their checkpoints; start afresh
+        import shutil
+
+        shutil.rmtree(out)
     t0 = time.monotonic()
     fleet = Fleet(cfg, out)
     fleet.start()
@@ -162,6 +172,18 @@ def run_variant(s: PaperSettings, variant: str, lr: float, out: Path) -> dict[st
     report["variant"], report["lr"] = variant, lr
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     return report
+
+
+def _finished_report(cfg: FleetConfig, out: Path) -> dict[str, Any] | None:
+    """The report in ``out`` if it was written by a run of exactly ``cfg`` (an interrupted bench resumes)."""
+    from edgedfl.errors import ConfigError
+
+    try:
+        report: dict[str, Any] = json.loads((out / "report.json").read_text())
+        saved = FleetConfig.load(out / "fleet_config.json")
+    except (OSError, ValueError, ConfigError):
+        return None
+    return report if saved == cfg else None
 
 
 def bytes_to_reach(report: dict[str, Any], target: float) -> int | None:
@@ -233,10 +255,15 @@ def load_tuning(path: str | Path, s: PaperSettings) -> dict[str, Any]:
     return methods
 
 
-def run_paper(s: PaperSettings, out_dir: str | Path, *, tuning_file: str | Path | None = None) -> dict[str, Any]:
+def run_paper(s: PaperSettings, out_dir: str | Path, *, tuning_file: str | Path | None = None,
+              on_variant: Callable[[dict[str, Any]], object] | None = None) -> dict[str, Any]:
     """Tune every method's learning rate (the same way), then run each variant once at its rate.
 
     ``tuning_file``: reuse the ``tuning.json`` of an earlier run with the same settings.
+    An empty ``s.lrs`` runs each method at its default rate (``DEFAULT_LR``, from an earlier
+    tuning). ``on_variant`` gets the summary so far after every variant. Finished
+    variant runs in ``out_dir`` with the same settings are reused, so a bench that
+    was interrupted continues where it stopped.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -246,19 +273,26 @@ def run_paper(s: PaperSettings, out_dir: str | Path, *, tuning_file: str | Path 
         tuning = load_tuning(tuning_file, s)
     elif len(s.lrs) > 1:
         tuning = tune_lrs(s)
-    else:
+    elif s.lrs:
         tuning = {m: {"scores": {}, "best": s.lrs[0]} for m in {VARIANTS[v]["method"] for v in s.variants}}
+    else:  # no grid: each method at its tuned default (DEFAULT_LR)
+        tuning = {m: {"scores": {}, "best": DEFAULT_LR[m], "source": "DEFAULT_LR"}
+                  for m in {VARIANTS[v]["method"] for v in s.variants}}
     tune_s = time.monotonic() - t0
     (out / "tuning.json").write_text(json.dumps({"settings": _tuning_key(s), "methods": tuning}, indent=2,
                                                 sort_keys=True))
     reports: dict[str, dict[str, Any]] = {}
+    summary: dict[str, Any] = {}
     for variant in s.variants:
         lr = float(tuning[VARIANTS[variant]["method"]]["best"])
         log.info("running %s at lr=%g", variant, lr)
         reports[variant] = run_variant(s, variant, lr, out / "runs" / f"{variant}-lr{lr:g}")
-    summary = summarise(reports, s)
-    summary["lr_tuning"] = tuning
-    summary["lr_tuning_s"] = tune_s
+        summary = summarise(reports, s)
+        summary["lr_tuning"] = tuning
+        summary["lr_tuning_s"] = tune_s
+        summary["complete"] = len(reports) == len(s.variants)
+        if on_variant is not None:  # partial results survive an interrupted bench
+            on_variant(summary)
     return summary
 
 
@@ -287,6 +321,13 @@ def write_results(summary: dict[str, Any], out_dir: str | Path, command: str) ->
         for method, t in sorted(tuning.items()):
             cells = " | ".join(f"{v['mean']:.3f}" for v in t["scores"].values())
             lines.append(f"| {method} | {cells} | {t['best']:g} |")
+    if any(t.get("source") == "DEFAULT_LR" for t in tuning.values()):
+        lines += ["", "Learning rates: each method's default (`DEFAULT_LR` in `edgedfl/node/config.py`), "
+                  "not tuned again in this run: " + ", ".join(f"{m} {t['best']:g}" for m, t in sorted(tuning.items()))
+                  + "."]
+    if not summary.get("complete", True):
+        lines += ["", ("**Partial results: the bench was still running (or was stopped) when these were written; "
+                       "rows missing above have not run yet.**")]
     lines += ["", "## Targets", ""]
     for key, t in summary["targets"].items():
         lines.append(f"- {key}: measured {t['measured']:.3f}, target {t['target']}: **{'met' if t['met'] else 'MISSED'}**")

@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-eval", type=int, default=None)
     p.add_argument("--lrs", default=None,
                    help="comma-separated learning rates: every method is tuned over them the same way "
-                        "(held-out training examples); one rate = no tuning")
+                        "(held-out training examples); one rate = no tuning; 'default' = each method's "
+                        "tuned default rate (DEFAULT_LR)")
     p.add_argument("--tuning", default=None,
                    help="reuse the tuning.json of an earlier run with the same settings (skips the tuning)")
     p.add_argument("--n-tune", type=int, default=None, help="held-out training examples per task that score a rate")
@@ -40,13 +41,16 @@ def run(args: argparse.Namespace) -> int:
             over[key] = getattr(args, key)
     if args.tasks:
         over["tasks"] = tuple(t for t in args.tasks.split(",") if t)
-    if args.lrs:
+    if args.lrs == "default":
+        over["lrs"] = ()
+    elif args.lrs:
         over["lrs"] = tuple(float(x) for x in args.lrs.split(","))
     if args.variants:
         over["variants"] = tuple(v for v in args.variants.split(",") if v)
     s = dataclasses.replace(s, **over)  # type: ignore[arg-type]
-    summary = run_paper(s, args.work, tuning_file=args.tuning)
     command = "edgedfl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "edgedfl bench paper"
+    summary = run_paper(s, args.work, tuning_file=args.tuning,
+                        on_variant=lambda partial: write_results(partial, args.out, command))
     paths = write_results(summary, args.out, command)
     print(paths[0].read_text())
     return 0

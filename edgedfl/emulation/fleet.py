@@ -86,6 +86,7 @@ def node_configs(cfg: FleetConfig, run_dir: Path, broker_url: str, *, app_shapin
         fastest = min(get_profile(p).compute_slowdown for p in cfg.profiles)
         out.append(NodeConfig(
             node_id=f"dev{i:02d}", data=task, shard=per_task[task].index(i), shards=len(per_task[task]),
+            eval_shard=i, eval_shards=cfg.devices,
             profile=profile.name, broker=broker_url, state_dir=str(run_dir / f"dev{i:02d}"),
             slowdown=profile.compute_slowdown / fastest,
             link_rate_bps=float(profile.link_rate_bps) if app else 0.0,
@@ -114,6 +115,9 @@ class Fleet:
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        from edgedfl.model.loading import prepare_model
+
+        prepare_model(self.cfg.swarm.model)  # a GGUF is converted once here, not by every device at once
         if self.cfg.shape_links and not self.cfg.broker:
             from edgedfl.netlab import can_shape_links
 

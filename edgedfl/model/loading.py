@@ -170,6 +170,15 @@ def _local_location(resolved: ResolvedModel) -> tuple[str, str | None]:
     return resolved.location, None
 
 
+def prepare_model(spec: str) -> None:
+    """Do the one-off work of loading ``spec`` (a GGUF's conversion to the safetensors cache) now.
+
+    A fleet calls it once before starting its devices, so N processes do not
+    convert the same GGUF at the same time (N times the memory and the time).
+    """
+    _local_location(resolve(spec))
+
+
 def load_model(spec: str = DEFAULT_MODEL, *, seed: int = 0, dtype: str = "float32") -> tuple[Any, Any]:
     """Load (model, tokenizer) in eval mode, weights frozen. ``tiny`` is built from ``seed``."""
     import torch

@@ -22,7 +22,7 @@ FINAL_MODES = ("implicit", "oracle", "merge")
 
 #: AdamW learning rate per method when ``SwarmConfig.lr`` is 0: each method's best of 2e-3, 5e-3
 #: and 1e-2 on held-out training examples, tuned the same way for all three (SmolLM2-135M, topic and
-#: yesno, 18 steps of batch 8): see "Learning rates" in bench/results/paper.md
+#: yesno, 18 steps of batch 8; see "Learning rates" in README.md)
 DEFAULT_LR: dict[str, float] = {"solora": 5e-3, "lora": 2e-3, "ffa": 1e-2}
 
 
@@ -101,6 +101,11 @@ class NodeConfig(ConfigBase):
     data: str = option("arith", help="a built-in task, a JSONL file or hf:<dataset>")
     shard: int = option(0, help="which disjoint shard of the task's training data this device holds")
     shards: int = option(1, help="how many devices share the task's training data")
+    eval_shard: int = option(0, help="which slice of every task's test split this device answers")
+    eval_shards: int = option(
+        1, help="how many devices split the test splits: each answers n_eval prompts of its own slice, so a "
+        "swarm is scored on n_eval x eval_shards distinct prompts per task at the cost of n_eval",
+    )
     profile: str = option("laptop", help="device profile: phone, jetson, laptop")
     quant: str = option("auto", help="quantization backend (auto = the profile's default)")
     broker: str = option("", help="mqtt://host:port[?protocol=311&max_payload=N] of the broker")
@@ -117,3 +122,6 @@ class NodeConfig(ConfigBase):
         check(self.profile in PROFILES, n, "profile", self.profile, f"choose from {sorted(PROFILES)}")
         check(self.slowdown >= 1, n, "slowdown", self.slowdown, "must be >= 1")
         check(0 <= self.shard < max(self.shards, 1), n, "shard", self.shard, f"must be in [0, {self.shards})")
+        check(self.eval_shards >= 1, n, "eval_shards", self.eval_shards, "must be >= 1")
+        check(0 <= self.eval_shard < self.eval_shards, n, "eval_shard", self.eval_shard,
+              f"must be in [0, {self.eval_shards})")

@@ -28,6 +28,9 @@ import numpy as np
 
 from edgedfl.adapters.solora import LayerStats
 from edgedfl.aggregation import for_method
+from edgedfl.data.examples import Example
+from edgedfl.data.sources import load_examples
+from edgedfl.data.tasks import TASKS
 from edgedfl.errors import QuorumNotReached
 from edgedfl.node.config import NodeConfig, SwarmConfig
 from edgedfl.node.links import CountingTransport
@@ -47,6 +50,36 @@ CODE_PREFIX = "code."
 def far_code(dim: int) -> LatentCode:
     """A code no prompt is near: a slot without an expert is never routed to (and merges as zero)."""
     return LatentCode(2, np.full(dim, 1e6), np.eye(dim))  # (D,), (D, D)
+
+
+def device_examples(cfg: NodeConfig) -> tuple[list[Example], list[Example]]:
+    """This device's training examples and its own task's test prompts.
+
+    A built-in task is split into ``shards`` disjoint training shards (one per
+    device holding the task); any other source keeps its first 90% for training.
+    """
+    s = cfg.swarm
+    n, shards = s.n_train, max(cfg.shards, 1)
+    if cfg.data in TASKS:
+        pool = load_examples(cfg.data, "train", n=n * shards, seed=s.seed)
+        return pool[cfg.shard :: shards][:n], eval_examples(cfg, cfg.data)
+    pool = load_examples(cfg.data, seed=s.seed)
+    return pool[: len(pool) * 9 // 10][:n], pool[len(pool) * 9 // 10 :][: s.n_eval]
+
+
+def eval_examples(cfg: NodeConfig, task: str) -> list[Example]:
+    """The ``n_eval`` test prompts of built-in ``task`` this device answers: its own slice.
+
+    Devices split the test split (block ``eval_shard`` of ``eval_shards``), so a
+    fleet is scored on ``n_eval x eval_shards`` distinct prompts per task while
+    each device still answers ``n_eval``: more prompts, same compute.
+    """
+    n, k, seed = cfg.swarm.n_eval, max(cfg.eval_shards, 1), cfg.swarm.seed
+    cap = TASKS[task].capacity("test", seed)
+    size = n * k if cap is None else max(min(n * k, cap), n)  # fewer than n: load_examples says so
+    pool = load_examples(task, "test", n=size, seed=seed)
+    # contiguous blocks; a split too small for every device's block wraps (slices then overlap)
+    return [pool[(cfg.eval_shard * n + j) % size] for j in range(n)]
 
 
 class SwarmMember:

@@ -35,14 +35,12 @@ from typing import Any
 import numpy as np
 
 from edgedfl.adapters import AdapterConfig, attach_adapter
-from edgedfl.data.sources import load_examples
-from edgedfl.data.tasks import TASKS
 from edgedfl.devices import get_profile
 from edgedfl.model.loading import load_model
 from edgedfl.model.quantize import quantize_model
 from edgedfl.node.config import NodeConfig, SwarmConfig
 from edgedfl.node.links import CountingTransport
-from edgedfl.node.member import CALIBRATION_ROUND, SwarmMember
+from edgedfl.node.member import CALIBRATION_ROUND, SwarmMember, device_examples, eval_examples
 from edgedfl.node.signature import task_signature
 from edgedfl.routing import LatentCode, RouterConfig
 from edgedfl.routing.calibrate import compute_code
@@ -128,15 +126,7 @@ class Node(SwarmMember):
         base, self.tok = load_model(self.swarm.model, seed=self.swarm.seed)
         base, self.quant = quantize_model(base, self.cfg.quant, profile)
         self.adapted = attach_adapter(base, self._adapter_config())
-        n, shards = self.swarm.n_train, max(self.cfg.shards, 1)
-        if self.cfg.data in TASKS:
-            pool = load_examples(self.cfg.data, "train", n=n * shards, seed=self.swarm.seed)
-            self.train_examples = pool[self.cfg.shard :: shards][:n]
-            self.test_examples = load_examples(self.cfg.data, "test", n=self.swarm.n_eval, seed=self.swarm.seed)
-        else:
-            pool = load_examples(self.cfg.data, seed=self.swarm.seed)
-            self.train_examples = pool[: len(pool) * 9 // 10][:n]
-            self.test_examples = pool[len(pool) * 9 // 10 :][: self.swarm.n_eval]
+        self.train_examples, self.test_examples = device_examples(self.cfg)
         self.train_config = self.train_config_of(self.swarm)
 
     def connect(self) -> None:
@@ -324,8 +314,7 @@ class Node(SwarmMember):
         """
         assert self.protocol is not None
         tasks = list(self.swarm.eval_tasks) or [self.cfg.data]
-        test = {t: self.test_examples if t == self.cfg.data
-                else load_examples(t, "test", n=self.swarm.n_eval, seed=self.swarm.seed) for t in tasks}
+        test = {t: self.test_examples if t == self.cfg.data else eval_examples(self.cfg, t) for t in tasks}
         modes = list(self.swarm.final_modes)
         out: dict[str, Any] = {"modes": {m: {} for m in modes}, "routing_accuracy": None, "setup": modes[0]}
         if self.swarm.method != "solora" or self.swarm.num_slots == 1 or self.cluster_code is None:

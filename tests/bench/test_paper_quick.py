@@ -53,6 +53,18 @@ def test_bench_paper_quick_writes_every_row_and_the_targets(tmp_path):
     md = (out / "paper.md").read_text()
     assert "| edgedfl-random-masks |" in md and "Command: `" in md and "| solora |" in md
     assert (out / "paper.png").stat().st_size > 1000
+    assert summary["complete"] is True and "Partial results" not in md
+
+    # run again on the same work folder with the saved tuning: every finished variant run is reused
+    stamps = {r.name: (r / "report.json").stat().st_mtime_ns for r in runs}
+    again = subprocess.run(
+        [sys.executable, "-m", "edgedfl.cli", "bench", "paper", "--quick", "--out", str(tmp_path / "again"),
+         "--work", str(work), "--tuning", str(work / "tuning.json")],
+        capture_output=True, text=True, timeout=300, check=False, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {r.name: (r / "report.json").stat().st_mtime_ns for r in runs} == stamps
+    assert json.loads((tmp_path / "again" / "paper.json").read_text())["rows"] == rows
 
 
 def test_a_saved_tuning_is_reused_only_with_the_same_settings(tmp_path):
@@ -71,3 +83,34 @@ def test_a_saved_tuning_is_reused_only_with_the_same_settings(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read"):
         load_tuning(path, s)
+
+
+def test_a_finished_variant_run_is_reused_only_for_the_same_fleet(tmp_path):
+    from edgedfl.bench.paper import PaperSettings, _finished_report, _swarm
+    from edgedfl.emulation.fleet import FleetConfig
+
+    s = PaperSettings.quick()
+    cfg = FleetConfig(devices=s.devices, tasks=list(s.tasks), swarm=_swarm(s, "edgedfl", 0.01), timeout_s=7200)
+    assert _finished_report(cfg, tmp_path) is None  # nothing there
+    cfg.save(tmp_path / "fleet_config.json")
+    assert _finished_report(cfg, tmp_path) is None  # started, never finished
+    (tmp_path / "report.json").write_text(json.dumps({"final": {"avg_accuracy": 0.5}}))
+    assert _finished_report(cfg, tmp_path) == {"final": {"avg_accuracy": 0.5}}
+    other = FleetConfig(devices=s.devices, tasks=list(s.tasks), swarm=_swarm(s, "edgedfl", 0.02), timeout_s=7200)
+    assert _finished_report(other, tmp_path) is None  # another learning rate: run again
+
+
+def test_partial_results_say_so(tmp_path):
+    from edgedfl.bench.paper import PaperSettings, summarise, write_results
+
+    s = PaperSettings.quick()
+    report = {"lr": 0.01, "rounds": [{"round": 0, "avg_accuracy": 0.0, "bytes_sent": 10},
+                                     {"round": 1, "avg_accuracy": 0.5, "bytes_sent": 100}],
+              "final": {"accuracy": {t: 0.5 for t in s.tasks}, "avg_accuracy": 0.5, "total_bytes": 110,
+                        "bytes_per_device_per_round": 27.5, "wall_s": 1.0}}
+    summary = summarise({"lora": report}, s)
+    summary["complete"] = False
+    summary["lr_tuning"] = {"lora": {"scores": {}, "best": 0.002, "source": "DEFAULT_LR"}}
+    write_results(summary, tmp_path, "edgedfl bench paper")
+    md = (tmp_path / "paper.md").read_text()
+    assert "Partial results" in md and "| lora |" in md and "lora 0.002" in md

@@ -246,9 +246,9 @@ def test_a_sparse_expert_travels_as_values_mask_bits_and_shape(swarm: Swarm) -> 
     pump([a, b], lambda: 1 in b.experts)
     got = b.experts[1].tensors
     assert set(got) == set(dense)
-    for k in dense:
+    for k, want in dense.items():
         assert got[k].shape == shape and got[k].dtype == np.float16
-        np.testing.assert_array_equal(got[k], dense[k])
+        np.testing.assert_array_equal(got[k], want)
     # the sparse expert is much smaller than the dense one
     sparse_bytes = len(swarm.hub._retained[f"edgedfl/{SWARM}/expert/1"].payload)
     a.publish_expert(2, 3, dense, latent)
