@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-tune", type=int, default=None, help="held-out training examples per task that score a rate")
     p.add_argument("--variants", default=None, help="comma-separated subset of the training variants")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--round-deadline-s", type=float, default=None,
+                   help="a round closes at this deadline if the quorum reported (raise it for many devices on few cores)")
     p.add_argument("--out", default="bench/results", help="where paper.md / .json / .png go")
     p.add_argument("--work", default="runs/bench-paper", help="where the runs go")
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     s = PaperSettings.quick() if args.quick else PaperSettings()
     over: dict[str, object] = {}
-    for key in ("devices", "model", "rounds", "local_steps", "n_eval", "n_tune", "seed"):
+    for key in ("devices", "model", "rounds", "local_steps", "n_eval", "n_tune", "seed", "round_deadline_s"):
         if getattr(args, key) is not None:
             over[key] = getattr(args, key)
     if args.tasks:
