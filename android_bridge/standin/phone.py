@@ -48,23 +48,13 @@ import numpy as np
 
 from edgedfl.adapters import solora
 from edgedfl.android import manifest as mf
-from edgedfl.devices import get_profile
 from edgedfl.errors import ConfigError
 from edgedfl.node.config import NodeConfig
 from edgedfl.node.links import CountingTransport
-from edgedfl.node.member import CALIBRATION_ROUND, SwarmMember, device_examples, eval_examples
+from edgedfl.node.member import CALIBRATION_ROUND, SwarmMember, device_examples, eval_examples, write_json
 from edgedfl.routing import LatentCode, RouterConfig, stack_codes
-from edgedfl.topology import (
-    ClusterConfig,
-    cluster,
-    flat_clustering,
-    metropolis_weights,
-    neighbour_graph,
-    normalise,
-)
+from edgedfl.topology import normalise
 from edgedfl.topology.clustering import Clustering
-from edgedfl.transport.mqtt import transport_from_url
-from edgedfl.transport.proto_types import ProtocolConfig
 from edgedfl.transport.protocol import NeighbourProtocol
 
 from .runtime import Features, Inference, Trainer, completion_nll
@@ -73,12 +63,6 @@ from .text import PhoneTokenizer, normalise_answer, train_batch
 log = logging.getLogger("edgedfl.standin")
 
 MAX_NEW_TOKENS = 8  # as the nodes evaluate
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, path)
 
 
 class Phone(SwarmMember):
@@ -108,14 +92,6 @@ class Phone(SwarmMember):
         self._epoch_order: list[int] = []
         self._cursor = 0
         self._epoch = 0
-
-    # -- status ------------------------------------------------------------------------
-
-    def _set_status(self, state: str, **extra: Any) -> None:
-        self.status.update(state=state, **extra)
-        if self.link is not None:
-            self.status["bytes"] = self.link.total_bytes
-        _write_json(self.state / "status.json", self.status)
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -150,25 +126,6 @@ class Phone(SwarmMember):
     def _slot_A(self, slot: int) -> list[np.ndarray]:
         return mf.read_lora_A(self.bundle / self.manifest["lora_A"]["file"], slot, self.layers)
 
-    def connect(self) -> None:
-        will = NeighbourProtocol.will_message(self.swarm.name, self.me)
-        inner = transport_from_url(self.cfg.broker, client_id=self.me, will=will)
-        self.link = CountingTransport(inner, rate_bps=self.cfg.link_rate_bps, latency_ms=self.cfg.link_latency_ms)
-        chunk = min(1_000_000, max(16_384, self.link.max_payload - 4096))
-        proto_cfg = ProtocolConfig(ack_timeout_s=max(10.0, self.swarm.round_deadline_s / 2), chunk_bytes=chunk)
-        self.protocol = NeighbourProtocol(
-            self.link, self.swarm.name, self.me, state_dir=self.state / "proto", config=proto_cfg
-        )
-        self.protocol.start()
-
-    def _follow_all_slots(self, on: bool) -> None:
-        assert self.protocol is not None
-        for s in range(self.swarm.num_slots):
-            if on:
-                self.protocol.follow_slot(s)
-            elif s != self.slot:
-                self.protocol.unfollow_slot(s)
-
     # -- joining -------------------------------------------------------------------------
 
     def signature(self) -> np.ndarray:
@@ -181,45 +138,14 @@ class Phone(SwarmMember):
         return normalise(pooled.mean(axis=0) @ self.projection)  # (dim,)
 
     def hello(self) -> np.ndarray:
-        assert self.protocol is not None
         sig = self.signature()
-        profile = get_profile(self.cfg.profile)
-        self.protocol.publish_hello(
-            {"profile": profile.name, "link_rate_bps": self.cfg.link_rate_bps or profile.link_rate_bps,
-             "runtime": "executorch"}, sig
-        )
+        self.publish_own_hello(sig, runtime="executorch")
         return sig
-
-    def join(self, own_signature: np.ndarray) -> Clustering:
-        """The swarm's hellos -> clusters, exactly as ``Node.join``."""
-        assert self.protocol is not None
-        expected = self.swarm.expected_devices
-        deadline = time.monotonic() + self.swarm.join_timeout_s
-        while True:
-            self.protocol.poll(0.2)
-            sigs = {p: info.signature for p, info in self.protocol.peers.items()
-                    if info.signature is not None and p != self.me}
-            sigs[self.me] = own_signature
-            if (expected and len(sigs) >= expected) or time.monotonic() > deadline:
-                break
-        if self.swarm.topology == "flat" or self.swarm.method != "solora":
-            return flat_clustering(sorted(sigs))
-        return cluster(sigs, ClusterConfig(max_clusters=self.swarm.max_slots, seed=self.swarm.seed))
 
     def place(self, clustering: Clustering) -> None:
         """Slot, neighbours and Metropolis weights, as ``Node.place``; the program gets the slot's A."""
         assert self.protocol is not None
-        self.clustering = clustering
-        self.slot = clustering.slot_of(self.me)
-        members = clustering.members(self.slot)
-        rates = {p: float(info.profile.get("link_rate_bps", 0.0)) for p, info in self.protocol.peers.items()
-                 if info.profile}
-        rates[self.me] = self.cfg.link_rate_bps or float(get_profile(self.cfg.profile).link_rate_bps)
-        quality = {(a, b): min(rates[a], rates[b]) for a in members for b in members
-                   if a != b and a in rates and b in rates}
-        graph = neighbour_graph(members, quality, self.swarm.degree)
-        self.neighbours = graph.neighbours(self.me)
-        self.weights = metropolis_weights(graph)[self.me]
+        self.take_place(clustering)
         self.trainer.set_slot(self._slot_A(self.slot))
         if self.manifest["masks"]["slot"] == self.slot:
             self.set_masks(mf.read_masks(self.bundle / self.manifest["masks"]["file"], self.shapes))
@@ -437,7 +363,7 @@ class Phone(SwarmMember):
         os.replace(ckpt / "B.safetensors.tmp", ckpt / "B.safetensors")
         mf.write_masks(ckpt / "masks.safetensors.tmp", self.masks)
         os.replace(ckpt / "masks.safetensors.tmp", ckpt / "masks.safetensors")
-        _write_json(ckpt / "state.json", {
+        write_json(ckpt / "state.json", {
             "round": r, "clustering": self.clustering.to_dict(), "slot": self.slot,
             "neighbours": list(self.neighbours), "weights": self.weights,
             "data": {"epoch": self._epoch, "cursor": self._cursor},
@@ -463,49 +389,5 @@ class Phone(SwarmMember):
         self._epoch_order = self._order(self._epoch - 1) if self._epoch > 0 else []
         return int(state["round"])
 
-    # -- the whole life ----------------------------------------------------------------------
-
-    def run(self) -> dict[str, Any]:
-        t_start = time.monotonic()
-        self._set_status("loading")
-        self.load()
-        self._set_status("connecting")
-        self.connect()
-        assert self.protocol is not None and self.link is not None
-        done = self.resume()
-        if done is not None:
-            self.link.round = done + 1
-            log.info("%s: resumed after round %d in slot %d", self.me, done, self.slot)
-            self.hello()
-        else:
-            done = 0
-            self._set_status("hello")
-            self._follow_all_slots(True)
-            self.link.round = CALIBRATION_ROUND
-            sig = self.hello()
-            self._set_status("joining")
-            self.place(self.join(sig))
-            self._set_status("calibrating", slot=self.slot)
-            self.calibrate_masks()
-            self._follow_all_slots(False)
-            self.evaluate_before()
-        assert self.clustering is not None
-        self._set_status("ready", slot=self.slot, clusters=self.clustering.to_dict())
-        rows = [self.run_round(r) for r in range(done + 1, self.swarm.rounds + 1)]
-        self._set_status("collecting experts")
-        behind = any(r["quorum_short"] and not r["peers"] for r in rows)
-        experts = self.collect_experts(self.swarm.round_deadline_s, fell_behind=behind)
-        self._set_status("final evaluation")
-        routed = self.final_eval({s: r for s, r in experts.items() if s != self.slot})
-        setup = routed["modes"][self.swarm.final_modes[0]]
-        final = {
-            "node": self.me, "task": self.cfg.data, "slot": self.slot, "quant": "executorch-fp32",
-            "device": "android-standin", "clusters": self.clustering.assignment, "experts": experts,
-            "accuracy": setup.get(self.cfg.data), "final": routed, "adopted_expert": self.slot in experts,
-            "bytes_by_round": dict(self.link.bytes_by_round), "total_bytes": self.link.total_bytes,
-            "resumed_after": done, "wall_s": time.monotonic() - t_start,
-        }
-        _write_json(self.state / "final.json", final)
-        self._set_status("done")
-        self.protocol.close()
-        return final
+    def final_fields(self) -> dict[str, Any]:
+        return {"quant": "executorch-fp32", "device": "android-standin"}

@@ -18,10 +18,13 @@ adapters and routing are imported here.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,12 +34,16 @@ from edgedfl.aggregation import for_method
 from edgedfl.data.examples import Example
 from edgedfl.data.sources import load_examples
 from edgedfl.data.tasks import TASKS
+from edgedfl.devices import get_profile
 from edgedfl.errors import QuorumNotReached
 from edgedfl.node.config import NodeConfig, SwarmConfig
 from edgedfl.node.links import CountingTransport
 from edgedfl.routing.codes import LatentCode
+from edgedfl.topology import ClusterConfig, cluster, flat_clustering, metropolis_weights, neighbour_graph
 from edgedfl.topology.clustering import Clustering
 from edgedfl.topology.graph import present_weights
+from edgedfl.transport.mqtt import transport_from_url
+from edgedfl.transport.proto_types import ProtocolConfig
 from edgedfl.transport.protocol import NeighbourProtocol
 
 log = logging.getLogger("edgedfl.node")
@@ -82,12 +89,27 @@ def eval_examples(cfg: NodeConfig, task: str) -> list[Example]:
     return [pool[(cfg.eval_shard * n + j) % size] for j in range(n)]
 
 
+def write_json(path: Path, data: Any) -> None:
+    """Atomically (temp file + rename), so the live view never reads half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    os.replace(tmp, path)
+
+
 class SwarmMember:
-    """The wire side of a swarm member; subclasses set the attributes below and ``own_update``."""
+    """The wire side of a swarm member and its whole life (:meth:`run`).
+
+    Subclasses set the attributes below and supply how the member loads, trains,
+    evaluates and checkpoints: ``load``, ``hello``, ``place``, ``calibrate_masks``,
+    ``evaluate_before``, ``run_round``, ``collect_experts``, ``final_eval``,
+    ``resume``, ``own_update`` (and optionally ``after_place``, ``final_fields``).
+    """
 
     me: str
     cfg: NodeConfig
     swarm: SwarmConfig
+    state: Path
+    status: dict[str, Any]
     protocol: NeighbourProtocol | None
     link: CountingTransport | None
     clustering: Clustering | None
@@ -95,6 +117,171 @@ class SwarmMember:
     neighbours: Sequence[str]
     weights: dict[str, float]
     cluster_code: LatentCode | None
+
+    # -- what subclasses supply ---------------------------------------------------------
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def hello(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def place(self, clustering: Clustering) -> None:
+        raise NotImplementedError
+
+    def calibrate_masks(self) -> None:
+        raise NotImplementedError
+
+    def evaluate_before(self) -> None:
+        raise NotImplementedError
+
+    def run_round(self, r: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def collect_experts(self, timeout_s: float, *, fell_behind: bool = False) -> dict[int, int]:
+        raise NotImplementedError
+
+    def final_eval(self, loaded: dict[int, int]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def resume(self) -> int | None:
+        """From the newest complete checkpoint: take the saved place and return its round (None: fresh)."""
+        raise NotImplementedError
+
+    def after_place(self) -> None:
+        """After a fresh join placed this member, before calibration."""
+
+    def final_fields(self) -> dict[str, Any]:
+        """What this kind of member adds to ``final.json``."""
+        return {}
+
+    # -- status for the live view -------------------------------------------------------
+
+    def _set_status(self, state: str, **extra: Any) -> None:
+        self.status.update(state=state, **extra)
+        if self.link is not None:
+            self.status["bytes"] = self.link.total_bytes
+        write_json(self.state / "status.json", self.status)
+
+    # -- connecting ---------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Transport (with the last will), byte counting and emulated link, neighbour protocol."""
+        will = NeighbourProtocol.will_message(self.swarm.name, self.me)
+        inner = transport_from_url(self.cfg.broker, client_id=self.me, will=will)
+        self.link = CountingTransport(inner, rate_bps=self.cfg.link_rate_bps, latency_ms=self.cfg.link_latency_ms)
+        chunk = min(1_000_000, max(16_384, self.link.max_payload - 4096))
+        proto_cfg = ProtocolConfig(ack_timeout_s=max(10.0, self.swarm.round_deadline_s / 2), chunk_bytes=chunk)
+        self.protocol = NeighbourProtocol(
+            self.link, self.swarm.name, self.me, state_dir=self.state / "proto", config=proto_cfg
+        )
+        self.protocol.start()
+
+    def _follow_all_slots(self, on: bool) -> None:
+        """During the join every slot is followed: a cluster mate may send its calibration
+        statistics before this member has finished clustering, and a message published
+        before a subscription exists is not delivered. Afterwards only the own slot."""
+        assert self.protocol is not None
+        for s in range(self.swarm.num_slots):
+            if on:
+                self.protocol.follow_slot(s)
+            elif s != self.slot:
+                self.protocol.unfollow_slot(s)
+
+    # -- the whole life -----------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Join (or resume), run the remaining rounds, collect every expert, evaluate; ``final.json``."""
+        t_start = time.monotonic()
+        self._set_status("loading")
+        self.load()
+        self._set_status("connecting")
+        self.connect()
+        assert self.protocol is not None and self.link is not None
+        done = self.resume()
+        if done is not None:
+            self.link.round = done + 1
+            log.info("%s: resumed after round %d in slot %d", self.me, done, self.slot)
+            self.hello()
+        else:
+            done = 0
+            self._set_status("hello")
+            self._follow_all_slots(True)
+            self.link.round = CALIBRATION_ROUND
+            sig = self.hello()
+            self._set_status("joining")
+            self.place(self.join(sig))
+            self.after_place()
+            self._set_status("calibrating", slot=self.slot)
+            self.calibrate_masks()
+            self._follow_all_slots(False)
+            self.evaluate_before()
+        assert self.clustering is not None
+        self._set_status("ready", slot=self.slot, clusters=self.clustering.to_dict())
+        rows = [self.run_round(r) for r in range(done + 1, self.swarm.rounds + 1)]
+        self._set_status("collecting experts")
+        behind = any(r["quorum_short"] and not r["peers"] for r in rows)
+        experts = self.collect_experts(self.swarm.round_deadline_s, fell_behind=behind)
+        self._set_status("final evaluation")
+        routed = self.final_eval({s: r for s, r in experts.items() if s != self.slot})
+        setup = routed["modes"][self.swarm.final_modes[0]]
+        final = {
+            "node": self.me, "task": self.cfg.data, "slot": self.slot,
+            "clusters": self.clustering.assignment, "experts": experts,
+            "accuracy": setup.get(self.cfg.data), "final": routed, "adopted_expert": self.slot in experts,
+            "bytes_by_round": dict(self.link.bytes_by_round), "total_bytes": self.link.total_bytes,
+            "resumed_after": done, "wall_s": time.monotonic() - t_start, **self.final_fields(),
+        }
+        write_json(self.state / "final.json", final)
+        self._set_status("done")
+        self.protocol.close()
+        return final
+
+    # -- joining ----------------------------------------------------------------------
+
+    def publish_own_hello(self, signature: np.ndarray, **profile_extra: Any) -> None:
+        """The retained hello: profile name, advertised link rate (and ``profile_extra``), task signature."""
+        assert self.protocol is not None
+        profile = get_profile(self.cfg.profile)
+        self.protocol.publish_hello(
+            {"profile": profile.name, "link_rate_bps": self.cfg.link_rate_bps or profile.link_rate_bps,
+             **profile_extra}, signature,
+        )
+
+    def join(self, own_signature: np.ndarray) -> Clustering:
+        """Wait for the swarm's hellos and cluster them (identically on every member)."""
+        assert self.protocol is not None
+        expected = self.swarm.expected_devices
+        deadline = time.monotonic() + self.swarm.join_timeout_s
+        while True:
+            self.protocol.poll(0.2)
+            sigs = {p: info.signature for p, info in self.protocol.peers.items()
+                    if info.signature is not None and p != self.me}
+            sigs[self.me] = own_signature
+            if (expected and len(sigs) >= expected) or time.monotonic() > deadline:
+                break
+        if self.swarm.topology == "flat" or self.swarm.method != "solora":
+            return flat_clustering(sorted(sigs))
+        return cluster(sigs, ClusterConfig(max_clusters=self.swarm.max_slots, seed=self.swarm.seed))
+
+    def take_place(self, clustering: Clustering) -> None:
+        """Slot, neighbours and Metropolis weights of this member in ``clustering``.
+
+        Every member must build the same graph: a link's score is the slower of
+        its two ends' advertised rates, known to all from the hellos.
+        """
+        assert self.protocol is not None
+        self.clustering = clustering
+        self.slot = clustering.slot_of(self.me)
+        members = clustering.members(self.slot)
+        rates = {p: float(info.profile.get("link_rate_bps", 0.0)) for p, info in self.protocol.peers.items()
+                 if info.profile}
+        rates[self.me] = self.cfg.link_rate_bps or float(get_profile(self.cfg.profile).link_rate_bps)
+        quality = {(a, b): min(rates[a], rates[b]) for a in members for b in members
+                   if a != b and a in rates and b in rates}
+        graph = neighbour_graph(members, quality, self.swarm.degree)
+        self.neighbours = graph.neighbours(self.me)
+        self.weights = metropolis_weights(graph)[self.me]
 
     def own_update(self) -> dict[str, np.ndarray]:
         """``<layer>.lora_B`` -> this member's B of its slot (dense, zero outside the mask)."""

@@ -45,24 +45,14 @@ from edgedfl.node.signature import task_signature
 from edgedfl.routing import LatentCode, RouterConfig
 from edgedfl.routing.calibrate import compute_code
 from edgedfl.routing.router import RoutedModel
-from edgedfl.topology import ClusterConfig, cluster, flat_clustering, metropolis_weights, neighbour_graph
 from edgedfl.topology.clustering import Clustering
 from edgedfl.train.batching import collate_prompts
 from edgedfl.train.checkpoint import CheckpointManager
 from edgedfl.train.evaluate import evaluate, normalise_answer
 from edgedfl.train.trainer import TrainConfig, Trainer
-from edgedfl.transport.mqtt import transport_from_url
-from edgedfl.transport.proto_types import ProtocolConfig
 from edgedfl.transport.protocol import NeighbourProtocol
 
 log = logging.getLogger("edgedfl.node")
-
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, path)
 
 
 class Node(SwarmMember):
@@ -87,14 +77,6 @@ class Node(SwarmMember):
         self.router_config = RouterConfig()
         #: the cluster's pooled latent code (solora), from round 0
         self.cluster_code: LatentCode | None = None
-
-    # -- status for the live view ------------------------------------------------
-
-    def _set_status(self, state: str, **extra: Any) -> None:
-        self.status.update(state=state, **extra)
-        if self.link is not None:
-            self.status["bytes"] = self.link.total_bytes
-        _write_json(self.state / "status.json", self.status)
 
     # -- set-up ---------------------------------------------------------------------
 
@@ -129,72 +111,19 @@ class Node(SwarmMember):
         self.train_examples, self.test_examples = device_examples(self.cfg)
         self.train_config = self.train_config_of(self.swarm)
 
-    def connect(self) -> None:
-        will = NeighbourProtocol.will_message(self.swarm.name, self.me)
-        inner = transport_from_url(self.cfg.broker, client_id=self.me, will=will)
-        self.link = CountingTransport(inner, rate_bps=self.cfg.link_rate_bps, latency_ms=self.cfg.link_latency_ms)
-        chunk = min(1_000_000, max(16_384, self.link.max_payload - 4096))
-        proto_cfg = ProtocolConfig(ack_timeout_s=max(10.0, self.swarm.round_deadline_s / 2), chunk_bytes=chunk)
-        self.protocol = NeighbourProtocol(
-            self.link, self.swarm.name, self.me, state_dir=self.state / "proto", config=proto_cfg
-        )
-        self.protocol.start()
-
-    def _follow_all_slots(self, on: bool) -> None:
-        """During the join every slot is followed: a cluster mate may send its calibration
-        statistics before this device has finished clustering, and a message published
-        before a subscription exists is not delivered. Afterwards only the own slot."""
-        assert self.protocol is not None
-        for s in range(self.swarm.num_slots):
-            if on:
-                self.protocol.follow_slot(s)
-            elif s != self.slot:
-                self.protocol.unfollow_slot(s)
-
     # -- joining ----------------------------------------------------------------------
 
     def hello(self) -> np.ndarray:
         assert self.protocol is not None and self.link is not None
         prompts = [e.prompt for e in self.train_examples[: self.swarm.n_signature]]
         sig = task_signature(self.adapted, self.tok, prompts, seed=self.swarm.seed, max_length=self.swarm.max_length)
-        profile = get_profile(self.cfg.profile)
-        self.protocol.publish_hello(
-            {"profile": profile.name, "link_rate_bps": self.cfg.link_rate_bps or profile.link_rate_bps}, sig
-        )
+        self.publish_own_hello(sig)
         return sig
 
-    def join(self, own_signature: np.ndarray) -> Clustering:
-        """Wait for the swarm's hellos and cluster them (identically on every device)."""
-        assert self.protocol is not None
-        expected = self.swarm.expected_devices
-        deadline = time.monotonic() + self.swarm.join_timeout_s
-        while True:
-            self.protocol.poll(0.2)
-            sigs = {p: info.signature for p, info in self.protocol.peers.items()
-                    if info.signature is not None and p != self.me}
-            sigs[self.me] = own_signature
-            if (expected and len(sigs) >= expected) or time.monotonic() > deadline:
-                break
-        if self.swarm.topology == "flat" or self.swarm.method != "solora":
-            return flat_clustering(sorted(sigs))
-        return cluster(sigs, ClusterConfig(max_clusters=self.swarm.max_slots, seed=self.swarm.seed))
-
     def place(self, clustering: Clustering) -> None:
-        """Slot, neighbours and Metropolis weights of this device in ``clustering``."""
+        """Take this device's place in ``clustering``: train and follow its slot."""
         assert self.protocol is not None
-        self.clustering = clustering
-        self.slot = clustering.slot_of(self.me)
-        members = clustering.members(self.slot)
-        # Every member must build the same graph: a link's score is the slower of its two ends'
-        # advertised rates, known to all from the hellos.
-        rates = {p: float(info.profile.get("link_rate_bps", 0.0)) for p, info in self.protocol.peers.items()
-                 if info.profile}
-        rates[self.me] = self.cfg.link_rate_bps or float(get_profile(self.cfg.profile).link_rate_bps)
-        quality = {(a, b): min(rates[a], rates[b]) for a in members for b in members
-                   if a != b and a in rates and b in rates}
-        graph = neighbour_graph(members, quality, self.swarm.degree)
-        self.neighbours = graph.neighbours(self.me)
-        self.weights = metropolis_weights(graph)[self.me]
+        self.take_place(clustering)
         self.adapted.activate(self.slot)
         self.protocol.follow_slot(self.slot)
 
@@ -347,59 +276,24 @@ class Node(SwarmMember):
         out["routing_accuracy"] = hits / total if total else None
         return out
 
-    # -- the whole life ------------------------------------------------------------------
+    # -- resuming ------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
-        t_start = time.monotonic()
-        self._set_status("loading")
-        self.load()
-        self._set_status("connecting")
-        self.connect()
-        assert self.protocol is not None and self.link is not None
-        done = 0
+    def after_place(self) -> None:
+        self.trainer = self._make_trainer()
+
+    def resume(self) -> int | None:
         latest = CheckpointManager(self.state / "ckpt").latest()
-        if latest is not None:
-            # the slot comes first: the optimizer must be built over that slot's parameters
-            extra = json.loads((latest / "state.json").read_text())["extra"]
-            done = int(extra["round"])
-            self.link.round = done + 1
-            self.place(Clustering.from_dict(extra["clustering"]))
-            if extra.get("code"):
-                self.cluster_code = LatentCode.from_tensors({k: np.asarray(v, dtype=np.float32)
-                                                             for k, v in extra["code"].items()})
-            self.trainer = self._make_trainer()
-            self.trainer.resume()
-            log.info("%s: resumed after round %d in slot %d", self.me, done, self.slot)
-            self.hello()
-        else:
-            self._set_status("hello")
-            self._follow_all_slots(True)
-            self.link.round = CALIBRATION_ROUND
-            sig = self.hello()
-            self._set_status("joining")
-            self.place(self.join(sig))
-            self.trainer = self._make_trainer()
-            self._set_status("calibrating", slot=self.slot)
-            self.calibrate_masks()
-            self._follow_all_slots(False)
-            self.evaluate_before()
-        assert self.clustering is not None
-        self._set_status("ready", slot=self.slot, clusters=self.clustering.to_dict())
-        rows = [self.run_round(r) for r in range(done + 1, self.swarm.rounds + 1)]
-        self._set_status("collecting experts")
-        behind = any(r["quorum_short"] and not r["peers"] for r in rows)
-        experts = self.collect_experts(self.swarm.round_deadline_s, fell_behind=behind)
-        self._set_status("final evaluation")
-        routed = self.final_eval({s: r for s, r in experts.items() if s != self.slot})
-        setup = routed["modes"][self.swarm.final_modes[0]]
-        final = {
-            "node": self.me, "task": self.cfg.data, "slot": self.slot, "quant": self.quant,
-            "clusters": self.clustering.assignment, "experts": experts,
-            "accuracy": setup.get(self.cfg.data), "final": routed, "adopted_expert": self.slot in experts,
-            "bytes_by_round": dict(self.link.bytes_by_round), "total_bytes": self.link.total_bytes,
-            "resumed_after": done, "wall_s": time.monotonic() - t_start,
-        }
-        _write_json(self.state / "final.json", final)
-        self._set_status("done")
-        self.protocol.close()
-        return final
+        if latest is None:
+            return None
+        # the slot comes first: the optimizer must be built over that slot's parameters
+        extra = json.loads((latest / "state.json").read_text())["extra"]
+        self.place(Clustering.from_dict(extra["clustering"]))
+        if extra.get("code"):
+            self.cluster_code = LatentCode.from_tensors({k: np.asarray(v, dtype=np.float32)
+                                                         for k, v in extra["code"].items()})
+        self.trainer = self._make_trainer()
+        self.trainer.resume()
+        return int(extra["round"])
+
+    def final_fields(self) -> dict[str, Any]:
+        return {"quant": self.quant}

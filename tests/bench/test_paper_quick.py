@@ -108,7 +108,13 @@ def test_partial_results_say_so(tmp_path):
                                      {"round": 1, "avg_accuracy": 0.5, "bytes_sent": 100}],
               "final": {"accuracy": {t: 0.5 for t in s.tasks}, "avg_accuracy": 0.5, "total_bytes": 110,
                         "bytes_per_device_per_round": 27.5, "wall_s": 1.0}}
-    summary = summarise({"lora": report}, s)
+    ours = {**report, "rounds": [{"round": 0, "avg_accuracy": 0.0, "bytes_sent": 5},
+                                 {"round": 1, "avg_accuracy": 0.6, "bytes_sent": 20},
+                                 {"round": 2, "avg_accuracy": 0.7, "bytes_sent": 20}]}
+    summary = summarise({"lora": report, "edgedfl": ours}, s)
+    # "bytes to LoRA's accuracy" compares per-round curves: LoRA reaches its own at its last round
+    assert summary["rows"]["lora"]["bytes_to_lora_accuracy"] == 110
+    assert summary["rows"]["edgedfl"]["bytes_to_lora_accuracy"] == 25
     summary["complete"] = False
     summary["lr_tuning"] = {"lora": {"scores": {}, "best": 0.002, "source": "DEFAULT_LR"}}
     write_results(summary, tmp_path, "edgedfl bench paper")
