@@ -188,6 +188,11 @@ class AdaptedModel:
         self.densities[slot] = dict(densities or {n: float(m.mean()) for n, m in masks.items()})
         self.apply_masks(slot)
 
+    def drop_masks(self, slot: int) -> None:
+        """Forget ``slot``'s mask (an expert that arrived dense: nothing of it is masked here)."""
+        self.masks.pop(slot, None)
+        self.densities.pop(slot, None)
+
     def apply_masks(self, slot: int | None = None) -> None:
         """Zero every masked entry of B (after each optimizer step)."""
         with self._torch.no_grad():

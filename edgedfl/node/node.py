@@ -229,6 +229,13 @@ class Node(SwarmMember):
         for slot in self.wait_for_experts(timeout_s, fell_behind=fell_behind):
             info = self.protocol.experts[slot]
             tensors = {k: v.astype(np.float32) for k, v in info.tensors.items()}
+            if self.swarm.method == "solora":
+                # the expert's own mask: this device's mask of another cluster's slot is only the
+                # uncalibrated default, and re-masking with it would zero much of the expert
+                if set(info.masks) == set(tensors):
+                    self.adapted.set_masks(slot, {k.removesuffix(".lora_B"): m for k, m in info.masks.items()})
+                else:
+                    self.adapted.drop_masks(slot)
             self.adapted.set_update(slot, tensors)
             loaded[slot] = info.round
         return loaded

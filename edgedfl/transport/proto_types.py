@@ -119,6 +119,9 @@ class ExpertInfo:
     tensors: dict[str, np.ndarray]
     latent: dict[str, np.ndarray]
     meta: dict[str, str]
+    #: the sender's mask of every tensor that travelled sparse (True = kept): a receiver
+    #: adopts it for the slot, so its own (uncalibrated) mask never zeroes the expert's values
+    masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -662,9 +662,9 @@ class NeighbourProtocol:
         latent = {
             k[len(LATENT_PREFIX) :]: np.array(v) for k, v in tensors.items() if k.startswith(LATENT_PREFIX)
         }
-        weights = _dense_expert({k: v for k, v in tensors.items() if not k.startswith(LATENT_PREFIX)},
-                                self.limits)
-        self.experts[slot] = ExpertInfo(slot, env.sender, env.round, weights, latent, dict(env.meta))
+        weights, masks = _dense_expert({k: v for k, v in tensors.items() if not k.startswith(LATENT_PREFIX)},
+                                       self.limits)
+        self.experts[slot] = ExpertInfo(slot, env.sender, env.round, weights, latent, dict(env.meta), masks)
 
     def _on_ack(self, env: Envelope) -> None:
         if env.meta.get("to") != self.node:
@@ -844,14 +844,17 @@ class NeighbourProtocol:
         self.close()
 
 
-def _dense_expert(tensors: Mapping[str, np.ndarray], limits: Limits) -> dict[str, np.ndarray]:
-    """An expert's tensors, with the sparse ones (values + ``mask.`` + ``shape.``) rebuilt dense.
+def _dense_expert(tensors: Mapping[str, np.ndarray], limits: Limits
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """An expert's tensors, with the sparse ones (values + ``mask.`` + ``shape.``) rebuilt dense,
+    and the masks of the sparse ones (tensor name -> bool array of its shape).
 
     :raises MalformedMessage: a mask or shape without its tensor, a shape that is
         not two positive sizes within the limits, mask bits that do not cover the
         shape, or a value count that is not the mask's count.
     """
     out: dict[str, np.ndarray] = {}
+    masks: dict[str, np.ndarray] = {}
     for name, v in tensors.items():
         if name.startswith((MASK_PREFIX, SHAPE_PREFIX)):
             base = name.split(".", 1)[1]
@@ -877,4 +880,5 @@ def _dense_expert(tensors: Mapping[str, np.ndarray], limits: Limits) -> dict[str
         dense = np.zeros(shape, dtype=v.dtype)
         dense[mask] = v
         out[name] = dense
-    return out
+        masks[name] = mask
+    return out, masks

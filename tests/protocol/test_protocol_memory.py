@@ -249,6 +249,7 @@ def test_a_sparse_expert_travels_as_values_mask_bits_and_shape(swarm: Swarm) -> 
     for k, want in dense.items():
         assert got[k].shape == shape and got[k].dtype == np.float16
         np.testing.assert_array_equal(got[k], want)
+        np.testing.assert_array_equal(b.experts[1].masks[k], masks[k])  # the receiver learns the mask
     # the sparse expert is much smaller than the dense one
     sparse_bytes = len(swarm.hub._retained[f"edgedfl/{SWARM}/expert/1"].payload)
     a.publish_expert(2, 3, dense, latent)
