@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -197,6 +198,18 @@ def bytes_to_reach(report: dict[str, Any], target: float) -> int | None:
     return None
 
 
+def _se_points(accuracy: dict[str, float], s: PaperSettings) -> float:
+    """Standard error (points) of a row's average accuracy from the prompts behind it.
+
+    Every device answers ``n_eval`` prompts of every task, from its own block of
+    the test split: ``devices * n_eval`` answers per task, scored 0/1 (binomial).
+    """
+    n = s.devices * s.n_eval
+    tasks = [t for t in s.tasks if t in accuracy]
+    var = sum(accuracy[t] * (1 - accuracy[t]) / n for t in tasks) / max(len(tasks), 1) ** 2
+    return 100 * math.sqrt(var)
+
+
 def summarise(reports: dict[str, dict[str, Any]], s: PaperSettings) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     for name in ORDER:
@@ -231,7 +244,9 @@ def summarise(reports: dict[str, dict[str, Any]], s: PaperSettings) -> dict[str,
         ratio = ours["bytes_per_device_per_round"] / max(lora["bytes_per_device_per_round"], 1)
         gain = (ours["avg_accuracy"] - lora["avg_accuracy"]) * 100
         targets["bytes_per_round_vs_lora"] = {"measured": ratio, "target": "<= 0.20", "met": ratio <= 0.20}
-        targets["accuracy_gain_points_vs_lora"] = {"measured": gain, "target": ">= +5", "met": gain >= 5}
+        se = math.hypot(_se_points(ours["accuracy"], s), _se_points(lora["accuracy"], s))
+        targets["accuracy_gain_points_vs_lora"] = {"measured": gain, "target": ">= +5", "met": gain >= 5,
+                                                   "standard_error": se}
         if "edgedfl-oracle" in rows:
             gap = (rows["edgedfl-oracle"]["avg_accuracy"] - ours["avg_accuracy"]) * 100
             targets["implicit_vs_oracle_points"] = {"measured": gap, "target": "<= 1", "met": gap <= 1}
@@ -334,7 +349,10 @@ def write_results(summary: dict[str, Any], out_dir: str | Path, command: str) ->
                        "rows missing above have not run yet.**")]
     lines += ["", "## Targets", ""]
     for key, t in summary["targets"].items():
-        lines.append(f"- {key}: measured {t['measured']:.3f}, target {t['target']}: **{'met' if t['met'] else 'MISSED'}**")
+        se = f" ± {t['standard_error']:.1f} (one standard error, {summary['settings']['devices']} x " \
+             f"{summary['settings']['n_eval']} answers per task)" if "standard_error" in t else ""
+        lines.append(f"- {key}: measured {t['measured']:.3f}{se}, target {t['target']}: "
+                     f"**{'met' if t['met'] else 'MISSED'}**")
     if summary["rows"].get("edgedfl", {}).get("routing_accuracy") is not None:
         lines.append(f"- routing accuracy (implicit, held-out mixed prompts): "
                      f"{summary['rows']['edgedfl']['routing_accuracy']:.3f}")

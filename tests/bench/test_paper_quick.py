@@ -115,8 +115,13 @@ def test_partial_results_say_so(tmp_path):
     # "bytes to LoRA's accuracy" compares per-round curves: LoRA reaches its own at its last round
     assert summary["rows"]["lora"]["bytes_to_lora_accuracy"] == 110
     assert summary["rows"]["edgedfl"]["bytes_to_lora_accuracy"] == 25
+    # the accuracy target carries its standard error: binomial over devices x n_eval answers per task
+    gain = summary["targets"]["accuracy_gain_points_vs_lora"]
+    n = s.devices * s.n_eval
+    one = 100 * (0.5 * 0.5 / n) ** 0.5 / len(s.tasks) * len(s.tasks) ** 0.5  # every task at 0.5
+    assert gain["standard_error"] == pytest.approx(one * 2 ** 0.5)
     summary["complete"] = False
     summary["lr_tuning"] = {"lora": {"scores": {}, "best": 0.002, "source": "DEFAULT_LR"}}
     write_results(summary, tmp_path, "edgedfl bench paper")
     md = (tmp_path / "paper.md").read_text()
-    assert "Partial results" in md and "| lora |" in md and "lora 0.002" in md
+    assert "Partial results" in md and "| lora |" in md and "lora 0.002" in md and "one standard error" in md
