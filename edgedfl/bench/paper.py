@@ -49,6 +49,7 @@ from typing import Any
 
 from edgedfl.emulation.fleet import Fleet, FleetConfig
 from edgedfl.emulation.report import build_report
+from edgedfl.errors import ConfigError
 from edgedfl.node.config import DEFAULT_LR, SwarmConfig
 
 log = logging.getLogger("edgedfl.bench")
@@ -178,8 +179,6 @@ def run_variant(s: PaperSettings, variant: str, lr: float, out: Path) -> dict[st
 
 def _finished_report(cfg: FleetConfig, out: Path) -> dict[str, Any] | None:
     """The report in ``out`` if it was written by a run of exactly ``cfg`` (an interrupted bench resumes)."""
-    from edgedfl.errors import ConfigError
-
     try:
         report: dict[str, Any] = json.loads((out / "report.json").read_text())
         saved = FleetConfig.load(out / "fleet_config.json")
@@ -261,8 +260,6 @@ def _tuning_key(s: PaperSettings) -> dict[str, Any]:
 
 def load_tuning(path: str | Path, s: PaperSettings) -> dict[str, Any]:
     """A ``tuning.json`` of an earlier run with the same tuning settings (else ``ConfigError``)."""
-    from edgedfl.errors import ConfigError
-
     try:
         saved = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -75,13 +75,15 @@ def device_examples(cfg: NodeConfig) -> tuple[list[Example], list[Example]]:
 
 
 def eval_examples(cfg: NodeConfig, task: str) -> list[Example]:
-    """The ``n_eval`` test prompts of built-in ``task`` this device answers: its own slice.
+    """The ``n_eval`` test prompts of ``task`` this device answers: for a built-in task, its own slice.
 
     Devices split the test split (block ``eval_shard`` of ``eval_shards``), so a
     fleet is scored on ``n_eval x eval_shards`` distinct prompts per task while
     each device still answers ``n_eval``: more prompts, same compute.
     """
     n, k, seed = cfg.swarm.n_eval, max(cfg.eval_shards, 1), cfg.swarm.seed
+    if task not in TASKS:  # a file or hf: dataset has no seeded split to divide: its first n_eval test examples
+        return load_examples(task, "test", n=n, seed=seed)
     cap = TASKS[task].capacity("test", seed)
     size = n * k if cap is None else max(min(n * k, cap), n)  # fewer than n: load_examples says so
     pool = load_examples(task, "test", n=size, seed=seed)

@@ -54,3 +54,10 @@ def test_fleet_gives_every_device_its_own_block(tmp_path) -> None:
 def test_bad_eval_shard_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="eval_shard"):
         NodeConfig(eval_shard=3, eval_shards=3)
+
+
+def test_a_file_task_keeps_its_first_n_eval_examples(tmp_path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(f'{{"task": "mine", "prompt": "q{i}", "completion": "a{i}"}}\n' for i in range(10)))
+    cfg = NodeConfig(eval_shard=2, eval_shards=4, swarm=SwarmConfig(n_eval=3))
+    assert [e.prompt for e in eval_examples(cfg, str(path))] == ["q0", "q1", "q2"]

@@ -53,3 +53,31 @@ def test_another_clusters_expert_arrives_whole(tmp_path, random_masks: bool) -> 
         np.testing.assert_array_equal(b.adapted.get_masks(0)[layer], m)
     for node in (a, b):
         node.protocol.close()
+
+
+def test_an_expert_that_arrives_dense_is_not_masked_by_the_receiver(tmp_path) -> None:
+    # Prepare: as above, but a publishes slot 0's expert dense (no mask travels)
+    swarm = SwarmConfig(name="dense", model="tiny", max_slots=2, rounds=1)
+    nodes = {}
+    for nid in ("a", "b"):
+        node = Node(NodeConfig(node_id=nid, broker="memory://experts-dense", swarm=swarm,
+                               state_dir=str(tmp_path / nid)))
+        node.load()
+        node.connect()
+        node.place(Clustering.from_dict({"slots": {"0": ["a"], "1": ["b"]}, "silhouette": None}))
+        nodes[nid] = node
+    a, b = nodes["a"], nodes["b"]
+    rng = np.random.default_rng(1)
+    dense = {k: rng.normal(size=s).astype(np.float16) for k, s in a.adapted.expected_update_shapes().items()}
+
+    # Execute
+    a.protocol.publish_expert(0, swarm.rounds, dense, {}, meta={"task": "arith"})
+    loaded = b.collect_experts(timeout_s=10)
+
+    # Assert: every entry arrived, none zeroed by b's default mask of slot 0
+    assert loaded == {0: swarm.rounds}
+    got = b.adapted.get_update(0)
+    for k, v in dense.items():
+        np.testing.assert_array_equal(got[k], v.astype(np.float32))
+    for node in (a, b):
+        node.protocol.close()
