@@ -42,7 +42,7 @@ from typing import Any
 
 from edgedfl.netlab import Lab, can_shape_links
 from edgedfl.transport.base import Message
-from edgedfl.transport.broker import MosquittoBroker
+from edgedfl.brokers.launch import MosquittoBroker
 from edgedfl.transport.mqtt import MqttTransport
 
 MiB = 1024 * 1024

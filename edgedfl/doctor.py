@@ -297,7 +297,7 @@ def probe_runtimes() -> dict[str, Any]:
 def probe_broker(url: str, timeout: float = 3.0) -> dict[str, Any]:
     """Connect to the broker at ``url`` with a short timeout; ``reachable`` and, if not, why."""
     from edgedfl.errors import EdgeDFLError
-    from edgedfl.transport.mqtt import transport_from_url
+    from edgedfl.transport.url import transport_from_url
 
     t0 = time.perf_counter()
     out: dict[str, Any] = {"url": url}

@@ -55,7 +55,7 @@ from edgedfl.node.member import CALIBRATION_ROUND, SwarmMember, device_examples,
 from edgedfl.routing import LatentCode, RouterConfig, stack_codes
 from edgedfl.topology import normalise
 from edgedfl.topology.clustering import Clustering
-from edgedfl.transport.protocol import NeighbourProtocol
+from edgedfl.protocol.endpoint import NeighbourProtocol
 
 from .runtime import Features, Inference, Trainer, completion_nll
 from .text import PhoneTokenizer, normalise_answer, train_batch

@@ -1,7 +1,7 @@
 """Adapters on a (quantized) base: sparse-orthogonal LoRA and the baselines, one API.
 
 ``attach_adapter(model, AdapterConfig(method=...))`` returns an
-:class:`AdaptedModel`; the maths of sparse-orthogonal LoRA is in
+:class:`AdaptedModel`; each method is one object in :mod:`edgedfl.adapters.methods`; the maths of sparse-orthogonal LoRA is in
 :mod:`edgedfl.adapters.solora` (numpy only).
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgedfl.adapters.config import METHODS, AdapterConfig
+from edgedfl.adapters.config import AdapterConfig
+from edgedfl.adapters.methods import AdapterMethod, get_method, method_names, register
 
-__all__ = ["METHODS", "AdapterConfig", "attach_adapter"]
+__all__ = ["AdapterConfig", "AdapterMethod", "attach_adapter", "get_method", "method_names", "register"]
 
 
 def attach_adapter(base_model: Any, config: AdapterConfig) -> Any:

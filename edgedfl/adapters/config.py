@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 
+from edgedfl.adapters.methods import AdapterMethod, get_method, method_names
 from edgedfl.config import ConfigBase, check, option
+from edgedfl.errors import ConfigError
 
-METHODS = ("solora", "lora", "ffa")
 DENSITY_PROXIES = ("erank", "energy", "uniform")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 @dataclasses.dataclass
 class AdapterConfig(ConfigBase):
-    method: str = option("solora", help="solora (sparse-orthogonal LoRA), lora (standard LoRA) or ffa (FFA-LoRA)")
+    method: str = option("solora", help="adapter method: solora (sparse-orthogonal LoRA), lora (standard LoRA), "
+                         "ffa (FFA-LoRA), or a registered / 'module:OBJECT' method")
     rank: int = option(8, help="LoRA rank r of every expert slot")
     alpha: float = option(16.0, help="LoRA alpha; the update is scaled by alpha / rank")
     target_modules: list[str] = option(
@@ -38,7 +40,7 @@ class AdapterConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        check(self.method in METHODS, name, "method", self.method, f"choose from {METHODS}")
+        check(_known(self.method), name, "method", self.method, f"choose from {method_names()} or 'module:OBJECT'")
         check(self.rank >= 1, name, "rank", self.rank, "must be >= 1")
         check(self.alpha > 0, name, "alpha", self.alpha, "must be > 0")
         check(
@@ -54,5 +56,18 @@ class AdapterConfig(ConfigBase):
         check(0 <= self.dropout < 1, name, "dropout", self.dropout, "must be in [0, 1)")
 
     @property
+    def spec(self) -> AdapterMethod:
+        """The method object (what trains, what travels, its defaults)."""
+        return get_method(self.method)
+
+    @property
     def scaling(self) -> float:
         return self.alpha / self.rank
+
+
+def _known(method: str) -> bool:
+    try:
+        get_method(method)
+    except ConfigError:
+        return False
+    return True

@@ -44,12 +44,6 @@ def slot_name(slot: int) -> str:
     return f"slot{slot}"
 
 
-def kaiming_A(seed: int, layer: str, d_in: int, rank: int, slot: int) -> np.ndarray:
-    """peft's default LoRA A init (Kaiming-uniform, a=sqrt(5)), from a seed instead of torch's RNG."""
-    bound = 1.0 / np.sqrt(d_in)
-    return solora._rng("kaiming-A", seed, layer, slot).uniform(-bound, bound, size=(rank, d_in))  # (r, d_in)
-
-
 class AdaptedModel:
     """A base model with ``num_slots`` LoRA expert slots of one method."""
 
@@ -58,6 +52,8 @@ class AdaptedModel:
         from peft import LoraConfig, get_peft_model
 
         self.config = config
+        #: the method object: what trains, what travels
+        self.spec = config.spec
         self._torch = torch
         lora_cfg = LoraConfig(
             r=config.rank,
@@ -80,7 +76,7 @@ class AdaptedModel:
         self.densities: dict[int, dict[str, float]] = {}
         self._init_weights()
         self._hooks = []
-        if config.method == "solora":
+        if self.spec.sparse:
             for name, layer in self.layers.items():
                 for k in range(config.num_slots):
                     B = layer.lora_B[slot_name(k)].weight.requires_grad_(True)  # hooks need a grad leaf
@@ -126,14 +122,11 @@ class AdaptedModel:
             for name, layer in self.layers.items():
                 d_in = int(layer.in_features)
                 for k in range(cfg.num_slots):
-                    if cfg.method == "solora":
-                        a = solora.slot_A(cfg.seed, name, d_in, cfg.rank, k, cfg.num_slots, cfg.a_scale)
-                    else:
-                        a = kaiming_A(cfg.seed, name, d_in, cfg.rank, k)
+                    a = self.spec.init_A(cfg.seed, name, d_in, cfg.rank, k, cfg.num_slots, cfg.a_scale)  # (r, d_in)
                     A = layer.lora_A[slot_name(k)].weight
                     A.copy_(torch.from_numpy(a).to(A.dtype))
                     layer.lora_B[slot_name(k)].weight.zero_()
-            if cfg.method == "solora":
+            if self.spec.sparse:
                 for k in range(cfg.num_slots):
                     self.set_uniform_masks(k, cfg.density)
 
@@ -175,8 +168,8 @@ class AdaptedModel:
 
     def set_masks(self, slot: int, masks: dict[str, np.ndarray], densities: dict[str, float] | None = None) -> None:
         torch = self._torch
-        if self.method != "solora":
-            raise AdapterError(f"method {self.method!r} has dense B; masks are a solora feature")
+        if not self.spec.sparse:
+            raise AdapterError(f"method {self.method!r} has dense B; masks belong to sparse methods")
         out = {}
         for name, (_, d_out) in self.layer_shapes().items():
             m = np.asarray(masks[name], dtype=bool)
@@ -253,7 +246,7 @@ class AdaptedModel:
     # -- activation and parameters ---------------------------------------------
 
     def activate(self, slot: int) -> None:
-        """Make ``slot`` the one adapter that runs and trains (A frozen unless method is lora)."""
+        """Make ``slot`` the one adapter that runs and trains (A frozen unless the method trains it)."""
         if not 0 <= slot < self.num_slots:
             raise AdapterError(f"slot {slot} out of range (num_slots={self.num_slots})")
         self.peft_model.base_model.set_adapter(slot_name(slot))
@@ -261,7 +254,7 @@ class AdaptedModel:
             p.requires_grad_(False)
         for name in self.layers:
             self.B(slot, name).requires_grad_(True)
-            if self.method == "lora":
+            if self.spec.trains_A:
                 self.A(slot, name).requires_grad_(True)
         self.active_slot = slot
 
@@ -284,18 +277,12 @@ class AdaptedModel:
         out: dict[str, np.ndarray] = {}
         for name in self.layers:
             out[f"{name}.lora_B"] = self.B(slot, name).detach().float().cpu().numpy().copy()
-            if self.method == "lora":
+            if self.spec.trains_A:
                 out[f"{name}.lora_A"] = self.A(slot, name).detach().float().cpu().numpy().copy()
         return out
 
     def expected_update_shapes(self) -> dict[str, tuple[int, int]]:
-        r = self.config.rank
-        shapes: dict[str, tuple[int, int]] = {}
-        for name, (d_in, d_out) in self.layer_shapes().items():
-            shapes[f"{name}.lora_B"] = (d_out, r)
-            if self.method == "lora":
-                shapes[f"{name}.lora_A"] = (r, d_in)
-        return shapes
+        return self.spec.update_shapes(self.layer_shapes(), self.config.rank)
 
     def set_update(self, slot: int, tensors: dict[str, np.ndarray]) -> None:
         """Load tensors of the form :meth:`get_update` returns into ``slot`` (masks re-applied)."""
@@ -323,7 +310,7 @@ class AdaptedModel:
         for k in range(self.num_slots):
             for name in self.layers:
                 out[f"{slot_name(k)}/{name}.lora_B"] = self.B(k, name).detach().clone()
-                if self.method == "lora":
+                if self.spec.trains_A:
                     out[f"{slot_name(k)}/{name}.lora_A"] = self.A(k, name).detach().clone()
                 if k in self.masks:
                     out[f"{slot_name(k)}/{name}.mask"] = self.masks[k][name].bool().clone()

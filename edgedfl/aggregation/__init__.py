@@ -13,12 +13,11 @@ Usage on a node (weights from :func:`edgedfl.topology.metropolis_weights` and
 """
 
 from edgedfl.aggregation.base import WEIGHT_TOLERANCE, Aggregator, Update, mask_for
-from edgedfl.aggregation.config import METHOD_TENSORS, ROBUST, AggregationConfig, for_method
+from edgedfl.aggregation.config import ROBUST, AggregationConfig, for_method
 from edgedfl.aggregation.mean import WeightedMean
 from edgedfl.aggregation.robust import CoordinateMedian, NormClipping, TrimmedMean
 
 __all__ = [
-    "METHOD_TENSORS",
     "ROBUST",
     "WEIGHT_TOLERANCE",
     "AggregationConfig",

@@ -1,7 +1,8 @@
 """Which aggregator a method uses: :class:`AggregationConfig` and the :func:`for_method` factory.
 
 Every method aggregates through the same :class:`~edgedfl.aggregation.base.Aggregator`
-interface; they differ only in which tensors travel (and so are accepted):
+interface; they differ only in which tensors travel (and so are accepted), which
+the method object says (:attr:`~edgedfl.adapters.methods.AdapterMethod.suffixes`):
 
 =========  ===========================  ==============================================
 method     tensors                      neighbours (chosen by the node / topology)
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from edgedfl.adapters.methods import get_method
 from edgedfl.aggregation.base import Aggregator
 from edgedfl.aggregation.mean import WeightedMean
 from edgedfl.aggregation.robust import CoordinateMedian, NormClipping, TrimmedMean
@@ -29,21 +31,13 @@ from edgedfl.errors import ConfigError
 #: robust options (None or "mean": the plain weighted mean)
 ROBUST = ("mean", "median", "trimmed")
 
-#: tensor name suffixes each method sends
-METHOD_TENSORS: dict[str, tuple[str, ...]] = {
-    "solora": (".lora_B",),
-    "lora": (".lora_A", ".lora_B"),
-    "ffa": (".lora_B",),
-}
 
 
 def for_method(
     method: str, robust: str | None = None, *, trim_fraction: float = 0.2, clip_norm: float | None = None
 ) -> Aggregator:
-    """The aggregator of ``method`` ("solora", "lora", "ffa"), optionally robust and/or norm-clipped."""
-    if method not in METHOD_TENSORS:
-        raise ConfigError(f"method={method!r}: choose from {tuple(METHOD_TENSORS)}")
-    names = METHOD_TENSORS[method]
+    """The aggregator of ``method`` (averaging the tensors it sends), optionally robust and/or norm-clipped."""
+    names = get_method(method).suffixes
     agg: Aggregator
     if robust in (None, "mean"):
         agg = WeightedMean(names=names)
@@ -71,7 +65,7 @@ class AggregationConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        check(self.method in METHOD_TENSORS, name, "method", self.method, f"choose from {tuple(METHOD_TENSORS)}")
+        get_method(self.method)  # ConfigError names the known methods
         check(self.robust in ROBUST, name, "robust", self.robust, f"choose from {ROBUST}")
         check(0 <= self.trim_fraction < 0.5, name, "trim_fraction", self.trim_fraction, "must be in [0, 0.5)")
         check(self.clip_norm is None or self.clip_norm > 0, name, "clip_norm", self.clip_norm,

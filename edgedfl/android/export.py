@@ -29,7 +29,7 @@ from edgedfl.adapters.config import AdapterConfig
 from edgedfl.android import manifest as mf
 from edgedfl.config import ConfigBase, check, option
 from edgedfl.errors import AdapterError
-from edgedfl.transport.proto_topics import Topics
+from edgedfl.protocol.topics import Topics
 from edgedfl.wire.envelope import SCHEMA_VERSION
 
 log = logging.getLogger("edgedfl.android")
@@ -68,8 +68,8 @@ class AndroidExportConfig(ConfigBase):
         n = type(self).__name__
         check(0 <= self.slot < self.adapter.num_slots, n, "slot", self.slot,
               f"must be in [0, {self.adapter.num_slots}) (adapter.num_slots)")
-        check(self.adapter.method in ("solora", "ffa"), n, "adapter.method", self.adapter.method,
-              "phones train B only: solora or ffa")
+        check(not self.adapter.spec.trains_A, n, "adapter.method", self.adapter.method,
+              "phones train B only: a method whose A is frozen (solora, ffa)")
         check(self.batch_size >= 1, n, "batch_size", self.batch_size, "must be >= 1")
         check(self.max_length >= 8, n, "max_length", self.max_length, "must be >= 8")
         check(self.lr > 0, n, "lr", self.lr, "must be > 0")

@@ -79,8 +79,8 @@ class TrainProgram(nn.Module):
 
     def __init__(self, adapted: Any, slot: int = 0) -> None:
         super().__init__()
-        if adapted.method == "lora":
-            raise AdapterError("the Android training program trains B only (solora or ffa), not method 'lora'")
+        if adapted.spec.trains_A:
+            raise AdapterError(f"the Android training program trains B only, not method {adapted.method!r} (it trains A)")
         self.layer_names: list[str] = list(adapted.layers)
         self.slot = slot
         self._current = _Current()

@@ -124,7 +124,7 @@ class Fleet:
             if can_shape_links():
                 self._start_lab()
         if self.lab is None and not self.broker_url:
-            from edgedfl.transport.broker import EmbeddedBroker
+            from edgedfl.brokers.launch import EmbeddedBroker
 
             self._broker = EmbeddedBroker().start()
             self.broker_url = self._broker.url
@@ -139,7 +139,7 @@ class Fleet:
     def _start_lab(self) -> None:
         """Real links: the broker in a hub namespace, each device in its own, joined by shaped veths."""
         from edgedfl.netlab import Lab
-        from edgedfl.transport.broker import EmbeddedBroker
+        from edgedfl.brokers.launch import EmbeddedBroker
 
         self.lab = Lab(prefix="emu")
         with self.lab.inside(self.lab.hub):  # the broker's threads and socket live in the hub

@@ -42,9 +42,9 @@ from edgedfl.routing.codes import LatentCode
 from edgedfl.topology import ClusterConfig, cluster, flat_clustering, metropolis_weights, neighbour_graph
 from edgedfl.topology.clustering import Clustering
 from edgedfl.topology.graph import present_weights
-from edgedfl.transport.mqtt import transport_from_url
-from edgedfl.transport.proto_types import ProtocolConfig
-from edgedfl.transport.protocol import NeighbourProtocol
+from edgedfl.transport.url import transport_from_url
+from edgedfl.protocol.types import ProtocolConfig
+from edgedfl.protocol.endpoint import NeighbourProtocol
 
 log = logging.getLogger("edgedfl.node")
 

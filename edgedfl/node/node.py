@@ -50,7 +50,7 @@ from edgedfl.train.batching import collate_prompts
 from edgedfl.train.checkpoint import CheckpointManager
 from edgedfl.train.evaluate import evaluate, normalise_answer
 from edgedfl.train.trainer import TrainConfig, Trainer
-from edgedfl.transport.protocol import NeighbourProtocol
+from edgedfl.protocol.endpoint import NeighbourProtocol
 
 log = logging.getLogger("edgedfl.node")
 

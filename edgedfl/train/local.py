@@ -107,7 +107,7 @@ def run_local(cfg: LocalRunConfig, out_dir: str | os.PathLike[str], *, evaluate_
         cfg.save(saved)
     adapted, tok, backend = build_model(cfg)
     train, test = load_data(cfg)
-    if adapted.method == "solora" and cfg.n_calibration:
+    if adapted.spec.sparse and cfg.n_calibration:
         calibrate(adapted, tok, [e.prompt for e in train[: cfg.n_calibration]], cfg.slot, cfg.train.max_length)
     trainer = Trainer(adapted, tok, train, cfg.train, eval_examples=test, checkpoint_dir=str(out / "ckpt"))
     metrics: dict[str, Any] = {"model": cfg.model, "quant": backend, "method": adapted.method, "slot": cfg.slot}

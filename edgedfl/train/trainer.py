@@ -141,7 +141,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.adapted.trainable_parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.adapted.method == "solora":
+        if self.adapted.spec.sparse:
             self.adapted.apply_masks(self.adapted.active_slot)
         self.step += 1
         return total

@@ -2,9 +2,14 @@
 
 - :mod:`edgedfl.transport.base`: ``Transport``, ``Message``, topic rules.
 - :mod:`edgedfl.transport.memory`: ``MemoryHub`` + ``MemoryTransport`` (no network).
-- :mod:`edgedfl.transport.mqtt`: ``MqttTransport`` (paho-mqtt 2.x) and ``transport_from_url``.
-- :mod:`edgedfl.transport.broker`: ``MosquittoBroker``, ``EmbeddedBroker``, ACL/password helpers.
-- :mod:`edgedfl.transport.pki`: a throwaway CA for TLS with client certificates.
+- :mod:`edgedfl.transport.mqtt`: ``MqttTransport`` (paho-mqtt 2.x).
+- :mod:`edgedfl.transport.inbox`: the bounded queue the network thread fills.
+- :mod:`edgedfl.transport.url`: ``transport_from_url`` (``mqtt://``, ``mqtts://``, ``memory://``).
+
+This floor moves opaque bytes on topics and knows nothing of what they mean:
+it never imports :mod:`edgedfl.wire`. The neighbour protocol that gives them
+meaning is :mod:`edgedfl.protocol`; brokers to talk through are
+:mod:`edgedfl.brokers`.
 
 Names are loaded on first use, so ``import edgedfl.transport`` stays cheap.
 Nothing here imports torch: a phone speaks this layer without Python.
@@ -23,13 +28,7 @@ _EXPORTS = {
     "MemoryTransport": "memory",
     "MqttTransport": "mqtt",
     "TlsOptions": "mqtt",
-    "transport_from_url": "mqtt",
-    "MosquittoBroker": "broker",
-    "EmbeddedBroker": "broker",
-    "BrokerTls": "broker",
-    "start_broker": "broker",
-    "write_acl": "broker",
-    "write_password_file": "broker",
+    "transport_from_url": "url",
 }
 
 __all__ = list(_EXPORTS)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgedfl.transport.memory import MemoryHub, MemoryTransport
-from edgedfl.transport.protocol import NeighbourProtocol, ProtocolConfig
+from edgedfl.protocol import NeighbourProtocol, ProtocolConfig
 
 SWARM = "lab"
 _hub_ids = itertools.count(1)

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from edgedfl.transport.mqtt import MqttTransport
-from edgedfl.transport.protocol import NeighbourProtocol, ProtocolConfig
+from edgedfl.protocol import NeighbourProtocol, ProtocolConfig
 
 SWARM = "lab"
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edgedfl.transport.outbox import ACK_APPLIED, ACK_STALE, Ledger, Outbox, OutboxPart
+from edgedfl.protocol.ledger import Ledger
+from edgedfl.protocol.outbox import Outbox, OutboxPart
+from edgedfl.protocol.store import ACK_APPLIED, ACK_STALE
 
 
 def _parts(n: int = 2) -> list[OutboxPart]:

@@ -11,8 +11,8 @@ import pytest
 from proto_helpers import SWARM, Swarm, pump, tensors
 
 from edgedfl.errors import ConfigError, QuorumNotReached, TensorValidationError
-from edgedfl.transport.outbox import ACK_APPLIED, ACK_DUPLICATE, ACK_REJECTED, ACK_STALE
-from edgedfl.transport.protocol import NeighbourProtocol, ProtocolConfig
+from edgedfl.protocol.store import ACK_APPLIED, ACK_DUPLICATE, ACK_REJECTED, ACK_STALE
+from edgedfl.protocol import NeighbourProtocol, ProtocolConfig
 from edgedfl.wire.codec import encode_update
 from edgedfl.wire.signing import KeyRing, Signer
 from edgedfl.wire.validate import TensorSpec
@@ -289,7 +289,7 @@ def test_will_message_is_retained_offline() -> None:
 
 def test_protocol_never_imports_torch() -> None:
     code = (
-        "import sys; import edgedfl.transport.protocol, edgedfl.transport.outbox, edgedfl.transport.memory;"
+        "import sys; import edgedfl.protocol.endpoint, edgedfl.protocol.outbox, edgedfl.transport.memory;"
         "import edgedfl.transport.mqtt; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

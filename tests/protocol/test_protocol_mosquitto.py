@@ -21,8 +21,8 @@ import pytest
 from proto_helpers import SWARM, pump, tensors
 from publisher_proc import update_for
 
-from edgedfl.transport.broker import MosquittoBroker, write_acl, write_password_file
-from edgedfl.transport.protocol import NeighbourProtocol, ProtocolConfig
+from edgedfl.brokers.launch import MosquittoBroker, write_acl, write_password_file
+from edgedfl.protocol import NeighbourProtocol, ProtocolConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -6,7 +6,7 @@ import pytest
 
 from edgedfl.errors import ConfigError, InvalidTopic
 from edgedfl.transport.base import topic_matches, validate_filter, validate_topic
-from edgedfl.transport.proto_topics import ParsedTopic, Topics, validate_name
+from edgedfl.protocol.topics import ParsedTopic, Topics, validate_name
 
 
 def test_build_and_parse_round_trip() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgedfl.errors import BrokerUnavailable, ConfigError, NotAuthorized
-from edgedfl.transport.broker import (
+from edgedfl.brokers.launch import (
     BrokerTls,
     EmbeddedBroker,
     MosquittoBroker,
@@ -19,8 +19,9 @@ from edgedfl.transport.broker import (
     write_acl,
     write_password_file,
 )
-from edgedfl.transport.mqtt import MqttTransport, TlsOptions, transport_from_url
-from edgedfl.transport.pki import make_test_pki
+from edgedfl.transport.mqtt import MqttTransport, TlsOptions
+from edgedfl.transport.url import transport_from_url
+from edgedfl.brokers.pki import make_test_pki
 
 pytestmark = pytest.mark.integration
 

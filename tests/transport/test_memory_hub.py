@@ -10,7 +10,7 @@ from edgedfl.errors import NotConnected, PayloadTooLarge
 from edgedfl.transport.base import Message, publish_packet_size, topic_matches
 from edgedfl.transport.inbox import Inbox
 from edgedfl.transport.memory import MemoryHub, MemoryTransport
-from edgedfl.transport.mqtt import transport_from_url
+from edgedfl.transport.url import transport_from_url
 
 
 def test_kill_publishes_the_will_and_the_killed_client_cannot_publish() -> None:

@@ -10,8 +10,9 @@ import pytest
 
 from edgedfl.errors import BrokerUnavailable, PayloadTooLarge
 from edgedfl.transport.base import Message
-from edgedfl.transport.broker import MosquittoBroker
-from edgedfl.transport.mqtt import MqttTransport, transport_from_url
+from edgedfl.brokers.launch import MosquittoBroker
+from edgedfl.transport.mqtt import MqttTransport
+from edgedfl.transport.url import transport_from_url
 
 pytestmark = pytest.mark.integration
 

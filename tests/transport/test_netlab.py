@@ -10,7 +10,7 @@ import time
 import pytest
 
 from edgedfl.netlab import Lab, can_drop_packets, can_shape_links, free_port_in
-from edgedfl.transport.broker import MosquittoBroker, mosquitto_available
+from edgedfl.brokers.launch import MosquittoBroker, mosquitto_available
 from edgedfl.transport.mqtt import MqttTransport
 
 pytestmark = [

@@ -5,16 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from edgedfl import transport
+from edgedfl import brokers, protocol, transport
 
 
 def test_transport_and_netlab_do_not_import_torch() -> None:
     code = (
         "import sys\n"
         "import edgedfl.transport.base, edgedfl.transport.memory, edgedfl.transport.mqtt\n"
-        "import edgedfl.transport.broker, edgedfl.transport.pki, edgedfl.transport.inbox\n"
+        "import edgedfl.brokers.launch, edgedfl.brokers.pki, edgedfl.transport.inbox\n"
         "import edgedfl.netlab\n"
-        "from edgedfl.transport import MqttTransport, MosquittoBroker\n"
+        "from edgedfl.transport import MqttTransport\nfrom edgedfl.brokers import MosquittoBroker\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft'))\n"
         "assert not bad, bad\n"
     )
@@ -22,5 +22,6 @@ def test_transport_and_netlab_do_not_import_torch() -> None:
 
 
 def test_lazy_exports_resolve() -> None:
-    for name in transport.__all__:
-        assert getattr(transport, name) is not None
+    for package in (transport, brokers, protocol):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, (package.__name__, name)

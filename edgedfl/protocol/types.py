@@ -1,6 +1,6 @@
 """Value types of the neighbour protocol: its config, what it learns of peers, round results.
 
-Split from :mod:`edgedfl.transport.protocol` (which re-exports them) so the
+Split from :mod:`edgedfl.protocol.endpoint` (which re-exports them) so the
 protocol file holds behaviour only.
 """
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from edgedfl.config import ConfigBase, check, option
 from edgedfl.wire.envelope import Envelope
+from edgedfl.wire.expert import LATENT_PREFIX, MASK_PREFIX, SHAPE_PREFIX
 
 __all__ = [
     "LATENT_PREFIX",
@@ -31,12 +32,6 @@ __all__ = [
 
 PRESENCE_ONLINE = "online"
 PRESENCE_OFFLINE = "offline"
-#: Prefix of latent-code tensors inside an expert body.
-LATENT_PREFIX = "latent."
-#: Prefixes of a sparse expert tensor's mask (numpy.packbits of the bool mask, row-major, big bit
-#: order; uint8) and shape (int64 (2,)): the tensor itself then holds only the values under the mask.
-MASK_PREFIX = "mask."
-SHAPE_PREFIX = "shape."
 
 
 def message_id(sender: str, round: int, seq: int) -> str:

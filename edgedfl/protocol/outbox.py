@@ -43,117 +43,25 @@ the argument to hold; :meth:`Ledger.apply_once` passes the open connection so
 callers can keep their effects inside the transaction instead.
 """
 
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = [
-    "ACK_APPLIED",
-    "ACK_DUPLICATE",
-    "ACK_REJECTED",
-    "ACK_STALE",
-    "AppliedRecord",
-    "Ledger",
-    "Outbox",
-    "OutboxEntry",
-    "OutboxPart",
-    "open_db",
-]
+from edgedfl.protocol.store import ACK_APPLIED, Store
 
-log = logging.getLogger("edgedfl.transport.outbox")
+__all__ = ["Outbox", "OutboxEntry", "OutboxPart"]
 
-T = TypeVar("T")
-
-# Ack statuses a receiver can report. Every one of them stops re-sending to
-# that receiver: applied/duplicate mean it has the update, stale and rejected
-# mean sending the same bytes again could not change the answer.
-ACK_APPLIED = "applied"
-ACK_DUPLICATE = "duplicate"
-ACK_STALE = "stale"
-ACK_REJECTED = "rejected"
-
-
-def open_db(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """Open (creating) a SQLite file in WAL mode with ``synchronous=FULL``.
-
-    ``isolation_level=None`` so transactions are explicit (``BEGIN IMMEDIATE``)
-    and nothing commits behind our back.
-    """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(p), isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
-class _Store:
-    """A SQLite connection with a lock and explicit write transactions."""
-
-    def __init__(self, path: str | os.PathLike[str], schema: str) -> None:
-        self.path = Path(path)
-        self._conn = open_db(self.path)
-        # The protocol owner and a resend timer may share one store.
-        self._lock = threading.RLock()
-        self._closed = False
-        with self._tx() as c:
-            for stmt in schema.split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; commits on success, rolls back on any exception."""
-        with self._lock:
-            if self._closed:
-                raise ValueError(f"{type(self).__name__} at {self.path} is closed")
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
-                self._conn.execute("COMMIT")
-
-    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            if self._closed:
-                raise ValueError(f"{type(self).__name__} at {self.path} is closed")
-            return list(self._conn.execute(sql, args).fetchall())
-
-    def get_meta(self, key: str, default: str | None = None) -> str | None:
-        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
-        return str(rows[0][0]) if rows else default
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
-
-    def close(self) -> None:
-        """Close the connection. Idempotent. Whatever was committed is on disk."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()
-
-
-# --- outbox -------------------------------------------------------------------
-
+log = logging.getLogger("edgedfl.protocol.outbox")
 
 @dataclasses.dataclass(frozen=True)
 class OutboxPart:
@@ -239,7 +147,7 @@ class Outbox:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._store = _Store(path, self._schema)
+        self._store = Store(path, self._schema)
 
     @property
     def path(self) -> Path:
@@ -432,169 +340,3 @@ class Outbox:
         self.close()
 
 
-# --- inbox ledger -------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class AppliedRecord:
-    """One applied message as the ledger remembers it."""
-
-    message_id: str
-    sender: str
-    round: int
-    slot: int
-    seq: int
-    kind: str
-    applied_at: float
-    payload: bytes | None
-
-
-class Ledger:
-    """The receiver's persisted record of applied messages, closed rounds and its current round.
-
-    ``apply_once`` is the only way a message is applied: the id check, the
-    application and the id insert happen in one ``BEGIN IMMEDIATE``
-    transaction (see the module docstring for why that gives exactly-once).
-    """
-
-    _schema = """
-    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS applied (
-        message_id TEXT PRIMARY KEY,
-        sender TEXT NOT NULL,
-        round INTEGER NOT NULL,
-        slot INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        applied_at REAL NOT NULL,
-        payload BLOB
-    );
-    CREATE INDEX IF NOT EXISTS applied_round ON applied(kind, round, slot);
-    CREATE UNIQUE INDEX IF NOT EXISTS applied_key ON applied(sender, round, seq);
-    CREATE TABLE IF NOT EXISTS closed_rounds (
-        round INTEGER NOT NULL,
-        slot INTEGER NOT NULL,
-        closed_at REAL NOT NULL,
-        PRIMARY KEY (round, slot)
-    )
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._store = _Store(path, self._schema)
-
-    @property
-    def path(self) -> Path:
-        return self._store.path
-
-    def is_applied(self, message_id: str) -> bool:
-        return bool(self._store._query("SELECT 1 FROM applied WHERE message_id = ?", (message_id,)))
-
-    def apply_once(
-        self,
-        message_id: str,
-        fn: Callable[[sqlite3.Connection], T] | None = None,
-        *,
-        sender: str,
-        round: int,
-        slot: int,
-        seq: int,
-        kind: str = "update",
-        payload: bytes | None = None,
-        now: float | None = None,
-    ) -> tuple[bool, T | None]:
-        """Apply ``message_id`` unless it already was; returns ``(applied_now, fn's result)``.
-
-        ``fn`` runs inside the transaction with the connection, so effects it
-        writes to this database commit or vanish together with the id. If it
-        raises, nothing is recorded and the exception propagates (the message
-        stays un-applied, un-acked, and will be offered again).
-        ``payload`` (the accepted bytes) is stored with the id: for updates,
-        storing them *is* the application.
-        """
-        at = time.time() if now is None else now
-        with self._store._tx() as c:
-            if c.execute("SELECT 1 FROM applied WHERE message_id = ?", (message_id,)).fetchone():
-                return False, None
-            result = fn(c) if fn is not None else None
-            c.execute(
-                "INSERT INTO applied(message_id, sender, round, slot, seq, kind, applied_at, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (message_id, sender, round, slot, seq, kind, at, payload),
-            )
-            return True, result
-
-    def applied(
-        self,
-        *,
-        kind: str = "update",
-        round: int | None = None,
-        slot: int | None = None,
-        with_payload: bool = True,
-    ) -> list[AppliedRecord]:
-        """Applied messages, optionally for one round / slot, in application order."""
-        where: list[str] = ["kind = ?"]
-        args: list[object] = [kind]
-        if round is not None:
-            where.append("round = ?")
-            args.append(round)
-        if slot is not None:
-            where.append("slot = ?")
-            args.append(slot)
-        rows = self._store._query(
-            "SELECT message_id, sender, round, slot, seq, kind, applied_at,"
-            f" {'payload' if with_payload else 'NULL'} FROM applied"
-            f" WHERE {' AND '.join(where)} ORDER BY applied_at, rowid",
-            tuple(args),
-        )
-        return [
-            AppliedRecord(
-                message_id=str(m),
-                sender=str(s),
-                round=int(r),
-                slot=int(sl),
-                seq=int(q),
-                kind=str(k),
-                applied_at=float(a),
-                payload=None if p is None else bytes(p),
-            )
-            for m, s, r, sl, q, k, a, p in rows
-        ]
-
-    def close_round(self, round: int, slot: int, now: float | None = None) -> None:
-        """Mark (round, slot) closed: later updates for it are stale. Idempotent."""
-        with self._store._tx() as c:
-            c.execute(
-                "INSERT OR IGNORE INTO closed_rounds(round, slot, closed_at) VALUES (?, ?, ?)",
-                (round, slot, time.time() if now is None else now),
-            )
-
-    def is_closed(self, round: int, slot: int) -> bool:
-        return bool(
-            self._store._query("SELECT 1 FROM closed_rounds WHERE round = ? AND slot = ?", (round, slot))
-        )
-
-    @property
-    def current_round(self) -> int:
-        """The highest round this node has started (persisted; -1 before the first)."""
-        return int(self._store.get_meta("current_round", "-1") or "-1")
-
-    def advance_round(self, round: int) -> int:
-        """Raise the current round to ``round`` (never lowers it); returns the current round."""
-        with self._store._tx() as c:
-            row = c.execute("SELECT value FROM meta WHERE key = 'current_round'").fetchone()
-            cur = int(row[0]) if row else -1
-            if round > cur:
-                c.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('current_round', ?)", (str(round),)
-                )
-                cur = round
-        return cur
-
-    def close(self) -> None:
-        self._store.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

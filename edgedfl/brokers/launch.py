@@ -46,7 +46,7 @@ from edgedfl.transport.mqtt import MqttTransport
 if TYPE_CHECKING:  # Python 3.10 has no typing.Self
     from typing_extensions import Self
 
-log = logging.getLogger("edgedfl.transport.broker")
+log = logging.getLogger("edgedfl.brokers.launch")
 
 DEFAULT_MESSAGE_SIZE_LIMIT = 16 * 1024 * 1024
 
@@ -179,7 +179,7 @@ class MosquittoBroker(_BrokerLife):
     def config_text(self) -> str:
         """The mosquitto.conf this broker runs with."""
         lines = [
-            "# written by edgedfl.transport.broker.MosquittoBroker",
+            "# written by edgedfl.brokers.launch.MosquittoBroker",
             f"user {pwd.getpwuid(os.getuid()).pw_name}",  # as root, Mosquitto would switch to 'mosquitto'
             "per_listener_settings false",
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
@@ -439,7 +439,7 @@ def acl_text(swarm: str, node_ids: Iterable[str], *, admins: Iterable[str] = ())
     """
     _check_name("swarm", swarm)
     root = f"edgedfl/{swarm}"
-    lines = [f"# edgedfl ACL for swarm {swarm!r}, written by edgedfl.transport.broker.write_acl", ""]
+    lines = [f"# edgedfl ACL for swarm {swarm!r}, written by edgedfl.brokers.launch.write_acl", ""]
     for admin in admins:
         _check_name("admin", admin)
         lines += [f"user {admin}", f"topic readwrite {root}/#", ""]

@@ -1,0 +1,36 @@
+"""MQTT brokers to run a swarm through: Mosquitto (a real broker, started and stopped here), the
+embedded amqtt broker (MQTT 3.1.1, in-process), ACL and password files, and a throwaway CA for TLS.
+
+- :mod:`edgedfl.brokers.launch`: ``MosquittoBroker``, ``EmbeddedBroker``, ``start_broker``, ``acl_text``,
+  ``write_acl``, ``write_password_file``, ``free_port``.
+- :mod:`edgedfl.brokers.pki`: ``make_test_pki`` (a CA, server and client certificates).
+
+The broker only relays; nothing here aggregates. Names load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MosquittoBroker": "launch",
+    "EmbeddedBroker": "launch",
+    "BrokerTls": "launch",
+    "start_broker": "launch",
+    "acl_text": "launch",
+    "write_acl": "launch",
+    "write_password_file": "launch",
+    "free_port": "launch",
+    "mosquitto_available": "launch",
+    "make_test_pki": "pki",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgedfl.brokers' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"edgedfl.brokers.{module}"), name)

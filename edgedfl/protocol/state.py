@@ -1,0 +1,140 @@
+"""The state one protocol endpoint holds, and the slots it follows (the base of :class:`NeighbourProtocol`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from edgedfl.protocol.ledger import Ledger
+from edgedfl.protocol.outbox import Outbox
+from edgedfl.protocol.topics import Topics, validate_name
+from edgedfl.protocol.types import (
+    PRESENCE_OFFLINE,
+    Answer,
+    ExpertInfo,
+    PeerInfo,
+    ProtocolConfig,
+    ReceivedUpdate,
+    RemoteError,
+)
+from edgedfl.transport.base import Message, Transport
+from edgedfl.wire.chunks import Reassembler
+from edgedfl.wire.codec import (
+    MaskRegistry,
+    decode_masks,
+)
+from edgedfl.wire.envelope import decode_envelope
+from edgedfl.wire.limits import DEFAULT_LIMITS, Limits
+from edgedfl.wire.signing import KeyRing, Signer
+from edgedfl.wire.validate import TensorSpec
+
+log = logging.getLogger("edgedfl.protocol")
+
+
+class EndpointState:
+    """What one endpoint holds: transport, stores, followed slots, peers, experts, counters."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        swarm: str,
+        node: str,
+        *,
+        state_dir: str | Path | None = None,
+        outbox: Outbox | None = None,
+        ledger: Ledger | None = None,
+        config: ProtocolConfig | None = None,
+        slots: Iterable[int] = (),
+        signer: Signer | None = None,
+        keyring: KeyRing | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        update_spec: TensorSpec | Callable[[int], TensorSpec | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.transport = transport
+        self.topics = Topics(swarm)
+        self.swarm = swarm
+        self.node = validate_name(node, "node")
+        self.config = config or ProtocolConfig()
+        if outbox is None or ledger is None:
+            base = Path(state_dir) if state_dir is not None else None
+            if outbox is None:
+                outbox = Outbox(base / "outbox.sqlite" if base else ":memory:")
+            if ledger is None:
+                ledger = Ledger(base / "ledger.sqlite" if base else ":memory:")
+        self.outbox = outbox
+        self.ledger = ledger
+        self.signer = signer
+        self.keyring = keyring
+        self.limits = limits
+        self.update_spec = update_spec
+        self._clock = clock
+        self._slots: set[int] = set()
+        for s in slots:
+            self._slots.add(s)
+        self._assembler = Reassembler(
+            max_message_bytes=limits.max_message_bytes,
+            max_pending_messages=self.config.max_partial_messages,
+            timeout_s=self.config.chunk_timeout_s,
+            # We remember answered messages ourselves (self._done) so that a re-sent one is
+            # re-acked, and forget those we could not apply yet (an unknown mask).
+            remember_completed=0,
+            clock=clock,
+        )
+        self._done: OrderedDict[tuple[str, bytes], Answer] = OrderedDict()
+        #: masks of sparse updates this node holds (reloaded from the ledger on start-up)
+        self.masks = MaskRegistry()
+        for rec in self.ledger.applied(kind="mask"):
+            if rec.payload is not None:
+                decode_masks(
+                    decode_envelope(rec.payload, limits=limits).body, registry=self.masks, limits=limits
+                )
+        self._started = False
+        self._closed = False
+        self._last_resend_check = float("-inf")
+        self._retained: dict[str, bytes] = {}
+        self._decoded: dict[str, ReceivedUpdate] = {}
+        #: neighbours by name, from presence and hello
+        self.peers: dict[str, PeerInfo] = {}
+        #: finished experts by slot
+        self.experts: dict[int, ExpertInfo] = {}
+        #: rejected incoming messages, by error type name
+        self.rejects: Counter[str] = Counter()
+        #: error envelopes received about our own messages
+        self.remote_errors: list[RemoteError] = []
+        self._late: dict[tuple[int, int], set[str]] = {}
+
+    # -- set-up ------------------------------------------------------------------
+
+    @staticmethod
+    def will_message(swarm: str, node: str, *, qos: int = 1) -> Message:
+        """The retained ``offline`` presence to hand the transport as its last will at creation."""
+        return Message(Topics(swarm).presence(node), PRESENCE_OFFLINE.encode(), retain=True, qos=qos)
+
+    @property
+    def current_round(self) -> int:
+        """The highest round this node has begun (persisted in the ledger)."""
+        return self.ledger.current_round
+
+    def follow_slot(self, slot: int) -> None:
+        """Receive updates of ``slot`` (this node's cluster). Idempotent."""
+        if slot not in self._slots:
+            self._slots.add(slot)
+            if self._started:
+                self.transport.subscribe(self.topics.slot_updates(slot), qos=self.config.qos)
+
+    def unfollow_slot(self, slot: int) -> None:
+        if slot in self._slots:
+            self._slots.discard(slot)
+            if self._started:
+                try:
+                    self.transport.unsubscribe(self.topics.slot_updates(slot))
+                except NotImplementedError:
+                    pass
+
+    @property
+    def slots(self) -> frozenset[int]:
+        return frozenset(self._slots)
