@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from edgedfl.transport.base import Message, Transport
 from edgedfl.brokers.launch import EmbeddedBroker, MosquittoBroker, mosquitto_available
+from edgedfl.transport.base import Message, Transport
 from edgedfl.transport.memory import MemoryHub, MemoryTransport
 from edgedfl.transport.mqtt import MqttTransport
 

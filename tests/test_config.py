@@ -29,13 +29,14 @@ def test_a_bad_field_inside_a_nested_config_is_named():
 
 
 def test_a_swarm_without_a_learning_rate_trains_at_its_method_s_tuned_default():
-    from edgedfl.node.config import DEFAULT_LR
-    from edgedfl.node.node import Node
+    from edgedfl.adapters.methods import get_method
 
-    for method in ("solora", "lora", "ffa"):
+    tuned = {"solora": 5e-3, "lora": 2e-3, "ffa": 1e-2}  # README.md, "Learning rates"
+    for method, lr in tuned.items():
         swarm = SwarmConfig(method=method)
-        assert swarm.lr == 0 and swarm.learning_rate == DEFAULT_LR[method]
-        assert Node.train_config_of(swarm).lr == DEFAULT_LR[method]
-    assert Node.train_config_of(SwarmConfig(method="ffa", lr=3e-4)).lr == 3e-4
+        assert get_method(method).default_lr == lr
+        assert swarm.lr == 0 and swarm.learning_rate == lr
+        assert swarm.train_config().lr == lr
+    assert SwarmConfig(method="ffa", lr=3e-4).train_config().lr == 3e-4
     with pytest.raises(ConfigError, match="lr"):
         SwarmConfig(lr=-1.0)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from edgedfl import doctor
-from edgedfl.devices import is_jetson
 from edgedfl.brokers.launch import free_port
+from edgedfl.devices import is_jetson
 
 NO_CUDA_LAPTOP = pytest.mark.skipif(torch.cuda.is_available() or is_jetson(),
                                     reason="this host has CUDA or is a Jetson (tests/model/test_cuda.py covers it)")

@@ -1,5 +1,6 @@
 """The layers of DESIGN.md hold: a module imports only from its own layer or below, nothing imports the CLI,
-and the layers a phone speaks (wire, transport, topology, aggregation) never import torch."""
+the layers a phone speaks (wire, transport, protocol, topology, aggregation) never import torch, the byte
+floor (transport) never reads the wire format, and routing does not lean on training."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ PKG = Path(__file__).resolve().parents[1] / "edgedfl"
 LAYERS = {
     "_version": 0, "errors": 0, "config": 0,
     "wire": 1, "topology": 1, "devices": 1, "data": 1,
-    "transport": 2, "netlab": 2, "model": 2, "adapters": 2,
-    "train": 3, "aggregation": 3, "routing": 3, "export": 3, "infer": 3, "android": 3,
-    "node": 4, "doctor": 4,
+    "transport": 2, "brokers": 2, "netlab": 2, "model": 2, "adapters": 2,
+    "protocol": 3, "train": 3, "aggregation": 3, "routing": 3, "export": 3, "infer": 3, "android": 3,
+    "node": 4, "doctor": 4, "experts": 4,
     "emulation": 5, "bench": 5, "cli": 5,
 }
 
@@ -69,7 +70,27 @@ def test_nothing_imports_the_cli():
     assert not bad, bad
 
 
-@pytest.mark.parametrize("package", ["edgedfl.wire", "edgedfl.transport", "edgedfl.topology",
+def _imports_of_package(pkg: str) -> list[tuple[str, str]]:
+    return [(m, t) for m, p in _modules() if _unit(m) == pkg for t in _imports(p)]
+
+
+def test_transport_moves_bytes_only():
+    """The byte floor knows nothing of what the bytes mean: no wire format, no protocol."""
+    bad = [f"{m} imports {t}" for m, t in _imports_of_package("transport") if _unit(t) in ("wire", "protocol")]
+    assert not bad, bad
+
+
+def test_routing_does_not_import_train():
+    bad = [f"{m} imports {t}" for m, t in _imports_of_package("routing") if _unit(t) == "train"]
+    assert not bad, bad
+
+
+def test_no_file_passes_800_lines():
+    long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 800}
+    assert not long, long
+
+
+@pytest.mark.parametrize("package", ["edgedfl.wire", "edgedfl.transport", "edgedfl.protocol", "edgedfl.brokers", "edgedfl.topology",
                                      "edgedfl.aggregation", "edgedfl.data", "edgedfl.routing"])
 def test_phone_side_packages_do_not_import_torch(package):
     code = f"import sys, {package}; print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"

@@ -1,9 +1,11 @@
 """A phone's life in a swarm, run on a bundle only: what an Android app does, in Python.
 
-It follows ``edgedfl/node/node.py`` step by step, with the model replaced by
-the bundle's ExecuTorch programs and everything else taken from edgedfl's
-torch-free layers (wire, transport, topology, aggregation, data, the numpy
-maths of :mod:`edgedfl.adapters.solora`):
+A phone is the same :class:`~edgedfl.node.member.SwarmMember` as a Python node
+(the protocol side, torch-free: join, calibration exchange, rounds, experts,
+final evaluation) around a different learner: :class:`PhoneLearner` trains
+and answers through the bundle's ExecuTorch programs, with everything else
+from edgedfl's torch-free layers (wire, protocol, topology, aggregation,
+data, the numpy maths of :mod:`edgedfl.adapters.solora`):
 
 ::
 
@@ -32,70 +34,71 @@ Decisions:
 * Files in ``state_dir`` are the node's: ``status.json``, ``rounds.jsonl``,
   ``final.json``, ``proto/``; its checkpoint (``ckpt/``) is B and masks as
   safetensors plus a state JSON, so a killed stand-in resumes.
+* Updates and masks cross the learner's boundary keyed ``<layer>.lora_B``, as
+  everywhere; the programs' inputs and the bundle's files are per layer (the
+  bundle format, read by the app), converted only here.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
-import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgedfl.adapters import solora
+from edgedfl.adapters.methods import get_method
+from edgedfl.adapters.solora import b_key
 from edgedfl.android import manifest as mf
+from edgedfl.data.examples import Example, normalise_answer
 from edgedfl.errors import ConfigError
 from edgedfl.node.config import NodeConfig
-from edgedfl.node.links import CountingTransport
-from edgedfl.node.member import CALIBRATION_ROUND, SwarmMember, device_examples, eval_examples, write_json
+from edgedfl.node.learner import Answers, Learner, Metrics, Route
+from edgedfl.node.member import SwarmMember, write_json
 from edgedfl.routing import LatentCode, RouterConfig, stack_codes
 from edgedfl.topology import normalise
-from edgedfl.topology.clustering import Clustering
-from edgedfl.protocol.endpoint import NeighbourProtocol
 
 from .runtime import Features, Inference, Trainer, completion_nll
-from .text import PhoneTokenizer, normalise_answer, train_batch
-
-log = logging.getLogger("edgedfl.standin")
+from .text import PhoneTokenizer, train_batch
 
 MAX_NEW_TOKENS = 8  # as the nodes evaluate
+DEVICE = "android-standin"
 
 
-class Phone(SwarmMember):
-    """One emulated phone. ``run()`` is the whole life; the pieces are methods for tests."""
+def _by_layer(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``<layer>.lora_B`` -> layer: the programs' inputs and the bundle's files are per layer."""
+    return {k.removesuffix(".lora_B"): v for k, v in tensors.items()}
+
+
+def _by_tensor(per_layer: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {b_key(n): v for n, v in per_layer.items()}
+
+
+class PhoneLearner(Learner):
+    """The phone's learner: the bundle's three ExecuTorch programs, B in numpy."""
 
     def __init__(self, config: NodeConfig, bundle: str | Path, *, lr: float | None = None) -> None:
         self.cfg = config
         self.swarm = config.swarm
-        self.me = config.node_id
         self.bundle = Path(bundle)
         self.state = Path(config.state_dir)
-        self.state.mkdir(parents=True, exist_ok=True)
-        self.status: dict[str, Any] = {"node": self.me, "state": "starting", "round": 0, "bytes": 0,
-                                       "device": "android-standin"}
         self.lr_override = lr
-        self.protocol: NeighbourProtocol | None = None
-        self.link: CountingTransport | None = None
-        self.clustering: Clustering | None = None
+        self.sparse = get_method(config.swarm.method).sparse
         self.slot = 0
-        self.neighbours: tuple[str, ...] = ()
-        self.weights: dict[str, float] = {}
-        self.masks: dict[str, np.ndarray] = {}
-        self.experts: dict[int, dict[str, np.ndarray]] = {}  # other slots' finished experts
-        self.train_losses: list[float] = []
-        #: the cluster's pooled latent code (solora), from round 0
-        self.cluster_code: LatentCode | None = None
+        self.own_masks: dict[str, np.ndarray] = {}  # <layer>.lora_B -> mask of the own slot
+        self.experts: dict[int, dict[str, np.ndarray]] = {}  # other slots' finished experts, <layer>.lora_B -> B
+        self.train_examples: list[Example] = []
         self._epoch_order: list[int] = []
         self._cursor = 0
         self._epoch = 0
 
     # -- set-up ------------------------------------------------------------------------
 
-    def load(self) -> None:
+    def load(self, train_examples: Sequence[Example]) -> None:
         """Bundle (checked against the swarm's settings), programs, tokenizer, data."""
         m = self.manifest = mf.load_manifest(self.bundle)
         s = self.swarm
@@ -120,50 +123,56 @@ class Phone(SwarmMember):
 
         sig = m["signature"]
         self.projection = load_file(str(self.bundle / sig["file"]))[sig["tensor"]].astype(np.float64)  # (H, dim)
-        # the same examples a node with this config holds
-        self.train_examples, self.test_examples = device_examples(self.cfg)
+        self.train_examples = list(train_examples)
 
     def _slot_A(self, slot: int) -> list[np.ndarray]:
         return mf.read_lora_A(self.bundle / self.manifest["lora_A"]["file"], slot, self.layers)
 
+    def tags(self) -> dict[str, Any]:
+        return {"device": DEVICE}
+
+    def final_tags(self) -> dict[str, Any]:
+        return {"quant": "executorch-fp32"}
+
     # -- joining -------------------------------------------------------------------------
 
-    def signature(self) -> np.ndarray:
-        """Task signature: the frozen base's pooled hidden states over this phone's prompts, averaged,
-        through the swarm's projection (from the bundle: ``topology.project_signature``'s matrix)."""
+    def signature(self, prompts: Sequence[str]) -> np.ndarray:
+        """The frozen base's pooled hidden states over the prompts, averaged, through the swarm's
+        projection (from the bundle: ``topology.project_signature``'s matrix)."""
         a = self._slot_A(0)  # the statistics outputs are not used here; any A will do
-        prompts = [e.prompt for e in self.train_examples[: self.swarm.n_signature]]
         pooled = np.stack([self.features.run(self.tok.prompt_ids(p, self.swarm.max_length), a).pooled
                            for p in prompts])  # (n, H)
         return normalise(pooled.mean(axis=0) @ self.projection)  # (dim,)
 
-    def hello(self) -> np.ndarray:
-        sig = self.signature()
-        self.publish_own_hello(sig, runtime="executorch")
-        return sig
+    def hello_profile(self) -> dict[str, Any]:
+        return {"runtime": "executorch"}
 
-    def place(self, clustering: Clustering) -> None:
-        """Slot, neighbours and Metropolis weights, as ``Node.place``; the program gets the slot's A."""
-        assert self.protocol is not None
-        self.take_place(clustering)
-        self.trainer.set_slot(self._slot_A(self.slot))
-        if self.manifest["masks"]["slot"] == self.slot:
-            self.set_masks(mf.read_masks(self.bundle / self.manifest["masks"]["file"], self.shapes))
+    def place(self, slot: int) -> None:
+        """The program gets the slot's A; masks: the bundle's if planned for this slot, else uniform."""
+        self.slot = slot
+        self.trainer.set_slot(self._slot_A(slot))
+        if self.manifest["masks"]["slot"] == slot:
+            self.set_masks(slot, _by_tensor(mf.read_masks(self.bundle / self.manifest["masks"]["file"], self.shapes)))
         else:  # before calibration: the slot's uniform masks, as a node starts
-            self.set_masks({n: solora.make_mask(self.swarm.seed, n, self.slot, d_out, r, self.swarm.density)
-                            for n, (d_out, r) in self.shapes.items()})
-        self.protocol.follow_slot(self.slot)
+            self.set_masks(slot, {b_key(n): solora.make_mask(self.swarm.seed, n, slot, d_out, r, self.swarm.density)
+                                  for n, (d_out, r) in self.shapes.items()})
 
-    def set_masks(self, masks: dict[str, np.ndarray]) -> None:
-        self.masks = {n: np.asarray(masks[n], dtype=bool) for n in self.layers}
-        if self.swarm.method == "solora":
-            self.trainer.set_masks(self.masks)
+    # -- masks and calibration -----------------------------------------------------------
 
-    def calibration_stats(self, slot: int) -> tuple[dict[str, solora.LayerStats], LatentCode]:
-        """Input statistics of every adapted layer in ``slot``'s subspace over the calibration prompts,
+    def masks(self, slot: int) -> dict[str, np.ndarray] | None:
+        return dict(self.own_masks) if slot == self.slot and self.sparse else None
+
+    def set_masks(self, slot: int, masks: Mapping[str, np.ndarray] | None) -> None:
+        if slot != self.slot or masks is None:
+            return  # another slot's expert is kept dense (zero outside its mask): nothing to mask here
+        self.own_masks = {b_key(n): np.asarray(masks[b_key(n)], dtype=bool) for n in self.layers}
+        if self.sparse:
+            self.trainer.set_masks(_by_layer(self.own_masks))
+
+    def calibration(self, slot: int, prompts: Sequence[str]) -> tuple[dict[str, solora.LayerStats], LatentCode]:
+        """Input statistics of every adapted layer in ``slot``'s subspace over the prompts (features.pte),
         and the latent code of their routing features."""
         a = self._slot_A(slot)
-        prompts = [e.prompt for e in self.train_examples[: self.swarm.n_calibration]]
         cov: np.ndarray | None = None
         energy: np.ndarray | None = None
         tokens = 0.0
@@ -179,27 +188,18 @@ class Phone(SwarmMember):
                  for i, n in enumerate(self.layers)}
         return stats, LatentCode.from_features(np.stack(routing))
 
-    def masks_from_stats(self, stats: dict[str, solora.LayerStats]) -> dict[str, np.ndarray]:
+    def derive_masks(self, slot: int, pooled: Mapping[str, solora.LayerStats]) -> None:
         """``AdaptedModel.masks_from_stats`` in numpy: the same call sequence, so the same masks."""
         s, r = self.swarm, self.swarm.rank
         sizes = {n: self.shapes[n][0] * r for n in self.layers}
-        scores = {n: solora.layer_score(stats[n], s.density_proxy) for n in self.layers}
+        scores = {n: solora.layer_score(pooled[n], s.density_proxy) for n in self.layers}
         dens = solora.allocate_densities(sizes, scores, s.density, float(self.manifest["density_min"]))
-        return {n: solora.make_mask(s.seed, n, self.slot, self.shapes[n][0], r, dens[n], np.diag(stats[n].cov))
-                for n in self.layers}
+        self.set_masks(slot, {b_key(n): solora.make_mask(s.seed, n, slot, self.shapes[n][0], r, dens[n],
+                                                         np.diag(pooled[n].cov)) for n in self.layers})
 
-    def calibrate_masks(self) -> None:
-        """Round 0: swap statistics inside the cluster; every member derives the same masks."""
-        assert self.protocol is not None and self.link is not None and self.clustering is not None
-        if self.swarm.method != "solora":
-            return
-        own, code = self.calibration_stats(self.slot)
-        pooled = self.exchange_calibration(own, code)
-        if self.swarm.random_masks:  # the ablation: same budget, positions at random
-            self.set_masks({n: solora.random_mask(self.swarm.seed, n, self.slot, d, r, self.swarm.density)
-                            for n, (d, r) in self.shapes.items()})
-            return
-        self.set_masks(self.masks_from_stats(pooled))
+    def random_masks(self, slot: int) -> None:
+        self.set_masks(slot, {b_key(n): solora.random_mask(self.swarm.seed, n, slot, d, r, self.swarm.density)
+                              for n, (d, r) in self.shapes.items()})
 
     # -- training and evaluation -----------------------------------------------------------
 
@@ -207,8 +207,8 @@ class Phone(SwarmMember):
         """The order of the training examples in ``epoch`` (a function of seed and epoch only)."""
         return [int(i) for i in np.random.default_rng([self.swarm.seed, epoch]).permutation(len(self.train_examples))]
 
-    def _next_examples(self, n: int) -> list[Any]:
-        out: list[Any] = []
+    def _next_examples(self, n: int) -> list[Example]:
+        out: list[Example] = []
         while len(out) < n:
             if self._cursor >= len(self._epoch_order):
                 self._epoch_order = self._order(self._epoch)
@@ -218,22 +218,35 @@ class Phone(SwarmMember):
             self._cursor += 1
         return out
 
-    def train_steps(self, steps: int) -> list[float]:
+    def train(self, round: int, steps: int) -> list[float]:
         losses = []
         for _ in range(steps):
             exs = self._next_examples(self.trainer.batch_size)
             batch = train_batch(self.tok, [(e.prompt, e.completion) for e in exs], self.trainer.batch_size,
                                 self.trainer.max_length)
             losses.append(self.trainer.step(batch))
-        self.train_losses += losses
         return losses
 
-    def evaluate(self) -> dict[str, float]:
-        """Exact match of greedy answers and completion loss, with the phone's own expert."""
-        self.infer.set_experts({**self.experts, self.slot: self.trainer.get_B()})
+    def get_update(self, slot: int) -> dict[str, np.ndarray]:
+        """``<layer>.lora_B`` (dense, zero outside the mask; the codec sends the mask's values)."""
+        return _by_tensor(self.trainer.get_B()) if slot == self.slot else dict(self.experts.get(slot, {}))
+
+    def set_update(self, slot: int, tensors: Mapping[str, np.ndarray]) -> None:
+        if slot == self.slot:
+            self.trainer.set_B(_by_layer(tensors))
+        else:
+            self.experts[slot] = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+
+    def _load_experts(self) -> None:
+        own = self.trainer.get_B()
+        self.infer.set_experts({**{s: _by_layer(b) for s, b in self.experts.items()}, self.slot: own})
+
+    def evaluate(self, examples: Sequence[Example]) -> Metrics:
+        """Exact match of greedy answers and completion loss, with the phone's own expert (infer.pte)."""
+        self._load_experts()
         hits, nll, count = 0, 0.0, 0
         max_len = self.swarm.max_length
-        for ex in self.test_examples:
+        for ex in examples:
             new, _ = self.infer.generate(self.tok.prompt_ids(ex.prompt, max_len), self.slot, MAX_NEW_TOKENS,
                                          self.tok.eos_id)
             hits += int(normalise_answer(self.tok.decode(new)) == normalise_answer(ex.completion))
@@ -241,153 +254,67 @@ class Phone(SwarmMember):
             s, c = completion_nll(self.infer.logits(ids, self.slot), labels)
             nll, count = nll + s, count + c
         loss = nll / max(count, 1)
-        return {"exact_match": hits / max(len(self.test_examples), 1), "loss": loss if math.isfinite(loss) else float("nan")}
+        return Metrics(hits / max(len(examples), 1), loss if math.isfinite(loss) else float("nan"))
 
-    def evaluate_before(self) -> None:
-        assert self.link is not None
-        m = self.evaluate()
-        row = {"round": CALIBRATION_ROUND, "node": self.me, "slot": self.slot, "task": self.cfg.data,
-               "accuracy": m["exact_match"], "loss": m["loss"], "peers": [], "quorum_short": False,
-               "bytes_sent": self.link.bytes_by_round.get(CALIBRATION_ROUND, 0), "device": "android-standin"}
-        with open(self.state / "rounds.jsonl", "a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+    def set_routing(self, codes: Sequence[LatentCode]) -> None:
+        means, factors = stack_codes(list(codes), self.router_config.ridge)
+        self.infer.set_codes(means, factors)
 
-    # -- rounds ---------------------------------------------------------------------------
-
-    def own_update(self) -> dict[str, np.ndarray]:
-        """What travels: ``<layer>.lora_B`` (dense arrays, zero outside the mask; the codec sends the mask's values)."""
-        return {f"{n}.lora_B": b for n, b in self.trainer.get_B().items()}
-
-    def _wire_masks(self) -> dict[str, np.ndarray] | None:
-        if self.swarm.method != "solora":
-            return None
-        return {f"{n}.lora_B": m for n, m in self.masks.items()}
-
-    def run_round(self, r: int) -> dict[str, Any]:
-        assert self.protocol is not None and self.link is not None
-        self.link.round = r
-        t0 = time.monotonic()
-        self._set_status("training", round=r)
-        losses = self.train_steps(self.swarm.local_steps)
-        train_s = time.monotonic() - t0
-        if self.cfg.slowdown > 1:
-            time.sleep(train_s * (self.cfg.slowdown - 1))
-        own = self.own_update()
-        self._set_status("publishing", round=r)
-        masks = self.masks if self.swarm.method == "solora" else None
-        got = self.exchange_round(r, own, wire_masks=self._wire_masks(), masks=masks)
-        mixed = got["mixed"]
-        self.trainer.set_B({n: mixed[f"{n}.lora_B"] for n in self.layers})
-        self._set_status("evaluating", round=r)
-        metrics = self.evaluate()
-        self.share_expert(r)
-        row = {
-            "round": r, "node": self.me, "slot": self.slot, "task": self.cfg.data,
-            "accuracy": metrics["exact_match"], "loss": metrics["loss"], "train_loss": float(np.mean(losses)),
-            "peers": got["peers"], "quorum_short": got["quorum_short"], "rejects": dict(self.protocol.rejects),
-            "bytes_sent": self.link.bytes_by_round.get(r, 0), "wall_s": time.monotonic() - t0,
-            "train_s": train_s, "waited_s": got["waited_s"], "device": "android-standin",
-        }
-        self.save_checkpoint(r)
-        with open(self.state / "rounds.jsonl", "a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-        self._set_status("round done", round=r, accuracy=row["accuracy"])
-        return row
-
-    def _after_publish(self, r: int) -> None:
-        self._set_status("collecting", round=r)
-
-    def collect_experts(self, timeout_s: float, *, fell_behind: bool = False) -> dict[int, int]:
-        """Every other cluster's finished expert (kept for the inference program), as ``Node.collect_experts``."""
-        assert self.protocol is not None
-        loaded = {}
-        for slot in self.wait_for_experts(timeout_s, fell_behind=fell_behind):
-            info = self.protocol.experts[slot]
-            b = {k.removesuffix(".lora_B"): v.astype(np.float32) for k, v in info.tensors.items()}
-            if slot == self.slot:
-                self.trainer.set_B(b)
-            else:
-                self.experts[slot] = b
-            loaded[slot] = info.round
-        return loaded
-
-    def final_eval(self, loaded: dict[int, int]) -> dict[str, Any]:
-        """``Node.final_eval`` through infer.pte: the mixed test set with every expert this phone holds.
-
-        ``implicit`` lets the program's router pick by the experts' latent codes,
-        ``oracle`` forces the true task's expert, ``merge`` applies all of them.
-        """
-        assert self.protocol is not None
-        tasks = list(self.swarm.eval_tasks) or [self.cfg.data]
-        test = {t: self.test_examples if t == self.cfg.data else eval_examples(self.cfg, t) for t in tasks}
-        modes = list(self.swarm.final_modes)
-        out: dict[str, Any] = {"modes": {m: {} for m in modes}, "routing_accuracy": None, "setup": modes[0]}
-        self.infer.set_experts({**self.experts, self.slot: self.trainer.get_B()})
-        task_slot: dict[str, int] = {self.cfg.data: self.slot}
-        single = self.swarm.method != "solora" or self.swarm.num_slots == 1 or self.cluster_code is None
-        if not single:
-            assert self.cluster_code is not None
-            codes, task_slot = self.routing_table(loaded)
-            means, factors = stack_codes(codes, self.router_config.ridge)
-            self.infer.set_codes(means, factors)
-        hits = total = 0
-        for t, exs in test.items():
-            for mode in modes:
-                if mode == "oracle" and t not in task_slot:
-                    continue
-                route: int | str | None = {"implicit": None, "merge": "merge"}.get(mode, task_slot.get(t))
-                if single:  # one adapter: every mode is the own expert
-                    route = self.slot
-                right = []
-                for ex in exs:
-                    new, expert = self.infer.generate(self.tok.prompt_ids(ex.prompt, self.swarm.max_length), route,
-                                                      MAX_NEW_TOKENS, self.tok.eos_id)
-                    right.append(normalise_answer(self.tok.decode(new)) == normalise_answer(ex.completion))
-                    if mode == "implicit" and not single and t in task_slot:
-                        hits += int(expert == task_slot[t])
-                        total += 1
-                out["modes"][mode][t] = float(np.mean(right))
-        out["routing_accuracy"] = hits / total if total else None
-        return out
+    def answer(self, prompts: Sequence[str], route: Route) -> Answers:
+        """``implicit`` lets the program's router pick by the experts' latent codes, a slot forces that
+        expert, ``merge`` applies all of them, ``own`` the phone's own expert."""
+        self._load_experts()
+        pick: int | str | None
+        if route == "own":
+            pick = self.slot
+        elif route == "implicit":
+            pick = None  # the program's router picks
+        else:
+            pick = route  # "merge", or a slot
+        texts, experts = [], []
+        for p in prompts:
+            new, expert = self.infer.generate(self.tok.prompt_ids(p, self.swarm.max_length), pick, MAX_NEW_TOKENS,
+                                              self.tok.eos_id)
+            texts.append(self.tok.decode(new))
+            experts.append(int(expert))
+        return Answers(texts, experts if route != "own" else None)
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def save_checkpoint(self, r: int) -> None:
+    def save(self, state: dict[str, Any]) -> None:
         """B, masks and where this phone stands, atomically (temp files + rename; state.json last)."""
         from safetensors.numpy import save_file
 
-        assert self.clustering is not None
         ckpt = self.state / "ckpt"
         ckpt.mkdir(exist_ok=True)
         save_file(self.trainer.get_B(), str(ckpt / "B.safetensors.tmp"))
         os.replace(ckpt / "B.safetensors.tmp", ckpt / "B.safetensors")
-        mf.write_masks(ckpt / "masks.safetensors.tmp", self.masks)
+        mf.write_masks(ckpt / "masks.safetensors.tmp", _by_layer(self.own_masks))
         os.replace(ckpt / "masks.safetensors.tmp", ckpt / "masks.safetensors")
-        write_json(ckpt / "state.json", {
-            "round": r, "clustering": self.clustering.to_dict(), "slot": self.slot,
-            "neighbours": list(self.neighbours), "weights": self.weights,
-            "data": {"epoch": self._epoch, "cursor": self._cursor},
-            "code": None if self.cluster_code is None else
-            {k: v.tolist() for k, v in self.cluster_code.to_tensors().items()},
-        })
+        write_json(ckpt / "state.json", {**state, "data": {"epoch": self._epoch, "cursor": self._cursor}})
 
-    def resume(self) -> int | None:
-        """Round of the newest checkpoint (state restored), or None."""
-        from safetensors.numpy import load_file
-
+    def saved_state(self) -> dict[str, Any] | None:
         path = self.state / "ckpt" / "state.json"
         if not path.is_file():
             return None
-        state = json.loads(path.read_text())
-        self.place(Clustering.from_dict(state["clustering"]))
-        self.set_masks(mf.read_masks(self.state / "ckpt" / "masks.safetensors", self.shapes))
+        state: dict[str, Any] = json.loads(path.read_text())
+        return state
+
+    def restore(self) -> None:
+        from safetensors.numpy import load_file
+
+        state = self.saved_state()
+        assert state is not None
+        self.set_masks(self.slot, _by_tensor(mf.read_masks(self.state / "ckpt" / "masks.safetensors", self.shapes)))
         self.trainer.set_B(load_file(str(self.state / "ckpt" / "B.safetensors")))
-        if state.get("code"):
-            self.cluster_code = LatentCode.from_tensors({k: np.asarray(v, dtype=np.float32)
-                                                         for k, v in state["code"].items()})
         self._epoch, self._cursor = int(state["data"]["epoch"]), int(state["data"]["cursor"])
         self._epoch_order = self._order(self._epoch - 1) if self._epoch > 0 else []
-        return int(state["round"])
 
-    def final_fields(self) -> dict[str, Any]:
-        return {"quant": "executorch-fp32", "device": "android-standin"}
+
+class Phone(SwarmMember):
+    """One emulated phone: a swarm member around a :class:`PhoneLearner`. ``run()`` is the whole life."""
+
+    learner: PhoneLearner
+
+    def __init__(self, config: NodeConfig, bundle: str | Path, *, lr: float | None = None) -> None:
+        super().__init__(config, PhoneLearner(config, bundle, lr=lr))

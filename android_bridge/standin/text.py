@@ -59,8 +59,3 @@ def train_batch(tok: PhoneTokenizer, pairs: Sequence[tuple[str, str]], batch_siz
         labels[i, : len(y)] = y
         mask[i, : len(x)] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def normalise_answer(text: str) -> str:
-    """What exact match compares (as ``edgedfl.train.evaluate``): the first line, stripped."""
-    return text.strip().split("\n", 1)[0].strip()

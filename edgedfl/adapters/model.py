@@ -33,6 +33,7 @@ import numpy as np
 
 from edgedfl.adapters import solora
 from edgedfl.adapters.config import AdapterConfig
+from edgedfl.adapters.solora import b_key
 from edgedfl.errors import AdapterError
 
 log = logging.getLogger("edgedfl.adapters")
@@ -70,7 +71,7 @@ class AdaptedModel:
         self.layers: dict[str, Any] = self._find_layers()
         if not self.layers:
             raise AdapterError(f"no layer matches target_modules={config.target_modules}")
-        #: slot -> layer -> bool tensor (d_out, r); solora only
+        #: slot -> layer -> bool tensor (d_out, r), for the gradient hooks; sparse methods only
         self.masks: dict[int, dict[str, Any]] = {}
         #: slot -> layer -> density actually used
         self.densities: dict[int, dict[str, float]] = {}
@@ -145,13 +146,16 @@ class AdaptedModel:
         masks = {}
         for name, (_, d_out) in self.layer_shapes().items():
             if random_positions:
-                masks[name] = solora.random_mask(cfg.seed, name, slot, d_out, cfg.rank, density)
+                masks[b_key(name)] = solora.random_mask(cfg.seed, name, slot, d_out, cfg.rank, density)
             else:
-                masks[name] = solora.make_mask(cfg.seed, name, slot, d_out, cfg.rank, density)
-        self.set_masks(slot, masks, {n: density for n in masks})
+                masks[b_key(name)] = solora.make_mask(cfg.seed, name, slot, d_out, cfg.rank, density)
+        self.set_masks(slot, masks, {k: density for k in masks})
 
     def masks_from_stats(self, slot: int, stats: dict[str, solora.LayerStats]) -> tuple[dict, dict]:
-        """Spectrum-based masks of ``slot`` from calibration statistics (own, or a cluster's pooled)."""
+        """Spectrum-based masks of ``slot`` from calibration statistics (own, or a cluster's pooled).
+
+        Returns (masks, densities), both keyed by the tensor a mask applies to (``<layer>.lora_B``).
+        """
         cfg = self.config
         missing = sorted(set(self.layers) - set(stats))
         if missing:
@@ -160,25 +164,28 @@ class AdaptedModel:
         scores = {n: solora.layer_score(stats[n], cfg.density_proxy) for n in self.layers}
         dens = solora.allocate_densities(sizes, scores, cfg.density, cfg.density_min)
         masks = {
-            n: solora.make_mask(cfg.seed, n, slot, self.layer_shapes()[n][1], cfg.rank, dens[n],
-                                np.diag(stats[n].cov))
+            b_key(n): solora.make_mask(cfg.seed, n, slot, self.layer_shapes()[n][1], cfg.rank, dens[n],
+                                       np.diag(stats[n].cov))
             for n in self.layers
         }
-        return masks, dens
+        return masks, {b_key(n): d for n, d in dens.items()}
 
     def set_masks(self, slot: int, masks: dict[str, np.ndarray], densities: dict[str, float] | None = None) -> None:
+        """Masks of ``slot``'s B, keyed ``<layer>.lora_B`` (the update's own tensor names); applied at once."""
         torch = self._torch
         if not self.spec.sparse:
             raise AdapterError(f"method {self.method!r} has dense B; masks belong to sparse methods")
         out = {}
         for name, (_, d_out) in self.layer_shapes().items():
-            m = np.asarray(masks[name], dtype=bool)
+            if b_key(name) not in masks:
+                raise AdapterError(f"no mask for {b_key(name)} (masks are keyed by tensor name)")
+            m = np.asarray(masks[b_key(name)], dtype=bool)
             if m.shape != (d_out, self.config.rank):
                 raise AdapterError(f"mask of {name} has shape {m.shape}, expected {(d_out, self.config.rank)}")
             B = self.B(slot, name)
-            out[name] = torch.from_numpy(m.copy()).to(device=B.device, dtype=B.dtype)
+            out[name] = torch.from_numpy(m.copy()).to(device=B.device, dtype=B.dtype)  # (d_out, r)
         self.masks[slot] = out
-        self.densities[slot] = dict(densities or {n: float(m.mean()) for n, m in masks.items()})
+        self.densities[slot] = dict(densities or {k: float(np.asarray(m).mean()) for k, m in masks.items()})
         self.apply_masks(slot)
 
     def drop_masks(self, slot: int) -> None:
@@ -194,7 +201,8 @@ class AdaptedModel:
                     self.B(k, name).mul_(mask)
 
     def get_masks(self, slot: int) -> dict[str, np.ndarray]:
-        return {n: m.bool().numpy() for n, m in self.masks.get(slot, {}).items()}
+        """``<layer>.lora_B`` -> bool mask (d_out, r) of ``slot`` (empty: no mask)."""
+        return {b_key(n): m.bool().cpu().numpy() for n, m in self.masks.get(slot, {}).items()}
 
     # -- calibration ----------------------------------------------------------
 
@@ -325,7 +333,7 @@ class AdaptedModel:
                 k = int(slot_s.removeprefix("slot"))
                 layer, which = rest.rsplit(".", 1)
                 if which == "mask":
-                    masks.setdefault(k, {})[layer] = value.bool().numpy()
+                    masks.setdefault(k, {})[b_key(layer)] = value.bool().numpy()
                 elif which == "lora_B":
                     self.B(k, layer).copy_(value)
                 else:

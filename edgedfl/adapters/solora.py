@@ -46,6 +46,11 @@ class OrthogonalityFallbackWarning(UserWarning):
     """slots x r exceeds d_in: A falls back to independent Gaussians for this layer."""
 
 
+def b_key(layer: str) -> str:
+    """The name of a layer's B in an update, and so of its mask: one spelling everywhere."""
+    return f"{layer}.lora_B"
+
+
 def _rng(*parts: object) -> np.random.Generator:
     """A numpy generator seeded from a stable hash of ``parts`` (not Python's salted hash)."""
     digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()

@@ -14,9 +14,9 @@ checks once for all implementations, in this order, before any arithmetic:
 3. the mixing weights are finite, >= 0 and sum to 1 (the node folds the weight
    of a neighbour that missed the deadline into its own, see
    :func:`edgedfl.topology.present_weights`);
-4. masks (solora: the cluster's shared mask of B) match a tensor by full name
-   or by layer name (``masks["layer"]`` applies to ``"layer.lora_B"``, the way
-   ``AdaptedModel.get_masks`` keys them) and have its shape.
+4. masks (sparse methods: the cluster's shared mask of B) are keyed by the
+   name of the tensor they mask (``"<layer>.lora_B"``, one spelling from the
+   adapter through the wire to here) and have its shape.
 
 Then the subclass combines each tensor's stack (m, *shape) with the weights
 (m,), row 0 being the own update; the result is cast to the own update's
@@ -42,12 +42,8 @@ WEIGHT_TOLERANCE = 1e-6
 
 
 def mask_for(name: str, masks: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The mask of tensor ``name``: ``masks[name]``, or ``masks[layer]`` for ``"<layer>.lora_B"``."""
-    if name in masks:
-        return masks[name]
-    if name.endswith(".lora_B"):
-        return masks.get(name[: -len(".lora_B")])
-    return None
+    """The mask of tensor ``name`` (masks are keyed by the tensor they mask), or None."""
+    return masks.get(name)
 
 
 class Aggregator(abc.ABC):
@@ -140,7 +136,7 @@ class Aggregator(abc.ABC):
                 m = mask_for(k, masks)
                 if m is None:
                     continue
-                used.add(k if k in masks else k[: -len(".lora_B")])
+                used.add(k)
                 if np.shape(m) != shape:
                     raise UpdateMismatch(f"mask of {k} has shape {np.shape(m)}, tensor {shape}")
             unused = sorted(set(masks) - used)

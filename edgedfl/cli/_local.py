@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from edgedfl.adapters.methods import method_names
+
 
 def add_local_arguments(p: argparse.ArgumentParser, *, model: str = "smollm2", steps: int = 100) -> None:
     p.add_argument("--config", help="a LocalRunConfig JSON file; flags given override it")
@@ -15,7 +17,8 @@ def add_local_arguments(p: argparse.ArgumentParser, *, model: str = "smollm2", s
     p.add_argument("--eval-data", default=None, help="evaluation source (default: the task's test split)")
     p.add_argument("--n-train", type=int, default=None, help="training examples (0 = all)")
     p.add_argument("--n-eval", type=int, default=None, help="evaluation examples")
-    p.add_argument("--method", default=None, choices=["solora", "lora", "ffa"], help="adapter method")
+    p.add_argument("--method", default=None, metavar="METHOD",
+                   help=f"adapter method: one of {', '.join(method_names())}, or a 'module:OBJECT' AdapterMethod")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank")
     p.add_argument("--density", type=float, default=None, help="solora: global fraction of B entries kept")
     p.add_argument("--slots", type=int, default=None, help="expert slots on the model")

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lrs", default=None,
                    help="comma-separated learning rates: every method is tuned over them the same way "
                         "(held-out training examples); one rate = no tuning; 'default' = each method's "
-                        "tuned default rate (DEFAULT_LR)")
+                        "tuned default rate (its default_lr)")
     p.add_argument("--tuning", default=None,
                    help="reuse the tuning.json of an earlier run with the same settings (skips the tuning)")
     p.add_argument("--n-tune", type=int, default=None, help="held-out training examples per task that score a rate")

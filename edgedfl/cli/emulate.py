@@ -8,12 +8,15 @@ import sys
 import time
 from typing import Any
 
+from edgedfl.adapters.methods import method_names
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=4, help="number of devices")
     p.add_argument("--tasks", default="2", help="a count (first tasks of the built-in suite) or names, comma-separated")
     p.add_argument("--model", default="tiny", help="tiny, smollm2, a hub id, a directory or a .gguf")
-    p.add_argument("--method", default="solora", choices=["solora", "lora", "ffa"])
+    p.add_argument("--method", default="solora", metavar="METHOD",
+                   help=f"adapter method: one of {', '.join(method_names())}, or a 'module:OBJECT' AdapterMethod")
     p.add_argument("--topology", default="clusters", choices=["clusters", "flat"])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--local-steps", type=int, default=None, help="optimizer steps per round")
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edgedfl.emulation.fleet import Fleet, FleetConfig, resolve_tasks
-    from edgedfl.emulation.report import build_report, format_table, graph_edges, write_plots
+    from edgedfl.emulation.report import format_table, graph_edges, write_plots
     from edgedfl.node.config import SwarmConfig
 
     swarm_kwargs: dict[str, Any] = {"model": args.model, "method": args.method, "topology": args.topology,
@@ -81,18 +84,11 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # the finally below stops every device process
 
     signal.signal(signal.SIGTERM, _terminate)
-    t0 = time.monotonic()
-    state = {"t0": t0}
-    fleet.start()
-    print(f"{args.devices} devices, tasks {tasks}, method {args.method}, broker {fleet.broker_url}", flush=True)
-    try:
-        fleet.wait(None if args.quiet else (lambda rows: _live(rows, state)))
-    finally:
-        fleet.stop()
+    state = {"t0": time.monotonic()}
+    report = fleet.run(None if args.quiet else (lambda rows: _live(rows, state)), on_start=lambda f: print(
+        f"{args.devices} devices, tasks {tasks}, method {args.method}, broker {f.broker_url}", flush=True))
     if not args.quiet and sys.stdout.isatty():
         print()
-    report = build_report(out, method=args.method, tasks=tasks, seed=args.seed, topology=args.topology,
-                          model=args.model, wall_s=time.monotonic() - t0)
     report_path = Path(args.report) if args.report else out / "report.json"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2, sort_keys=True))

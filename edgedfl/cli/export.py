@@ -39,11 +39,11 @@ def run(args: argparse.Namespace) -> int:
         routed, tok, meta = load_bundle(args.experts, model=args.model, router=router)
         spec = args.model or meta["model"]
     elif args.run:
-        from edgedfl.routing.runs import routed_from_runs
+        from edgedfl.experts.runs import routed_from_runs
 
         routed, tok, spec = routed_from_runs(args.run, router, n_calibration=args.n_calibration)
     else:
-        from edgedfl.routing.local import train_task_experts
+        from edgedfl.experts.local import train_task_experts
 
         tasks = [t.strip() for t in args.from_tasks.split(",") if t.strip()]
         spec = args.model or "tiny"

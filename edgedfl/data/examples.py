@@ -38,6 +38,11 @@ from edgedfl.errors import BackendUnavailable, DataError
 FIELDS: tuple[str, ...] = ("prompt", "completion", "task")
 
 
+def normalise_answer(text: str) -> str:
+    """What exact match compares: the first line of an answer, stripped (the one rule everywhere)."""
+    return text.strip().split("\n", 1)[0].strip()
+
+
 @dataclasses.dataclass(frozen=True)
 class Example:
     """One prompt/completion pair of a task (see the module docstring for the conventions)."""

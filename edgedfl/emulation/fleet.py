@@ -138,8 +138,8 @@ class Fleet:
 
     def _start_lab(self) -> None:
         """Real links: the broker in a hub namespace, each device in its own, joined by shaped veths."""
-        from edgedfl.netlab import Lab
         from edgedfl.brokers.launch import EmbeddedBroker
+        from edgedfl.netlab import Lab
 
         self.lab = Lab(prefix="emu")
         with self.lab.inside(self.lab.hub):  # the broker's threads and socket live in the hub
@@ -208,6 +208,26 @@ class Fleet:
                 self.stop()
                 raise EmulationError(f"the run did not finish within {self.cfg.timeout_s:g} s")
             time.sleep(0.5)
+
+    def run(self, on_tick: Callable[[list[dict[str, Any]]], None] | None = None, *,
+            on_start: Callable[[Fleet], None] | None = None) -> dict[str, Any]:
+        """Start every device, wait for all of them, stop; the run's report (also what ``edgedfl emulate`` prints).
+
+        ``on_start`` is called once every device was spawned, ``on_tick`` with every status poll.
+        """
+        from edgedfl.emulation.report import build_report
+
+        t0 = time.monotonic()
+        self.start()
+        try:
+            if on_start is not None:
+                on_start(self)
+            self.wait(on_tick)
+        finally:
+            self.stop()
+        s = self.cfg.swarm
+        return build_report(self.run_dir, method=s.method, tasks=list(self.cfg.tasks), seed=s.seed,
+                            topology=s.topology, model=s.model, wall_s=time.monotonic() - t0)
 
     def stop(self) -> None:
         for p in self.procs.values():

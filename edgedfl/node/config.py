@@ -10,20 +10,19 @@ whose ``swarm`` field holds the shared part.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-from edgedfl.adapters.config import DEFAULT_TARGETS, METHODS
+from edgedfl.adapters.config import DEFAULT_TARGETS, AdapterConfig
+from edgedfl.adapters.methods import get_method
 from edgedfl.config import ConfigBase, check, option
 from edgedfl.devices import PROFILES
+
+if TYPE_CHECKING:
+    from edgedfl.train.trainer import TrainConfig
 
 TOPOLOGIES = ("clusters", "flat")
 #: final evaluation modes: implicit routing (ours), the true task's expert, the sum of all experts
 FINAL_MODES = ("implicit", "oracle", "merge")
-
-
-#: AdamW learning rate per method when ``SwarmConfig.lr`` is 0: each method's best of 2e-3, 5e-3
-#: and 1e-2 on held-out training examples, tuned the same way for all three (SmolLM2-135M, topic and
-#: yesno, 18 steps of batch 8; see "Learning rates" in README.md)
-DEFAULT_LR: dict[str, float] = {"solora": 5e-3, "lora": 2e-3, "ffa": 1e-2}
 
 
 @dataclasses.dataclass
@@ -31,7 +30,8 @@ class SwarmConfig(ConfigBase):
     name: str = option("demo", help="swarm name: the MQTT topic prefix edgedfl/<name>/...")
     seed: int = option(0, help="swarm seed: A, masks, clustering and data order derive from it")
     model: str = option("tiny", help="base model: tiny, smollm2, a hub id, a directory or a .gguf")
-    method: str = option("solora", help="solora (ours), lora (standard decentralized LoRA) or ffa (FFA-LoRA)")
+    method: str = option("solora", help="solora (ours), lora (standard decentralized LoRA), ffa (FFA-LoRA), "
+                         "or a registered / 'module:OBJECT' adapter method")
     topology: str = option("clusters", help="clusters (ours) or flat (one gossip over every device)")
     rank: int = option(8, help="LoRA rank")
     alpha: float = option(16.0, help="LoRA alpha")
@@ -43,7 +43,7 @@ class SwarmConfig(ConfigBase):
     rounds: int = option(3, help="federated rounds")
     local_steps: int = option(10, help="optimizer steps per round")
     batch_size: int = option(8, help="examples per step")
-    lr: float = option(0.0, help="AdamW learning rate; 0 = the method's default (DEFAULT_LR)")
+    lr: float = option(0.0, help="AdamW learning rate; 0 = the method's tuned default (its default_lr)")
     max_length: int = option(128, help="tokens per example")
     precision: str = option("fp16", help="value precision on the wire: fp16, int8 or fp32")
     aggregator: str = option("mean", help="mean (Metropolis), median or trimmed (trimmed mean)")
@@ -69,7 +69,7 @@ class SwarmConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         n = type(self).__name__
-        check(self.method in METHODS, n, "method", self.method, f"choose from {METHODS}")
+        AdapterConfig(method=self.method)  # a ConfigError names the known methods
         check(self.topology in TOPOLOGIES, n, "topology", self.topology, f"choose from {TOPOLOGIES}")
         check(self.rounds >= 1, n, "rounds", self.rounds, "must be >= 1")
         check(self.local_steps >= 1, n, "local_steps", self.local_steps, "must be >= 1")
@@ -86,8 +86,26 @@ class SwarmConfig(ConfigBase):
 
     @property
     def learning_rate(self) -> float:
-        """``lr``, or the method's default when it is 0."""
-        return self.lr or DEFAULT_LR[self.method]
+        """``lr``, or the method's tuned default when it is 0 (``AdapterMethod.default_lr``: each method's
+        best of 2e-3, 5e-3 and 1e-2 on held-out training examples, tuned the same way for the three built-in
+        methods; see "Learning rates" in README.md)."""
+        return self.lr or get_method(self.method).default_lr
+
+    def adapter_config(self) -> AdapterConfig:
+        """The adapter every device of this swarm attaches."""
+        return AdapterConfig(
+            method=self.method, rank=self.rank, alpha=self.alpha, target_modules=list(self.target_modules),
+            num_slots=self.num_slots, seed=self.seed, density=self.density, density_proxy=self.density_proxy,
+        )
+
+    def train_config(self) -> TrainConfig:
+        """The local training every device of this swarm runs (all rounds' steps)."""
+        from edgedfl.train.trainer import TrainConfig
+
+        return TrainConfig(
+            lr=self.learning_rate, batch_size=self.batch_size, max_steps=self.rounds * self.local_steps,
+            max_length=self.max_length, seed=self.seed, progress=False, eval_batch_size=16,
+        )
 
     @property
     def num_slots(self) -> int:

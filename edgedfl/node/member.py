@@ -1,8 +1,9 @@
-"""What every swarm member does on the wire, torch-free: shared by the node and the phone stand-in.
+"""A swarm member's whole life, torch-free: the protocol side of every device, around a :class:`Learner`.
 
-A member (a Python :class:`~edgedfl.node.node.Node`, or the phone stand-in that
-trains through an ExecuTorch program) differs in how it trains, evaluates and
-holds B. What it says and hears is the same, and lives here:
+A device is composition: a :class:`SwarmMember` (this file) holds a
+:class:`~edgedfl.node.learner.Learner` (what trains: a Python node's torch
+model, or a phone's ExecuTorch programs). Everything a device says, hears and
+decides lives here once:
 
 * round 0: swap calibration statistics and latent codes inside the cluster and
   pool them in one order, so every member derives the same masks and code;
@@ -10,18 +11,22 @@ holds B. What it says and hears is the same, and lives here:
   arrived or the deadline (with quorum), Metropolis-average;
 * the cluster's speaker publishes the finished expert on schedule; at the end
   every member waits for the other clusters' experts and builds the routing
-  table (a code per slot, a slot per task).
+  table (a code per slot, a slot per task);
+* the per-round row, the status for the live view, checkpoints through the
+  learner, and the final evaluation in every mode.
 
-Only numpy, the wire/transport/topology layers and the torch-free parts of
+Only numpy, the wire/protocol/topology layers and the torch-free parts of
 adapters and routing are imported here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,22 +34,24 @@ from typing import Any
 
 import numpy as np
 
+from edgedfl.adapters.methods import AdapterMethod, get_method
 from edgedfl.adapters.solora import LayerStats
 from edgedfl.aggregation import for_method
-from edgedfl.data.examples import Example
+from edgedfl.data.examples import Example, normalise_answer
 from edgedfl.data.sources import load_examples
 from edgedfl.data.tasks import TASKS
 from edgedfl.devices import get_profile
 from edgedfl.errors import QuorumNotReached
 from edgedfl.node.config import NodeConfig, SwarmConfig
+from edgedfl.node.learner import Learner, Metrics, Route
 from edgedfl.node.links import CountingTransport
+from edgedfl.protocol.endpoint import NeighbourProtocol
+from edgedfl.protocol.types import ProtocolConfig
 from edgedfl.routing.codes import LatentCode
 from edgedfl.topology import ClusterConfig, cluster, flat_clustering, metropolis_weights, neighbour_graph
 from edgedfl.topology.clustering import Clustering
 from edgedfl.topology.graph import present_weights
 from edgedfl.transport.url import transport_from_url
-from edgedfl.protocol.types import ProtocolConfig
-from edgedfl.protocol.endpoint import NeighbourProtocol
 
 log = logging.getLogger("edgedfl.node")
 
@@ -98,64 +105,44 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-class SwarmMember:
-    """The wire side of a swarm member and its whole life (:meth:`run`).
+@dataclasses.dataclass(frozen=True)
+class RoundExchange:
+    """One round on the wire: the aggregated tensors and who took part."""
 
-    Subclasses set the attributes below and supply how the member loads, trains,
-    evaluates and checkpoints: ``load``, ``hello``, ``place``, ``calibrate_masks``,
-    ``evaluate_before``, ``run_round``, ``collect_experts``, ``final_eval``,
-    ``resume``, ``own_update`` (and optionally ``after_place``, ``final_fields``).
+    mixed: dict[str, np.ndarray]
+    peers: list[str]
+    quorum_short: bool
+    waited_s: float
+
+
+class SwarmMember:
+    """One device in a swarm: the protocol side, around a :class:`Learner`. :meth:`run` is the whole life.
+
+    A Python node is ``SwarmMember(config, TorchLearner(config))``
+    (:class:`~edgedfl.node.node.Node`); a phone stand-in holds a learner over
+    its ExecuTorch programs. The pieces are methods, for tests and tools.
     """
 
-    me: str
-    cfg: NodeConfig
-    swarm: SwarmConfig
-    state: Path
-    status: dict[str, Any]
-    protocol: NeighbourProtocol | None
-    link: CountingTransport | None
-    clustering: Clustering | None
-    slot: int
-    neighbours: Sequence[str]
-    weights: dict[str, float]
-    cluster_code: LatentCode | None
-
-    # -- what subclasses supply ---------------------------------------------------------
-
-    def load(self) -> None:
-        raise NotImplementedError
-
-    def hello(self) -> np.ndarray:
-        raise NotImplementedError
-
-    def place(self, clustering: Clustering) -> None:
-        raise NotImplementedError
-
-    def calibrate_masks(self) -> None:
-        raise NotImplementedError
-
-    def evaluate_before(self) -> None:
-        raise NotImplementedError
-
-    def run_round(self, r: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def collect_experts(self, timeout_s: float, *, fell_behind: bool = False) -> dict[int, int]:
-        raise NotImplementedError
-
-    def final_eval(self, loaded: dict[int, int]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def resume(self) -> int | None:
-        """From the newest complete checkpoint: take the saved place and return its round (None: fresh)."""
-        raise NotImplementedError
-
-    def after_place(self) -> None:
-        """After a fresh join placed this member, before calibration."""
-
-    def final_fields(self) -> dict[str, Any]:
-        """What this kind of member adds to ``final.json``."""
-        return {}
+    def __init__(self, config: NodeConfig, learner: Learner) -> None:
+        self.cfg = config
+        self.swarm: SwarmConfig = config.swarm
+        self.method: AdapterMethod = get_method(config.swarm.method)
+        self.me = config.node_id
+        self.learner = learner
+        self.state = Path(config.state_dir)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.status: dict[str, Any] = {"node": self.me, "state": "starting", "round": 0, "bytes": 0,
+                                       **learner.tags()}
+        self.protocol: NeighbourProtocol | None = None
+        self.link: CountingTransport | None = None
+        self.clustering: Clustering | None = None
+        self.slot = 0
+        self.neighbours: Sequence[str] = ()
+        self.weights: dict[str, float] = {}
+        #: the cluster's pooled latent code (clustering methods), from round 0
+        self.cluster_code: LatentCode | None = None
+        self.train_examples: list[Example] = []
+        self.test_examples: list[Example] = []
 
     # -- status for the live view -------------------------------------------------------
 
@@ -165,7 +152,16 @@ class SwarmMember:
             self.status["bytes"] = self.link.total_bytes
         write_json(self.state / "status.json", self.status)
 
-    # -- connecting ---------------------------------------------------------------------
+    def _append_row(self, row: dict[str, Any]) -> None:
+        with open(self.state / "rounds.jsonl", "a") as f:
+            f.write(json.dumps({**row, **self.learner.tags()}, sort_keys=True) + "\n")
+
+    # -- set-up and connecting -----------------------------------------------------------
+
+    def load(self) -> None:
+        """This device's examples, then the learner (model or programs) over them."""
+        self.train_examples, self.test_examples = device_examples(self.cfg)
+        self.learner.load(self.train_examples)
 
     def connect(self) -> None:
         """Transport (with the last will), byte counting and emulated link, neighbour protocol."""
@@ -213,7 +209,6 @@ class SwarmMember:
             sig = self.hello()
             self._set_status("joining")
             self.place(self.join(sig))
-            self.after_place()
             self._set_status("calibrating", slot=self.slot)
             self.calibrate_masks()
             self._follow_all_slots(False)
@@ -232,7 +227,8 @@ class SwarmMember:
             "clusters": self.clustering.assignment, "experts": experts,
             "accuracy": setup.get(self.cfg.data), "final": routed, "adopted_expert": self.slot in experts,
             "bytes_by_round": dict(self.link.bytes_by_round), "total_bytes": self.link.total_bytes,
-            "resumed_after": done, "wall_s": time.monotonic() - t_start, **self.final_fields(),
+            "resumed_after": done, "wall_s": time.monotonic() - t_start,
+            **self.learner.final_tags(), **self.learner.tags(),
         }
         write_json(self.state / "final.json", final)
         self._set_status("done")
@@ -241,14 +237,17 @@ class SwarmMember:
 
     # -- joining ----------------------------------------------------------------------
 
-    def publish_own_hello(self, signature: np.ndarray, **profile_extra: Any) -> None:
-        """The retained hello: profile name, advertised link rate (and ``profile_extra``), task signature."""
+    def hello(self) -> np.ndarray:
+        """The retained hello: profile name, advertised link rate, the learner's extras, task signature."""
         assert self.protocol is not None
+        prompts = [e.prompt for e in self.train_examples[: self.swarm.n_signature]]
+        signature = self.learner.signature(prompts)
         profile = get_profile(self.cfg.profile)
         self.protocol.publish_hello(
             {"profile": profile.name, "link_rate_bps": self.cfg.link_rate_bps or profile.link_rate_bps,
-             **profile_extra}, signature,
+             **self.learner.hello_profile()}, signature,
         )
+        return signature
 
     def join(self, own_signature: np.ndarray) -> Clustering:
         """Wait for the swarm's hellos and cluster them (identically on every member)."""
@@ -262,12 +261,12 @@ class SwarmMember:
             sigs[self.me] = own_signature
             if (expected and len(sigs) >= expected) or time.monotonic() > deadline:
                 break
-        if self.swarm.topology == "flat" or self.swarm.method != "solora":
+        if self.swarm.topology == "flat" or not self.method.clusters:
             return flat_clustering(sorted(sigs))
         return cluster(sigs, ClusterConfig(max_clusters=self.swarm.max_slots, seed=self.swarm.seed))
 
-    def take_place(self, clustering: Clustering) -> None:
-        """Slot, neighbours and Metropolis weights of this member in ``clustering``.
+    def place(self, clustering: Clustering) -> None:
+        """Take this member's place in ``clustering``: slot, neighbours, weights; train and follow the slot.
 
         Every member must build the same graph: a link's score is the slower of
         its two ends' advertised rates, known to all from the hellos.
@@ -284,16 +283,25 @@ class SwarmMember:
         graph = neighbour_graph(members, quality, self.swarm.degree)
         self.neighbours = graph.neighbours(self.me)
         self.weights = metropolis_weights(graph)[self.me]
-
-    def own_update(self) -> dict[str, np.ndarray]:
-        """``<layer>.lora_B`` -> this member's B of its slot (dense, zero outside the mask)."""
-        raise NotImplementedError
-
-    def _wire_masks(self) -> dict[str, np.ndarray] | None:
-        """``<layer>.lora_B`` -> the slot's mask (solora: B travels sparse), or None (dense)."""
-        raise NotImplementedError
+        self.learner.place(self.slot)
+        self.protocol.follow_slot(self.slot)
 
     # -- round 0 ----------------------------------------------------------------------
+
+    def calibrate_masks(self) -> None:
+        """Round 0 (clustering methods): swap calibration statistics and codes inside the cluster;
+        every member derives the same code and, for a sparse method, the same masks."""
+        if not self.method.clusters:
+            return
+        prompts = [e.prompt for e in self.train_examples[: self.swarm.n_calibration]]
+        own, code = self.learner.calibration(self.slot, prompts)
+        pooled = self.exchange_calibration(own, code)
+        if not self.method.sparse:
+            return
+        if self.swarm.random_masks:  # the ablation: same budget, positions at random
+            self.learner.random_masks(self.slot)
+        else:
+            self.learner.derive_masks(self.slot, pooled)
 
     def exchange_calibration(self, own: Mapping[str, LayerStats], code: LatentCode) -> dict[str, LayerStats]:
         """Send the own statistics and code to the cluster, pool everyone's in node order.
@@ -330,17 +338,50 @@ class SwarmMember:
                 pooled[layer] = pooled[layer].merged(one) if layer in pooled else one
         return pooled
 
+    def evaluate_before(self) -> None:
+        """Round 0 of the report: accuracy and loss of the base with the untrained expert (B = 0)."""
+        assert self.link is not None
+        m = self.learner.evaluate(self.test_examples)
+        self._append_row({"round": CALIBRATION_ROUND, "node": self.me, "slot": self.slot, "task": self.cfg.data,
+                          "accuracy": m.accuracy, "loss": m.loss, "peers": [], "quorum_short": False,
+                          "bytes_sent": self.link.bytes_by_round.get(CALIBRATION_ROUND, 0)})
+
     # -- rounds -----------------------------------------------------------------------
 
-    def exchange_round(self, r: int, own: dict[str, np.ndarray], *, wire_masks: dict[str, np.ndarray] | None,
-                       masks: dict[str, np.ndarray] | None) -> dict[str, Any]:
-        """Publish ``own``, collect the neighbours' updates of round ``r``, aggregate.
+    def run_round(self, r: int) -> dict[str, Any]:
+        """Train, publish, collect and average, evaluate, share the expert on schedule, checkpoint; the row."""
+        assert self.protocol is not None and self.link is not None
+        self.link.round = r
+        t0 = time.monotonic()
+        self._set_status("training", round=r)
+        losses = self.learner.train(r, self.swarm.local_steps)
+        train_s = time.monotonic() - t0
+        if self.cfg.slowdown > 1:
+            time.sleep(train_s * (self.cfg.slowdown - 1))
+        own = self.learner.get_update(self.slot)
+        self._set_status("publishing", round=r)
+        got = self.exchange_round(r, own, masks=self.learner.masks(self.slot) if self.method.sparse else None)
+        self.learner.set_update(self.slot, got.mixed)
+        self._set_status("evaluating", round=r)
+        metrics: Metrics = self.learner.evaluate(self.test_examples)
+        self.share_expert(r)
+        row = {
+            "round": r, "node": self.me, "slot": self.slot, "task": self.cfg.data,
+            "accuracy": metrics.accuracy, "loss": metrics.loss, "train_loss": float(np.mean(losses)),
+            "peers": got.peers, "quorum_short": got.quorum_short, "rejects": dict(self.protocol.rejects),
+            "bytes_sent": self.link.bytes_by_round.get(r, 0), "wall_s": time.monotonic() - t0,
+            "train_s": train_s, "waited_s": got.waited_s,
+        }
+        self.learner.save(self.place_state(r))
+        self._append_row(row)
+        self._set_status("round done", round=r, accuracy=row["accuracy"])
+        return row
 
-        Returns ``mixed`` (the aggregated tensors), ``peers`` (who arrived),
-        ``quorum_short`` and ``waited_s`` (collect plus aggregation).
-        """
+    def exchange_round(self, r: int, own: dict[str, np.ndarray], *,
+                       masks: dict[str, np.ndarray] | None) -> RoundExchange:
+        """Publish ``own`` (sparse under ``masks``), collect the neighbours' updates of round ``r``, aggregate."""
         assert self.protocol is not None
-        self.protocol.publish_update(r, self.slot, own, receivers=self.neighbours, masks=wire_masks,
+        self.protocol.publish_update(r, self.slot, own, receivers=self.neighbours, masks=masks,
                                      precision=self.swarm.precision)  # type: ignore[arg-type]
         self._after_publish(r)
         quorum = min(len(self.neighbours), math.ceil(self.swarm.quorum * len(self.neighbours)))
@@ -357,11 +398,37 @@ class SwarmMember:
                          clip_norm=self.swarm.clip_norm or None)
         mixed = agg.aggregate(own, [(peer_w[s], arrived[s].tensors) for s in sorted(peer_w)],
                               own_weight=own_w, masks=masks)
-        return {"mixed": mixed, "peers": sorted(arrived), "quorum_short": short,
-                "waited_s": time.monotonic() - t_collect}
+        return RoundExchange(mixed, sorted(arrived), short, time.monotonic() - t_collect)
 
     def _after_publish(self, r: int) -> None:
-        """Hook right after the round's update is out (tests kill a node here)."""
+        """Right after the round's update is out (tests kill a member here)."""
+        self._set_status("collecting", round=r)
+        if self.cfg.crash_after_round == r:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def place_state(self, r: int) -> dict[str, Any]:
+        """Where this member stands after round ``r`` (saved with the learner's checkpoint)."""
+        assert self.clustering is not None
+        code = None
+        if self.cluster_code is not None:
+            code = {k: v.tolist() for k, v in self.cluster_code.to_tensors().items()}
+        return {"round": r, "clustering": self.clustering.to_dict(), "slot": self.slot,
+                "neighbours": list(self.neighbours), "weights": self.weights, "code": code}
+
+    def resume(self) -> int | None:
+        """From the newest complete checkpoint: take the saved place, restore the learner; its round (None: fresh)."""
+        saved = self.learner.saved_state()
+        if saved is None:
+            return None
+        # the place comes first: a learner's optimizer is built over that slot's parameters
+        self.place(Clustering.from_dict(saved["clustering"]))
+        if saved.get("code"):
+            self.cluster_code = LatentCode.from_tensors({k: np.asarray(v, dtype=np.float32)
+                                                         for k, v in saved["code"].items()})
+        self.learner.restore()
+        return int(saved["round"])
 
     # -- experts ----------------------------------------------------------------------
 
@@ -371,16 +438,16 @@ class SwarmMember:
         return self.me == min(self.clustering.members(self.slot))
 
     def share_expert(self, r: int) -> None:
-        """The speaker publishes the finished expert (fp16 B, sparse under the mask, and the cluster's code)."""
+        """The speaker publishes the finished expert (fp16, sparse under the mask, and the cluster's code)."""
         assert self.protocol is not None
         every = self.swarm.expert_every
         if not self.is_speaker() or not (r == self.swarm.rounds or (every and r % every == 0)):
             return
-        tensors = {k: v.astype(np.float16) for k, v in self.own_update().items()}
+        tensors = {k: v.astype(np.float16) for k, v in self.learner.get_update(self.slot).items()}
         latent = self.cluster_code.to_tensors() if self.cluster_code is not None else {}
+        masks = self.learner.masks(self.slot) if self.method.sparse else None
         # the task name travels only so that emulations can score oracle routing
-        self.protocol.publish_expert(self.slot, r, tensors, latent, meta={"task": self.cfg.data},
-                                     masks=self._wire_masks())
+        self.protocol.publish_expert(self.slot, r, tensors, latent, meta={"task": self.cfg.data}, masks=masks)
 
     def wait_for_experts(self, timeout_s: float, *, fell_behind: bool = False) -> list[int]:
         """Slots whose finished expert this member should load, after waiting up to ``timeout_s``.
@@ -400,6 +467,24 @@ class SwarmMember:
                 wanted.add(self.slot)
         return sorted(wanted & set(self.protocol.experts))
 
+    def collect_experts(self, timeout_s: float, *, fell_behind: bool = False) -> dict[int, int]:
+        """Load every cluster's finished expert into its slot; returns slot -> round of the expert.
+
+        A sparse expert brings its own mask: this member's mask of another
+        cluster's slot is only the uncalibrated default, and re-masking with it
+        would zero much of the expert. One that arrived dense is not masked.
+        """
+        assert self.protocol is not None
+        loaded = {}
+        for slot in self.wait_for_experts(timeout_s, fell_behind=fell_behind):
+            info = self.protocol.experts[slot]
+            tensors = {k: v.astype(np.float32) for k, v in info.tensors.items()}
+            if self.method.sparse:
+                self.learner.set_masks(slot, info.masks if set(info.masks) == set(tensors) else None)
+            self.learner.set_update(slot, tensors)
+            loaded[slot] = info.round
+        return loaded
+
     def routing_table(self, loaded: Mapping[int, int]) -> tuple[list[LatentCode], dict[str, int]]:
         """(a code per slot, far codes for empty slots; task -> slot) from the experts in ``loaded``."""
         assert self.protocol is not None and self.cluster_code is not None
@@ -412,3 +497,45 @@ class SwarmMember:
             task_slot.setdefault(str(info.meta.get("task", "")), slot)
         nowhere = far_code(self.cluster_code.dim)
         return [codes.get(k, nowhere) for k in range(self.swarm.num_slots)], task_slot
+
+    # -- the final evaluation ------------------------------------------------------------
+
+    def final_eval(self, loaded: dict[int, int]) -> dict[str, Any]:
+        """Every device answers the mixed test set of ``eval_tasks`` with all the experts it holds.
+
+        Modes (``final_modes``): ``implicit`` routes each prompt by the experts'
+        latent codes (the device's inference setup), ``oracle`` applies the true
+        task's expert, ``merge`` the sum of all experts. A slot without an expert
+        gets a code no prompt is near, so it is never chosen (and adds zero when
+        merged). With one adapter (a flat method, one slot, or no code) every
+        mode is the same model, answered once.
+        """
+        tasks = list(self.swarm.eval_tasks) or [self.cfg.data]
+        test = {t: self.test_examples if t == self.cfg.data else eval_examples(self.cfg, t) for t in tasks}
+        modes = list(self.swarm.final_modes)
+        out: dict[str, Any] = {"modes": {m: {} for m in modes}, "routing_accuracy": None, "setup": modes[0]}
+        if not self.method.clusters or self.swarm.num_slots == 1 or self.cluster_code is None:
+            for t, exs in test.items():
+                acc = _accuracy(self.learner.answer([e.prompt for e in exs], "own").texts, exs)
+                for m in modes:
+                    out["modes"][m][t] = acc
+            return out
+        codes, task_slot = self.routing_table(loaded)
+        self.learner.set_routing(codes)
+        hits = total = 0
+        for t, exs in test.items():
+            for mode in modes:
+                if mode == "oracle" and t not in task_slot:
+                    continue
+                route: Route = task_slot[t] if mode == "oracle" else mode  # type: ignore[assignment]
+                got = self.learner.answer([e.prompt for e in exs], route)
+                if mode == "implicit" and t in task_slot and got.experts is not None:
+                    hits += sum(int(e == task_slot[t]) for e in got.experts)
+                    total += len(exs)
+                out["modes"][mode][t] = _accuracy(got.texts, exs)
+        out["routing_accuracy"] = hits / total if total else None
+        return out
+
+
+def _accuracy(answers: Sequence[str], examples: Sequence[Example]) -> float:
+    return float(np.mean([normalise_answer(a) == normalise_answer(e.completion) for a, e in zip(answers, examples)]))

@@ -11,12 +11,11 @@ module             what                                                needs
                    an AdaptedModel (mixed batches, generation)
 ``calibrate``      latent codes from an expert's calibration prompts   torch
 ``bundle``         the on-disk layout of K experts + codes             torch
-``local``          one expert per built-in task, trained locally       torch
-``runs``           experts from several ``edgedfl train`` runs          torch
-``testing``        a tiny deterministic routed model for tests         torch
 =================  ==================================================  ==========
 
-Importing this package loads only ``config`` and ``codes`` (no torch).
+Importing this package loads only ``config`` and ``codes`` (no torch). Experts
+trained locally (one per task, or from ``edgedfl train`` runs) are put on one
+model by :mod:`edgedfl.experts`, a layer up: it runs training.
 """
 
 from __future__ import annotations

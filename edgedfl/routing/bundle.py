@@ -2,7 +2,7 @@
 
 The input of ``edgedfl export onnx`` and of anything else that wants "an
 AdaptedModel with K trained slots and their codes". A swarm node writes the
-same layout at the end of a run; :func:`edgedfl.routing.local.train_task_experts`
+same layout at the end of a run; :func:`edgedfl.experts.local.train_task_experts`
 writes it from local training until then::
 
     bundle/

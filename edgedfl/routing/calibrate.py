@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgedfl.errors import DataError
+from edgedfl.model.batching import collate_prompts
 from edgedfl.routing.codes import LatentCode
 from edgedfl.routing.config import RouterConfig
 from edgedfl.routing.router import pooled_state, project, routing_module_names
@@ -18,8 +19,6 @@ def routing_features(
     max_length: int = 256, batch_size: int = 16,
 ) -> np.ndarray:
     """Routing features (N, D) of ``prompts`` in ``slot``'s subspace (frozen base, adapters off)."""
-    from edgedfl.train.batching import collate_prompts
-
     modules = routing_module_names(adapted, config)
     out = []
     for i in range(0, len(prompts), batch_size):

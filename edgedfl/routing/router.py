@@ -44,6 +44,7 @@ import numpy as np
 
 from edgedfl.adapters.model import slot_name
 from edgedfl.errors import AdapterError, ConfigError
+from edgedfl.model.batching import collate_prompts
 from edgedfl.routing.codes import LatentCode, stack_codes
 from edgedfl.routing.config import MODES, RouterConfig
 
@@ -264,8 +265,6 @@ class RoutedModel:
         max_length: int = 256,
     ) -> tuple[list[str], Route]:
         """Decoded greedy answers for ``prompts`` and their route."""
-        from edgedfl.train.batching import collate_prompts
-
         batch = collate_prompts(tokenizer, prompts, max_length)
         new, route = self.generate(
             batch["input_ids"], batch["attention_mask"], mode, slots, max_new_tokens=max_new_tokens,

@@ -3,7 +3,8 @@
 Prompt and completion are tokenized separately and concatenated (plus EOS), so
 the label boundary is exact whatever the tokenizer. Training batches pad on the
 right (positions start at 0 for every row); generation batches pad on the left
-so every row ends where generation starts.
+so every row ends where generation starts (:func:`collate_prompts`, which
+lives with the model in :mod:`edgedfl.model.batching`: routing uses it too).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 
 from edgedfl.data.examples import Example
 from edgedfl.errors import DataError
+from edgedfl.model.batching import collate_prompts
+
+__all__ = ["IGNORE", "collate_prompts", "collate_train", "encode_pair"]
 
 IGNORE = -100
 
@@ -48,17 +52,3 @@ def collate_train(tokenizer: Any, examples: Sequence[Example], max_length: int) 
         labels[i, : len(lab)] = torch.tensor(lab)
         attention[i, : len(ids)] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
-
-
-def collate_prompts(tokenizer: Any, prompts: Sequence[str], max_length: int) -> dict[str, Any]:
-    """Left-padded prompts for generation and calibration."""
-    import torch
-
-    rows = [tokenizer(p, add_special_tokens=True)["input_ids"][-max_length:] for p in prompts]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
-    for i, r in enumerate(rows):
-        input_ids[i, width - len(r) :] = torch.tensor(r)
-        attention[i, width - len(r) :] = 1
-    return {"input_ids": input_ids, "attention_mask": attention}

@@ -7,17 +7,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from edgedfl.data.examples import Example
+from edgedfl.data.examples import Example, normalise_answer
 from edgedfl.train.batching import collate_prompts, collate_train
 
 
 def _device(model: Any) -> Any:
     return next(model.parameters()).device
-
-
-def normalise_answer(text: str) -> str:
-    """What exact match compares: the first line, stripped."""
-    return text.strip().split("\n", 1)[0].strip()
 
 
 def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, max_length: int) -> float:

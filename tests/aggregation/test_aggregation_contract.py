@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edgedfl.aggregation import (
+    WEIGHT_TOLERANCE,
     AggregationConfig,
     Aggregator,
     CoordinateMedian,
@@ -19,6 +20,7 @@ from edgedfl.aggregation import (
     for_method,
 )
 from edgedfl.errors import AggregationError, ConfigError, NonFiniteUpdate, UpdateMismatch
+from edgedfl.topology import metropolis_weights, neighbour_graph, present_weights
 
 AGGREGATORS: dict[str, Callable[[], Aggregator]] = {
     "mean": WeightedMean,
@@ -46,7 +48,7 @@ def make_update(seed: int, *, with_a: bool = False) -> Update:
 
 def make_masks(seed: int = 99) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {layer: rng.random(shape) < 0.5 for layer, shape in LAYERS.items()}  # layer -> (d_out, r)
+    return {f"{layer}.lora_B": rng.random(shape) < 0.5 for layer, shape in LAYERS.items()}  # B's name -> (d_out, r)
 
 
 @pytest.fixture(params=sorted(AGGREGATORS))
@@ -93,21 +95,49 @@ class TestAggregatorContract:
     def test_metropolis_rounding_is_tolerated(self, agg: Aggregator) -> None:
         own = make_update(5, with_a=uses_a(agg))
         nbs = [(1 / 3, make_update(6 + i, with_a=uses_a(agg))) for i in range(2)]
-        agg.aggregate(own, nbs, own_weight=1 - 2 / 3 + 1e-9)
+        assert 1 / 3 + 1 / 3 + 1 / 3 == 1.0
+        exact = agg.aggregate(own, nbs, own_weight=1 / 3)
+        # Sums off by float rounding (and up to the tolerance) are accepted and change nothing that matters.
+        for off in (1e-12, -1e-12, 1e-9, -1e-9, WEIGHT_TOLERANCE / 2, -WEIGHT_TOLERANCE / 2):
+            assert float(np.sum([1 / 3 + off, 1 / 3, 1 / 3])) != 1.0
+            out = agg.aggregate(own, nbs, own_weight=1 / 3 + off)
+            for k in exact:
+                np.testing.assert_allclose(out[k], exact[k], rtol=1e-5, atol=1e-5)
+        # A real violation is still refused, on either side of 1.
+        for off in (2 * WEIGHT_TOLERANCE, -2 * WEIGHT_TOLERANCE, 1e-3, -1e-3):
+            with pytest.raises(UpdateMismatch, match="sum to 1"):
+                agg.aggregate(own, nbs, own_weight=1 / 3 + off)
+
+    def test_real_metropolis_rows_are_accepted(self, agg: Aggregator) -> None:
+        # What a node hands the aggregator: a Metropolis row of a complete 7-node cluster, with the
+        # weights of the neighbours that missed the deadline folded into its own (present_weights).
+        nodes = [f"n{i}" for i in range(7)]
+        row = metropolis_weights(neighbour_graph(nodes, None, degree=None))["n0"]
+        updates = {n: make_update(20 + i, with_a=uses_a(agg)) for i, n in enumerate(nodes)}
+        inexact = 0
+        for k in range(len(nodes)):
+            for present in itertools.combinations(nodes[1:], k):
+                own_w, peer_w = present_weights(row, "n0", present)
+                weights = [own_w] + [peer_w[p] for p in sorted(peer_w)]
+                inexact += float(np.sum(weights)) != 1.0
+                out = agg.aggregate(updates["n0"], [(peer_w[p], updates[p]) for p in sorted(peer_w)],
+                                    own_weight=own_w)
+                assert set(out) == set(updates["n0"])
+        assert inexact, "no row summed to anything but exactly 1: the tolerance was not exercised"
 
     def test_masked_entries_are_exactly_zero(self, agg: Aggregator) -> None:
         masks = make_masks()
         own = make_update(7, with_a=uses_a(agg))
         nbs = [(0.25, make_update(8 + i, with_a=uses_a(agg))) for i in range(3)]
         out = agg.aggregate(own, nbs, own_weight=0.25, masks=masks)
-        for layer, mask in masks.items():
-            b = out[f"{layer}.lora_B"]
+        for name, mask in masks.items():
+            b = out[name]
             assert np.all(b[~mask] == 0.0)
             assert np.all(b[mask] != 0.0)  # the kept entries are aggregated, not dropped
-        # masks may also be keyed by tensor name
-        by_name = {f"{k}.lora_B": v for k, v in masks.items()}
-        out2 = agg.aggregate(own, nbs, own_weight=0.25, masks=by_name)
-        assert all(np.array_equal(out[k], out2[k]) for k in out)
+        # one spelling: a mask keyed by the layer instead of its tensor is refused, not silently unused
+        by_layer = {k.removesuffix(".lora_B"): v for k, v in masks.items()}
+        with pytest.raises(UpdateMismatch):
+            agg.aggregate(own, nbs, own_weight=0.25, masks=by_layer)
 
     def test_permuting_neighbours_changes_nothing(self, agg: Aggregator) -> None:
         own = make_update(11, with_a=uses_a(agg))
@@ -135,7 +165,7 @@ class TestAggregatorContract:
             agg.aggregate(own, [(0.5, bad)], own_weight=0.5)
         assert info.value.neighbour == 0
         with pytest.raises(UpdateMismatch):
-            agg.aggregate(own, [(0.5, own)], own_weight=0.5, masks={"m.0.q_proj": np.ones((2, 2), bool)})
+            agg.aggregate(own, [(0.5, own)], own_weight=0.5, masks={"m.0.q_proj.lora_B": np.ones((2, 2), bool)})
         with pytest.raises(UpdateMismatch):
             agg.aggregate(own, [(0.5, own)], own_weight=0.5, masks={"nowhere": np.ones((6, 3), bool)})
 

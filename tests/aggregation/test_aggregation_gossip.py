@@ -12,8 +12,8 @@ def test_masked_gossip_converges_to_the_cluster_mean_and_never_leaves_the_mask()
     clustering = Clustering.from_clusters([["a", "c", "e", "g"], ["b", "d", "f"]])
     graphs = cluster_graphs(clustering, None, degree=1)
     rng = np.random.default_rng(0)
-    masks = {s: {"l": rng.random((5, 2)) < 0.5} for s in clustering.slot_numbers}  # shared per cluster
-    state = {n: {"l.lora_B": rng.standard_normal((5, 2)) * masks[clustering.slot_of(n)]["l"]}
+    masks = {s: {"l.lora_B": rng.random((5, 2)) < 0.5} for s in clustering.slot_numbers}  # shared per cluster
+    state = {n: {"l.lora_B": rng.standard_normal((5, 2)) * masks[clustering.slot_of(n)]["l.lora_B"]}
              for n in clustering.nodes}
     target = {s: np.mean([state[n]["l.lora_B"] for n in m], axis=0) for s, m in clustering.groups}
     agg = for_method("solora")
@@ -29,4 +29,4 @@ def test_masked_gossip_converges_to_the_cluster_mean_and_never_leaves_the_mask()
     for slot, members in clustering.groups:
         for n in members:
             np.testing.assert_allclose(state[n]["l.lora_B"], target[slot], atol=1e-6)
-            assert np.all(state[n]["l.lora_B"][~masks[slot]["l"]] == 0)
+            assert np.all(state[n]["l.lora_B"][~masks[slot]["l.lora_B"]] == 0)

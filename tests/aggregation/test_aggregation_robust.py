@@ -65,7 +65,7 @@ def test_clipping_measures_only_inside_the_mask() -> None:
     mask = np.array([[True, False], [False, False]])
     own = {"l.lora_B": np.zeros((2, 2), np.float32)}
     nb = {"l.lora_B": np.array([[0.5, 1e6], [1e6, 1e6]], np.float32)}  # garbage outside the mask
-    out = clip.aggregate(own, [(0.5, nb)], own_weight=0.5, masks={"l": mask})
+    out = clip.aggregate(own, [(0.5, nb)], own_weight=0.5, masks={"l.lora_B": mask})
     assert out["l.lora_B"][0, 0] == pytest.approx(0.25) and np.all(out["l.lora_B"][~mask] == 0)
 
 

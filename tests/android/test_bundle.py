@@ -116,7 +116,7 @@ def test_executorch_sgd_matches_torch(bundle: Path) -> None:
     base, tok = load_model("tiny", seed=3)
     adapted = attach_adapter(base, AdapterConfig(num_slots=SLOTS, seed=3, density=0.3))
     adapted.activate(SLOT)
-    adapted.set_masks(SLOT, masks)
+    adapted.set_masks(SLOT, {solora.b_key(n): m for n, m in masks.items()})  # the bundle's file is keyed by layer
     adapted.peft_model.eval()  # no dropout either way; gradients flow
     torch_opt = torch.optim.SGD(adapted.trainable_parameters(), lr=LR)
     a_inputs = [torch.from_numpy(a) for a in mf.read_lora_A(bundle / mf.LORA_A, SLOT, layers)]

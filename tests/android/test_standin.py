@@ -138,7 +138,7 @@ def test_running_the_standin_loads_no_model_code(fleet_run: Path) -> None:
         f"cfg = NodeConfig.load({str(config)!r})\n"
         f"cfg.state_dir = {str(fleet_run / 'probe')!r}\n"
         f"p = Phone(cfg, {str(bundle)!r}); p.load()\n"
-        "p.trainer.set_slot(p._slot_A(0)); p.signature()\n"
+        "p.learner.trainer.set_slot(p.learner._slot_A(0)); p.learner.signature(['Question: 1 + 1?'])\n"
     )
     assert _loaded(mods, "executorch")
     for name in FORBIDDEN:

@@ -36,7 +36,7 @@ def test_bench_paper_quick_writes_every_row_and_the_targets(tmp_path):
     # (on the tiny model, edgedfl's join messages outweigh its sparse B: no claim about it here)
     assert rows["ffa"]["bytes_per_device_per_round"] < rows["lora"]["bytes_per_device_per_round"]
     assert set(summary["targets"]) == {"bytes_per_round_vs_lora", "accuracy_gain_points_vs_lora",
-                                       "implicit_vs_oracle_points"}
+                                       "implicit_minus_oracle_points"}
     # learning rates: every method tuned over the same grid, on held-out training examples; each
     # row trained at its method's chosen rate (the edgedfl variants share solora's)
     tuning = summary["lr_tuning"]

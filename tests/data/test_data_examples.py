@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +125,41 @@ def test_hf_dataset_errors_name_the_row_or_column() -> None:
         from_hf_dataset("prompt,completion")
 
 
-@pytest.mark.skipif(is_datasets_available(), reason="datasets is installed here")
-def test_hub_loading_without_datasets_says_what_to_install() -> None:
+def test_hub_loading_without_datasets_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed: find_spec and import both fail
+
+    assert not is_datasets_available()
     with pytest.raises(BackendUnavailable, match="pip install datasets"):
         load_hf_dataset("someone/something")
+    with pytest.raises(BackendUnavailable, match="pip install datasets"):
+        load_examples("hf:someone/something")
+
+
+def test_hf_source_loads_a_local_dataset_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")  # the "hf" extra; scripts/setup.sh installs it
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # not the user's cache
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # no network, whatever the environment says
+    train = [Example(**ROWS[0]), Example(**ROWS[1]), Example("Task: t\nQ: 2+3\nAnswer:", " 5", "arith")]
+    test = [Example("Task: t\nQ: 4+4\nAnswer:", " 8", "arith")]
+    # a dataset laid out as on the Hub (data/<split>-*.parquet), written by datasets itself
+    repo = tmp_path / "my-dataset"
+    for split, examples in (("train", train), ("test", test)):
+        rows = datasets.Dataset.from_list([ex.to_dict() for ex in examples])
+        rows.to_parquet(str(repo / "data" / f"{split}-00000-of-00001.parquet"))
+    no_task = tmp_path / "no-task"
+    datasets.Dataset.from_dict({"prompt": ["p1", "p2"], "completion": [" c1", " c2"]}).to_parquet(
+        str(no_task / "data" / "train-00000-of-00001.parquet")
+    )
+
+    assert load_examples(f"hf:{repo}") == train  # split "train" by default
+    assert load_examples(f"hf:{repo}", "test") == test
+    assert load_examples(f"hf:{repo}", "train", n=2) == train[:2]
+    assert load_examples(f"hf:{no_task}", default_task="mine") == [Example("p1", " c1", "mine"),
+                                                                     Example("p2", " c2", "mine")]
+    with pytest.raises(DataError, match="asked for 5 examples, it has 3"):
+        load_examples(f"hf:{repo}", n=5)
+    with pytest.raises(DataError, match="missing field 'task'"):
+        load_examples(f"hf:{no_task}")
 
 
 def test_load_examples_dispatches_on_the_source(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ TASKS = ("topic", "arith", "strtf")
 
 @pytest.fixture(scope="session")
 def routed_tok():
-    from edgedfl.routing.testing import tiny_routed
+    from routing.routing_helpers import tiny_routed  # tests/routing (tests/ is on sys.path: its conftest.py)
 
     calibration = [[e.prompt for e in load_task(t, "train", n=48)] for t in TASKS]
     routed, tok = tiny_routed(len(TASKS), rank=4, seed=0, calibration=calibration)

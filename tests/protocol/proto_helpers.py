@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from edgedfl.transport.memory import MemoryHub, MemoryTransport
 from edgedfl.protocol import NeighbourProtocol, ProtocolConfig
+from edgedfl.transport.memory import MemoryHub, MemoryTransport
 
 SWARM = "lab"
 _hub_ids = itertools.count(1)

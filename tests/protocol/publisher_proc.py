@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 
-from edgedfl.transport.mqtt import MqttTransport
 from edgedfl.protocol import NeighbourProtocol, ProtocolConfig
+from edgedfl.transport.mqtt import MqttTransport
 
 SWARM = "lab"
 

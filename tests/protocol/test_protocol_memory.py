@@ -11,8 +11,8 @@ import pytest
 from proto_helpers import SWARM, Swarm, pump, tensors
 
 from edgedfl.errors import ConfigError, QuorumNotReached, TensorValidationError
-from edgedfl.protocol.store import ACK_APPLIED, ACK_DUPLICATE, ACK_REJECTED, ACK_STALE
 from edgedfl.protocol import NeighbourProtocol, ProtocolConfig
+from edgedfl.protocol.store import ACK_APPLIED, ACK_DUPLICATE, ACK_REJECTED, ACK_STALE
 from edgedfl.wire.codec import encode_update
 from edgedfl.wire.signing import KeyRing, Signer
 from edgedfl.wire.validate import TensorSpec

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgedfl.errors import ConfigError, InvalidTopic
-from edgedfl.transport.base import topic_matches, validate_filter, validate_topic
 from edgedfl.protocol.topics import ParsedTopic, Topics, validate_name
+from edgedfl.transport.base import topic_matches, validate_filter, validate_topic
 
 
 def test_build_and_parse_round_trip() -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from routing_helpers import synthetic_prompts, tiny_routed
 
 from edgedfl.errors import ConfigError, TensorValidationError
+from edgedfl.model.batching import collate_prompts
 from edgedfl.routing.bundle import LATENT_FILE, load_bundle, save_bundle
 from edgedfl.routing.config import RouterConfig
 from edgedfl.routing.router import position_ids
-from edgedfl.routing.testing import synthetic_prompts, tiny_routed
-from edgedfl.train.batching import collate_prompts
 
 K = 3
 

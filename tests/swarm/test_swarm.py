@@ -83,16 +83,19 @@ def test_a_node_killed_mid_round_restarts_resumes_and_catches_up(tmp_path, mosqu
         fleet.stop()
     final = _final(tmp_path, "dev02")
     assert final["resumed_after"] == 1  # round 2 was published but its checkpoint never written
-    assert sorted({r["round"] for r in _rows(tmp_path, "dev02")}) == [0, 1, 2, 3, 4]
+    # rounds 0 and 1 before the kill, then 2 (redone), 3 and 4 after it: each round once, none skipped
+    assert [r["round"] for r in _rows(tmp_path, "dev02")] == [0, 1, 2, 3, 4]
     # the others closed at least one round without dev02, at quorum, within the deadline
     closed_without = [r for n in ("dev00", "dev01") for r in _rows(tmp_path, n)
                       if r["round"] >= 3 and "dev02" not in r["peers"]]
     assert closed_without and all(not r["quorum_short"] for r in closed_without)
     assert all(r["waited_s"] <= swarm.round_deadline_s + 2.0 for r in closed_without)
-    # after the restart dev02 caught up: the broker kept its neighbours' updates for its persistent
-    # session while it was down, so its later rounds found them waiting
+    # after the restart dev02 caught up: the broker kept its neighbours' updates of the rounds it missed
+    # for its persistent session, so each of those rounds found every neighbour's update waiting and
+    # mixed it in (3 devices at degree 2: both others are its neighbours). Round 2's may have died with
+    # the killed process, so only the rounds it was down for count.
     redo = [r for r in _rows(tmp_path, "dev02") if r["round"] >= 3]
-    assert any(r["peers"] for r in redo) or final["adopted_expert"], redo
+    assert all(r["peers"] == ["dev00", "dev01"] and not r["quorum_short"] for r in redo), redo
 
 
 def test_a_ten_times_slower_node_never_stalls_its_cluster_past_the_deadline(tmp_path):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from edgedfl.errors import BrokerUnavailable, ConfigError, NotAuthorized
 from edgedfl.brokers.launch import (
     BrokerTls,
     EmbeddedBroker,
@@ -19,9 +18,10 @@ from edgedfl.brokers.launch import (
     write_acl,
     write_password_file,
 )
+from edgedfl.brokers.pki import make_test_pki
+from edgedfl.errors import BrokerUnavailable, ConfigError, NotAuthorized
 from edgedfl.transport.mqtt import MqttTransport, TlsOptions
 from edgedfl.transport.url import transport_from_url
-from edgedfl.brokers.pki import make_test_pki
 
 pytestmark = pytest.mark.integration
 

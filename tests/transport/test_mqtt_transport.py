@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from edgedfl.brokers.launch import MosquittoBroker
 from edgedfl.errors import BrokerUnavailable, PayloadTooLarge
 from edgedfl.transport.base import Message
-from edgedfl.brokers.launch import MosquittoBroker
 from edgedfl.transport.mqtt import MqttTransport
 from edgedfl.transport.url import transport_from_url
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from edgedfl.netlab import Lab, can_drop_packets, can_shape_links, free_port_in
 from edgedfl.brokers.launch import MosquittoBroker, mosquitto_available
+from edgedfl.netlab import Lab, can_drop_packets, can_shape_links, free_port_in
 from edgedfl.transport.mqtt import MqttTransport
 
 pytestmark = [

@@ -18,7 +18,7 @@ from typing import Any
 from edgedfl.routing.calibrate import compute_code
 from edgedfl.routing.config import RouterConfig
 
-log = logging.getLogger("edgedfl.routing")
+log = logging.getLogger("edgedfl.experts")
 
 
 def train_task_experts(

@@ -1,4 +1,4 @@
-"""A tiny deterministic routed model for tests and examples (no training, no files).
+"""A tiny deterministic routed model for the routing and export tests (no training, no files).
 
 Experts have random sparse B (seeded) and latent codes from prompts the caller
 gives per expert; with the tiny byte-level tokenizer, prompts drawn from
