@@ -12,6 +12,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from edgedfl.config import ConfigBase, check, option
 from edgedfl.errors import ConfigError
 
 
@@ -63,3 +64,27 @@ def detect_profile() -> DeviceProfile:
     if is_jetson():
         return PROFILES["jetson"]
     return PROFILES["laptop"]
+
+
+@dataclasses.dataclass
+class DeviceConfig(ConfigBase):
+    """What one device holds and is, declared once for every config of a device.
+
+    A swarm node (``NodeConfig``) and a device training alone (``LocalRunConfig``)
+    both extend it; the phone's bundle export has no choice of profile or
+    quantization (a phone runs fp32 ExecuTorch programs) and names its task.
+    """
+
+    data: str = option("arith", help="the device's data: a built-in task (topic, yesno, arith, strtf), a JSONL "
+                                     "file or hf:<dataset>")
+    profile: str = option("", help="device profile: phone, jetson, laptop; empty = detect this machine")
+    quant: str = option("auto", help="quantization backend of the base, or 'auto' for the profile's default")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(not self.profile or self.profile in PROFILES, type(self).__name__, "profile", self.profile,
+              f"choose from {sorted(PROFILES)} or leave empty to detect")
+
+    def device_profile(self) -> DeviceProfile:
+        """The named profile, or the one that fits this machine."""
+        return get_profile(self.profile) if self.profile else detect_profile()

@@ -51,7 +51,6 @@ from typing import Any
 import numpy as np
 
 from edgedfl.adapters import solora
-from edgedfl.adapters.methods import get_method
 from edgedfl.adapters.solora import b_key
 from edgedfl.android import manifest as mf
 from edgedfl.data.examples import Example, normalise_answer
@@ -87,7 +86,7 @@ class PhoneLearner(Learner):
         self.bundle = Path(bundle)
         self.state = Path(config.state_dir)
         self.lr_override = lr
-        self.sparse = get_method(config.swarm.method).sparse
+        self.sparse = config.swarm.spec.sparse
         self.slot = 0
         self.own_masks: dict[str, np.ndarray] = {}  # <layer>.lora_B -> mask of the own slot
         self.experts: dict[int, dict[str, np.ndarray]] = {}  # other slots' finished experts, <layer>.lora_B -> B
@@ -102,12 +101,14 @@ class PhoneLearner(Learner):
         """Bundle (checked against the swarm's settings), programs, tokenizer, data."""
         m = self.manifest = mf.load_manifest(self.bundle)
         s = self.swarm
-        wanted = {"model": s.model, "seed": s.seed, "rank": s.rank, "num_slots": s.num_slots, "method": s.method,
-                  "density": s.density, "density_proxy": s.density_proxy}
+        a = s.adapter
+        wanted = {"model": s.model, "seed": s.seed, "rank": a.rank, "num_slots": s.num_slots, "method": a.method,
+                  "density": a.density, "density_proxy": a.density_proxy}
         wrong = {k: (m[k], v) for k, v in wanted.items() if m[k] != v}
         train = m["programs"]["train"]
-        if (train["batch_size"], train["max_length"]) != (s.batch_size, s.max_length):
-            wrong["batch_size, max_length"] = ((train["batch_size"], train["max_length"]), (s.batch_size, s.max_length))
+        if (train["batch_size"], train["max_length"]) != (s.train.batch_size, s.max_length):
+            wrong["batch_size, max_length"] = ((train["batch_size"], train["max_length"]),
+                                               (s.train.batch_size, s.max_length))
         if wrong:
             raise ConfigError(f"bundle {self.bundle} does not fit the swarm (bundle, swarm): {wrong}")
         self.layers = [e["name"] for e in m["layers"]]
@@ -154,7 +155,7 @@ class PhoneLearner(Learner):
         if self.manifest["masks"]["slot"] == slot:
             self.set_masks(slot, _by_tensor(mf.read_masks(self.bundle / self.manifest["masks"]["file"], self.shapes)))
         else:  # before calibration: the slot's uniform masks, as a node starts
-            self.set_masks(slot, {b_key(n): solora.make_mask(self.swarm.seed, n, slot, d_out, r, self.swarm.density)
+            self.set_masks(slot, {b_key(n): solora.make_mask(self.swarm.seed, n, slot, d_out, r, self.swarm.adapter.density)
                                   for n, (d_out, r) in self.shapes.items()})
 
     # -- masks and calibration -----------------------------------------------------------
@@ -190,15 +191,15 @@ class PhoneLearner(Learner):
 
     def derive_masks(self, slot: int, pooled: Mapping[str, solora.LayerStats]) -> None:
         """``AdaptedModel.masks_from_stats`` in numpy: the same call sequence, so the same masks."""
-        s, r = self.swarm, self.swarm.rank
+        s, a, r = self.swarm, self.swarm.adapter, self.swarm.adapter.rank
         sizes = {n: self.shapes[n][0] * r for n in self.layers}
-        scores = {n: solora.layer_score(pooled[n], s.density_proxy) for n in self.layers}
-        dens = solora.allocate_densities(sizes, scores, s.density, float(self.manifest["density_min"]))
+        scores = {n: solora.layer_score(pooled[n], a.density_proxy) for n in self.layers}
+        dens = solora.allocate_densities(sizes, scores, a.density, float(self.manifest["density_min"]))
         self.set_masks(slot, {b_key(n): solora.make_mask(s.seed, n, slot, self.shapes[n][0], r, dens[n],
                                                          np.diag(pooled[n].cov)) for n in self.layers})
 
     def random_masks(self, slot: int) -> None:
-        self.set_masks(slot, {b_key(n): solora.random_mask(self.swarm.seed, n, slot, d, r, self.swarm.density)
+        self.set_masks(slot, {b_key(n): solora.random_mask(self.swarm.seed, n, slot, d, r, self.swarm.adapter.density)
                               for n, (d, r) in self.shapes.items()})
 
     # -- training and evaluation -----------------------------------------------------------

@@ -61,15 +61,15 @@ def export_config(node: Mapping[str, Any], out: str | os.PathLike[str]) -> Andro
 
     try:
         s = node["swarm"]
-        adapter = AdapterConfig(
-            method=s["method"], rank=s["rank"], alpha=s["alpha"], target_modules=list(s["target_modules"]),
-            num_slots=1 if s["topology"] == "flat" else s["max_slots"],  # SwarmConfig.num_slots
-            seed=s["seed"], density=s["density"], density_proxy=s["density_proxy"],
-        )
+        if "adapter" not in s or "train" not in s:
+            raise ConfigError("node config has a flat swarm (written before its adapter/train parts): load and "
+                              "save it once with NodeConfig.load(path).save(path) to convert it")
+        # the swarm's adapter as saved: its seed and num_slots already follow the swarm (SwarmConfig)
+        adapter = AdapterConfig.from_dict(dict(s["adapter"]))
         return AndroidExportConfig(
             model=s["model"], node=node["node_id"], task=node["data"], swarm=s["name"], broker=node["broker"],
-            batch_size=s["batch_size"], max_length=s["max_length"], local_steps=s["local_steps"], adapter=adapter,
-            swarm_settings=dict(s), slot=0, out=str(out),
+            batch_size=s["train"]["batch_size"], max_length=s["train"]["max_length"], local_steps=s["local_steps"],
+            adapter=adapter, swarm_settings=dict(s), slot=0, out=str(out),
         )
     except KeyError as exc:
         raise ConfigError(f"node config lacks the field {exc.args[0]!r}") from exc

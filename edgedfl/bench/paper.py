@@ -49,7 +49,6 @@ from typing import Any
 
 from edgedfl.adapters.methods import get_method
 from edgedfl.emulation.fleet import Fleet, FleetConfig
-from edgedfl.emulation.report import build_report
 from edgedfl.errors import ConfigError
 from edgedfl.node.config import SwarmConfig
 
@@ -93,10 +92,14 @@ class PaperSettings:
 
 def _swarm(s: PaperSettings, variant: str, lr: float) -> SwarmConfig:
     """The swarm settings of ``variant`` (every variant: the same settings but method, topology and lr)."""
+    settings = dict(VARIANTS[variant])
+    method = settings.pop("method")
+    base = SwarmConfig()
     return SwarmConfig(
-        name=f"paper-{variant}", seed=s.seed, model=s.model, rank=s.rank, rounds=s.rounds,
-        local_steps=s.local_steps, lr=lr, precision=s.precision, n_train=s.n_train, n_eval=s.n_eval,
-        round_deadline_s=s.round_deadline_s, **VARIANTS[variant],
+        name=f"paper-{variant}", seed=s.seed, model=s.model, rounds=s.rounds, local_steps=s.local_steps,
+        precision=s.precision, n_train=s.n_train, n_eval=s.n_eval, round_deadline_s=s.round_deadline_s,
+        adapter=dataclasses.replace(base.adapter, method=method, rank=s.rank),
+        train=dataclasses.replace(base.train, lr=lr), **settings,
     )
 
 
@@ -163,15 +166,7 @@ def run_variant(s: PaperSettings, variant: str, lr: float, out: Path) -> dict[st
         import shutil
 
         shutil.rmtree(out)
-    t0 = time.monotonic()
-    fleet = Fleet(cfg, out)
-    fleet.start()
-    try:
-        fleet.wait()
-    finally:
-        fleet.stop()
-    report = build_report(out, method=cfg.swarm.method, tasks=list(s.tasks), seed=s.seed,
-                          topology=cfg.swarm.topology, model=s.model, wall_s=time.monotonic() - t0)
+    report = Fleet(cfg, out).run()
     report["variant"], report["lr"] = variant, lr
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     return report

@@ -40,18 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _from_node_config(path: str) -> dict[str, Any]:
-    from edgedfl.adapters.config import AdapterConfig
+    from edgedfl.android.launch import export_config
     from edgedfl.node.config import NodeConfig
 
-    node = NodeConfig.load(path)
-    s = node.swarm
-    adapter = AdapterConfig(
-        method=s.method, rank=s.rank, alpha=s.alpha, target_modules=list(s.target_modules), num_slots=s.num_slots,
-        seed=s.seed, density=s.density, density_proxy=s.density_proxy,
-    )
-    return {"model": s.model, "node": node.node_id, "task": node.data, "swarm": s.name, "broker": node.broker,
-            "batch_size": s.batch_size, "max_length": s.max_length, "local_steps": s.local_steps,
-            "adapter": adapter, "swarm_settings": s.to_dict()}
+    # one mapping from a node's config to its bundle's settings: the emulator's (android.launch)
+    cfg = export_config(NodeConfig.load(path).to_dict(), "")
+    return {"model": cfg.model, "node": cfg.node, "task": cfg.task, "swarm": cfg.swarm, "broker": cfg.broker,
+            "batch_size": cfg.batch_size, "max_length": cfg.max_length, "local_steps": cfg.local_steps,
+            "adapter": cfg.adapter, "swarm_settings": cfg.swarm_settings}
 
 
 def run(args: argparse.Namespace) -> int:

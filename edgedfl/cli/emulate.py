@@ -14,30 +14,53 @@ from edgedfl.adapters.methods import method_names
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=4, help="number of devices")
     p.add_argument("--tasks", default="2", help="a count (first tasks of the built-in suite) or names, comma-separated")
-    p.add_argument("--model", default="tiny", help="tiny, smollm2, a hub id, a directory or a .gguf")
-    p.add_argument("--method", default="solora", metavar="METHOD",
-                   help=f"adapter method: one of {', '.join(method_names())}, or a 'module:OBJECT' AdapterMethod")
-    p.add_argument("--topology", default="clusters", choices=["clusters", "flat"])
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--swarm-config", default=None, metavar="FILE",
+                   help="a SwarmConfig JSON (every shared setting, with its adapter/train/aggregation/protocol "
+                        "parts); the flags below override it")
+    p.add_argument("--model", default=None, help="tiny (default), smollm2, a hub id, a directory or a .gguf")
+    p.add_argument("--method", default=None, metavar="METHOD",
+                   help=f"adapter method: one of {', '.join(method_names())} (default solora), or a "
+                        "'module:OBJECT' AdapterMethod")
+    p.add_argument("--topology", default=None, choices=["clusters", "flat"], help="default clusters")
+    p.add_argument("--rounds", type=int, default=None, help="federated rounds (default 3)")
     p.add_argument("--local-steps", type=int, default=None, help="optimizer steps per round")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--density", type=float, default=None)
-    p.add_argument("--random-masks", action="store_true", help="ablation: random masks instead of spectrum-based")
+    p.add_argument("--random-masks", action="store_true", default=None,
+                   help="ablation: random masks instead of spectrum-based")
     p.add_argument("--n-train", type=int, default=None, help="training examples per device")
     p.add_argument("--n-eval", type=int, default=None, help="test examples per task")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="swarm seed (default 0)")
     p.add_argument("--profiles", default="laptop", help="device profiles cycled over devices, e.g. phone,laptop")
     p.add_argument("--shape-links", action="store_true", help="apply profile link rates at application level")
     p.add_argument("--broker", default="", help="mqtt://host:port (default: start the embedded broker)")
     p.add_argument("--out", default="runs/emulate", help="run directory")
     p.add_argument("--report", default=None, help="report JSON path (default: OUT/report.json); PNGs next to it")
     p.add_argument("--deadline", type=float, default=None, help="round deadline in seconds")
-    p.add_argument("--final-modes", default="implicit",
-                   help="final evaluation modes, comma-separated: implicit (the inference setup), oracle, merge")
+    p.add_argument("--final-modes", default=None,
+                   help="final evaluation modes, comma-separated: implicit (the inference setup, default), "
+                        "oracle, merge")
     p.add_argument("--android", type=int, default=0,
                    help="the last N devices are phone stand-ins on an exported ExecuTorch bundle (needs executorch)")
     p.add_argument("--quiet", action="store_true", help="no live progress view")
+
+
+def swarm_from_args(args: argparse.Namespace) -> Any:
+    """The swarm of ``--swarm-config`` (or the defaults), with every flag that was given applied on top."""
+    from edgedfl.node.config import SwarmConfig
+
+    data = SwarmConfig.load(args.swarm_config).to_dict() if args.swarm_config else SwarmConfig().to_dict()
+    top = {"model": args.model, "topology": args.topology, "rounds": args.rounds, "seed": args.seed,
+           "random_masks": args.random_masks, "local_steps": args.local_steps, "n_train": args.n_train,
+           "n_eval": args.n_eval, "round_deadline_s": args.deadline,
+           "final_modes": args.final_modes.split(",") if args.final_modes else None}
+    data.update({k: v for k, v in top.items() if v is not None})
+    parts = {"adapter": {"method": args.method, "rank": args.rank, "density": args.density},
+             "train": {"lr": args.lr}}
+    for part, fields in parts.items():
+        data[part].update({k: v for k, v in fields.items() if v is not None})
+    return SwarmConfig.from_dict(data)
 
 
 def _live(rows: list[dict[str, Any]], state: dict[str, Any]) -> None:
@@ -58,19 +81,11 @@ def run(args: argparse.Namespace) -> int:
 
     from edgedfl.emulation.fleet import Fleet, FleetConfig, resolve_tasks
     from edgedfl.emulation.report import format_table, graph_edges, write_plots
-    from edgedfl.node.config import SwarmConfig
 
-    swarm_kwargs: dict[str, Any] = {"model": args.model, "method": args.method, "topology": args.topology,
-                                    "rounds": args.rounds, "seed": args.seed, "random_masks": args.random_masks,
-                                    "final_modes": args.final_modes.split(",")}
-    for key, value in (("local_steps", args.local_steps), ("lr", args.lr), ("rank", args.rank),
-                       ("density", args.density), ("n_train", args.n_train), ("n_eval", args.n_eval),
-                       ("round_deadline_s", args.deadline)):
-        if value is not None:
-            swarm_kwargs[key] = value
+    swarm = swarm_from_args(args)
     tasks = resolve_tasks(args.tasks)
     cfg = FleetConfig(devices=args.devices, tasks=tasks, profiles=args.profiles.split(","),
-                      shape_links=args.shape_links, broker=args.broker, swarm=SwarmConfig(**swarm_kwargs),
+                      shape_links=args.shape_links, broker=args.broker, swarm=swarm,
                       android=args.android)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -86,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     state = {"t0": time.monotonic()}
     report = fleet.run(None if args.quiet else (lambda rows: _live(rows, state)), on_start=lambda f: print(
-        f"{args.devices} devices, tasks {tasks}, method {args.method}, broker {f.broker_url}", flush=True))
+        f"{args.devices} devices, tasks {tasks}, method {swarm.method}, broker {f.broker_url}", flush=True))
     if not args.quiet and sys.stdout.isatty():
         print()
     report_path = Path(args.report) if args.report else out / "report.json"

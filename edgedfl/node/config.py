@@ -10,44 +10,62 @@ whose ``swarm`` field holds the shared part.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Any
 
-from edgedfl.adapters.config import DEFAULT_TARGETS, AdapterConfig
-from edgedfl.adapters.methods import get_method
+from edgedfl.adapters.config import AdapterConfig
+from edgedfl.adapters.methods import AdapterMethod, get_method
+from edgedfl.aggregation.config import AggregationConfig
 from edgedfl.config import ConfigBase, check, option
-from edgedfl.devices import PROFILES
-
-if TYPE_CHECKING:
-    from edgedfl.train.trainer import TrainConfig
+from edgedfl.devices import DeviceConfig
+from edgedfl.protocol.types import ProtocolConfig
+from edgedfl.train.config import TrainConfig
+from edgedfl.wire.codec import PRECISIONS
 
 TOPOLOGIES = ("clusters", "flat")
 #: final evaluation modes: implicit routing (ours), the true task's expert, the sum of all experts
 FINAL_MODES = ("implicit", "oracle", "merge")
 
 
+#: flat keys of the first SwarmConfig files -> (part, field): such files still load
+LEGACY_FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "method": ("adapter", "method"), "rank": ("adapter", "rank"), "alpha": ("adapter", "alpha"),
+    "target_modules": ("adapter", "target_modules"), "density": ("adapter", "density"),
+    "density_proxy": ("adapter", "density_proxy"), "lr": ("train", "lr"), "batch_size": ("train", "batch_size"),
+    "max_length": ("train", "max_length"), "aggregator": ("aggregation", "robust"),
+    "clip_norm": ("aggregation", "clip_norm"),
+}
+
+
+def _swarm_train() -> TrainConfig:
+    # lr 0: the method's tuned default; max_steps and seed are set by the swarm
+    return TrainConfig(lr=0.0, batch_size=8, max_length=128, progress=False, eval_batch_size=16)
+
+
 @dataclasses.dataclass
 class SwarmConfig(ConfigBase):
+    """What every device of a swarm shares. Its parts are the very configs their packages use.
+
+    ``adapter`` (:class:`~edgedfl.adapters.config.AdapterConfig`), ``train``
+    (:class:`~edgedfl.train.trainer.TrainConfig`), ``aggregation``
+    (:class:`~edgedfl.aggregation.config.AggregationConfig`) and ``protocol``
+    (:class:`~edgedfl.protocol.types.ProtocolConfig`). A few of their fields
+    belong to the swarm and are set from it (so they can never disagree):
+    ``adapter.seed`` and ``train.seed`` (= ``seed``), ``adapter.num_slots``
+    (= :attr:`num_slots`), ``train.max_steps`` (= ``rounds x local_steps``),
+    ``aggregation.method`` (= ``adapter.method``). ``train.lr`` 0 is the
+    method's tuned default. A file written before the parts existed (flat
+    keys such as ``rank`` or ``lr``) still loads (:data:`LEGACY_FLAT_KEYS`).
+    """
+
     name: str = option("demo", help="swarm name: the MQTT topic prefix edgedfl/<name>/...")
     seed: int = option(0, help="swarm seed: A, masks, clustering and data order derive from it")
     model: str = option("tiny", help="base model: tiny, smollm2, a hub id, a directory or a .gguf")
-    method: str = option("solora", help="solora (ours), lora (standard decentralized LoRA), ffa (FFA-LoRA), "
-                         "or a registered / 'module:OBJECT' adapter method")
     topology: str = option("clusters", help="clusters (ours) or flat (one gossip over every device)")
-    rank: int = option(8, help="LoRA rank")
-    alpha: float = option(16.0, help="LoRA alpha")
-    target_modules: list[str] = option(help="adapted linear layers", factory=lambda: list(DEFAULT_TARGETS))
-    density: float = option(0.25, help="solora: global fraction of B entries kept")
-    density_proxy: str = option("erank", help="solora: erank, energy or uniform")
     random_masks: bool = option(False, help="ablation: random mask positions instead of spectrum-based")
     max_slots: int = option(4, help="most clusters (expert slots) the swarm forms")
     rounds: int = option(3, help="federated rounds")
     local_steps: int = option(10, help="optimizer steps per round")
-    batch_size: int = option(8, help="examples per step")
-    lr: float = option(0.0, help="AdamW learning rate; 0 = the method's tuned default (its default_lr)")
-    max_length: int = option(128, help="tokens per example")
-    precision: str = option("fp16", help="value precision on the wire: fp16, int8 or fp32")
-    aggregator: str = option("mean", help="mean (Metropolis), median or trimmed (trimmed mean)")
-    clip_norm: float = option(0.0, help="clip each neighbour's difference to this L2 norm (0 = off)")
+    precision: str = option("fp16", help=f"value precision on the wire: {', '.join(PRECISIONS)}")
     degree: int = option(3, help="neighbours each device averages with inside its cluster")
     expected_devices: int = option(0, help="devices to wait for before clustering (0 = whoever said hello)")
     join_timeout_s: float = option(120.0, help="how long to wait for the expected devices' hellos")
@@ -66,57 +84,105 @@ class SwarmConfig(ConfigBase):
         help="final evaluation modes: implicit (routed by latent codes), oracle (the true task's expert), "
         "merge (sum of all experts); the first is the device's inference setup", factory=lambda: ["implicit"],
     )
+    adapter: AdapterConfig = option(help="the adapter: method (solora, lora, ffa or 'module:OBJECT'), rank, "
+                                         "alpha, targets, density budget", factory=AdapterConfig)
+    train: TrainConfig = option(help="local training: lr (0 = the method's tuned default), batch size, "
+                                     "max_length, ...", factory=_swarm_train)
+    aggregation: AggregationConfig = option(help="how neighbours' updates are combined: robust (mean, median, "
+                                                 "trimmed), clip_norm", factory=AggregationConfig)
+    protocol: ProtocolConfig = option(help="the neighbour protocol's timings and bounds", factory=ProtocolConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         n = type(self).__name__
-        AdapterConfig(method=self.method)  # a ConfigError names the known methods
         check(self.topology in TOPOLOGIES, n, "topology", self.topology, f"choose from {TOPOLOGIES}")
         check(self.rounds >= 1, n, "rounds", self.rounds, "must be >= 1")
         check(self.local_steps >= 1, n, "local_steps", self.local_steps, "must be >= 1")
-        check(self.lr >= 0, n, "lr", self.lr, "must be > 0, or 0 for the method's default")
         check(self.max_slots >= 1, n, "max_slots", self.max_slots, "must be >= 1")
-        check(self.precision in ("fp16", "int8", "fp32"), n, "precision", self.precision, "fp16, int8 or fp32")
-        check(self.aggregator in ("mean", "median", "trimmed"), n, "aggregator", self.aggregator,
-              "mean, median or trimmed")
+        check(self.precision in PRECISIONS, n, "precision", self.precision, f"choose from {PRECISIONS}")
         check(0 < self.quorum <= 1, n, "quorum", self.quorum, "must be in (0, 1]")
         check(self.degree >= 1, n, "degree", self.degree, "must be >= 1")
         check(self.round_deadline_s > 0, n, "round_deadline_s", self.round_deadline_s, "must be > 0")
         check(bool(self.final_modes) and all(m in FINAL_MODES for m in self.final_modes), n, "final_modes",
               self.final_modes, f"a non-empty subset of {FINAL_MODES}")
+        # the parts' swarm-owned fields follow the swarm
+        self.adapter = dataclasses.replace(self.adapter, seed=self.seed, num_slots=self.num_slots)
+        self.train = dataclasses.replace(self.train, seed=self.seed, max_steps=self.rounds * self.local_steps)
+        self.aggregation = dataclasses.replace(self.aggregation, method=self.adapter.method)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SwarmConfig:
+        """Also reads the flat keys of files written before the parts existed (``LEGACY_FLAT_KEYS``)."""
+        data = dict(data)
+        parts: dict[str, dict[str, Any]] = {}
+        for key, (part, field) in LEGACY_FLAT_KEYS.items():
+            if key in data:
+                value = data.pop(key)
+                if key == "clip_norm" and not value:
+                    value = None  # the flat form spelled "off" as 0
+                parts.setdefault(part, {})[field] = value
+        for part, fields in parts.items():
+            given = data.get(part)
+            base = given.to_dict() if isinstance(given, ConfigBase) else dict(given or {})
+            if part == "train" and not given:
+                base = _swarm_train().to_dict()
+            data[part] = {**base, **fields}
+        return super().from_dict(data)
+
+    @property
+    def method(self) -> str:
+        """The adapter method's name (``adapter.method``)."""
+        return self.adapter.method
+
+    @property
+    def spec(self) -> AdapterMethod:
+        """The adapter method object: what trains, what travels, masks, clusters."""
+        return get_method(self.adapter.method)
 
     @property
     def learning_rate(self) -> float:
-        """``lr``, or the method's tuned default when it is 0 (``AdapterMethod.default_lr``: each method's
+        """``train.lr``, or the method's tuned default when it is 0 (``AdapterMethod.default_lr``: each method's
         best of 2e-3, 5e-3 and 1e-2 on held-out training examples, tuned the same way for the three built-in
         methods; see "Learning rates" in README.md)."""
-        return self.lr or get_method(self.method).default_lr
+        return self.train.lr or self.spec.default_lr
 
-    def adapter_config(self) -> AdapterConfig:
-        """The adapter every device of this swarm attaches."""
-        return AdapterConfig(
-            method=self.method, rank=self.rank, alpha=self.alpha, target_modules=list(self.target_modules),
-            num_slots=self.num_slots, seed=self.seed, density=self.density, density_proxy=self.density_proxy,
-        )
-
-    def train_config(self) -> TrainConfig:
-        """The local training every device of this swarm runs (all rounds' steps)."""
-        from edgedfl.train.trainer import TrainConfig
-
-        return TrainConfig(
-            lr=self.learning_rate, batch_size=self.batch_size, max_steps=self.rounds * self.local_steps,
-            max_length=self.max_length, seed=self.seed, progress=False, eval_batch_size=16,
-        )
+    @property
+    def max_length(self) -> int:
+        """Tokens per example (``train.max_length``): training, evaluation, signatures, calibration."""
+        return self.train.max_length
 
     @property
     def num_slots(self) -> int:
         """Expert slots on every model: one per possible cluster (1 for flat gossip)."""
         return 1 if self.topology == "flat" else self.max_slots
 
+    def adapter_config(self) -> AdapterConfig:
+        """The adapter every device of this swarm attaches."""
+        return self.adapter
+
+    def train_config(self) -> TrainConfig:
+        """The local training every device of this swarm runs (all rounds' steps), its lr resolved."""
+        return dataclasses.replace(self.train, lr=self.learning_rate)
+
+    def protocol_config(self, max_payload: int) -> ProtocolConfig:
+        """The protocol of a device whose transport takes ``max_payload`` bytes per publish.
+
+        An ack is awaited at least 10 s and half a round's deadline before a re-send; a chunk fits the
+        transport's limit with room for the envelope (and stays under ~1 MB, DESIGN.md).
+        """
+        p = self.protocol
+        return dataclasses.replace(
+            p, ack_timeout_s=max(p.ack_timeout_s, 10.0, self.round_deadline_s / 2),
+            chunk_bytes=min(p.chunk_bytes, max(16_384, max_payload - 4096)),
+        )
+
 
 @dataclasses.dataclass
-class NodeConfig(ConfigBase):
+class NodeConfig(DeviceConfig):
+    """One device of a swarm: who it is, its data, profile and quantization (``DeviceConfig``), how it
+    connects, and the swarm it joins."""
+
     node_id: str = option("node0", help="this device's name on the swarm ([A-Za-z0-9._-])")
-    data: str = option("arith", help="a built-in task, a JSONL file or hf:<dataset>")
     shard: int = option(0, help="which disjoint shard of the task's training data this device holds")
     shards: int = option(1, help="how many devices share the task's training data")
     eval_shard: int = option(0, help="which slice of every task's test split this device answers")
@@ -124,8 +190,6 @@ class NodeConfig(ConfigBase):
         1, help="how many devices split the test splits: each answers n_eval prompts of its own slice, so a "
         "swarm is scored on n_eval x eval_shards distinct prompts per task at the cost of n_eval",
     )
-    profile: str = option("laptop", help="device profile: phone, jetson, laptop")
-    quant: str = option("auto", help="quantization backend (auto = the profile's default)")
     broker: str = option("", help="mqtt://host:port[?protocol=311&max_payload=N] of the broker")
     state_dir: str = option("node-state", help="checkpoints, outbox and metrics of this device")
     slowdown: float = option(1.0, help="emulation: multiply compute time by this (>= 1)")
@@ -137,7 +201,6 @@ class NodeConfig(ConfigBase):
     def __post_init__(self) -> None:
         super().__post_init__()
         n = type(self).__name__
-        check(self.profile in PROFILES, n, "profile", self.profile, f"choose from {sorted(PROFILES)}")
         check(self.slowdown >= 1, n, "slowdown", self.slowdown, "must be >= 1")
         check(0 <= self.shard < max(self.shards, 1), n, "shard", self.shard, f"must be in [0, {self.shards})")
         check(self.eval_shards >= 1, n, "eval_shards", self.eval_shards, "must be >= 1")

@@ -34,19 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from edgedfl.adapters.methods import AdapterMethod, get_method
+from edgedfl.adapters.methods import AdapterMethod
 from edgedfl.adapters.solora import LayerStats
-from edgedfl.aggregation import for_method
 from edgedfl.data.examples import Example, normalise_answer
 from edgedfl.data.sources import load_examples
 from edgedfl.data.tasks import TASKS
-from edgedfl.devices import get_profile
 from edgedfl.errors import QuorumNotReached
 from edgedfl.node.config import NodeConfig, SwarmConfig
 from edgedfl.node.learner import Learner, Metrics, Route
 from edgedfl.node.links import CountingTransport
 from edgedfl.protocol.endpoint import NeighbourProtocol
-from edgedfl.protocol.types import ProtocolConfig
 from edgedfl.routing.codes import LatentCode
 from edgedfl.topology import ClusterConfig, cluster, flat_clustering, metropolis_weights, neighbour_graph
 from edgedfl.topology.clustering import Clustering
@@ -126,7 +123,7 @@ class SwarmMember:
     def __init__(self, config: NodeConfig, learner: Learner) -> None:
         self.cfg = config
         self.swarm: SwarmConfig = config.swarm
-        self.method: AdapterMethod = get_method(config.swarm.method)
+        self.method: AdapterMethod = config.swarm.spec
         self.me = config.node_id
         self.learner = learner
         self.state = Path(config.state_dir)
@@ -168,11 +165,8 @@ class SwarmMember:
         will = NeighbourProtocol.will_message(self.swarm.name, self.me)
         inner = transport_from_url(self.cfg.broker, client_id=self.me, will=will)
         self.link = CountingTransport(inner, rate_bps=self.cfg.link_rate_bps, latency_ms=self.cfg.link_latency_ms)
-        chunk = min(1_000_000, max(16_384, self.link.max_payload - 4096))
-        proto_cfg = ProtocolConfig(ack_timeout_s=max(10.0, self.swarm.round_deadline_s / 2), chunk_bytes=chunk)
-        self.protocol = NeighbourProtocol(
-            self.link, self.swarm.name, self.me, state_dir=self.state / "proto", config=proto_cfg
-        )
+        self.protocol = NeighbourProtocol(self.link, self.swarm.name, self.me, state_dir=self.state / "proto",
+                                          config=self.swarm.protocol_config(self.link.max_payload))
         self.protocol.start()
 
     def _follow_all_slots(self, on: bool) -> None:
@@ -242,7 +236,7 @@ class SwarmMember:
         assert self.protocol is not None
         prompts = [e.prompt for e in self.train_examples[: self.swarm.n_signature]]
         signature = self.learner.signature(prompts)
-        profile = get_profile(self.cfg.profile)
+        profile = self.cfg.device_profile()
         self.protocol.publish_hello(
             {"profile": profile.name, "link_rate_bps": self.cfg.link_rate_bps or profile.link_rate_bps,
              **self.learner.hello_profile()}, signature,
@@ -277,7 +271,7 @@ class SwarmMember:
         members = clustering.members(self.slot)
         rates = {p: float(info.profile.get("link_rate_bps", 0.0)) for p, info in self.protocol.peers.items()
                  if info.profile}
-        rates[self.me] = self.cfg.link_rate_bps or float(get_profile(self.cfg.profile).link_rate_bps)
+        rates[self.me] = self.cfg.link_rate_bps or float(self.cfg.device_profile().link_rate_bps)
         quality = {(a, b): min(rates[a], rates[b]) for a in members for b in members
                    if a != b and a in rates and b in rates}
         graph = neighbour_graph(members, quality, self.swarm.degree)
@@ -394,8 +388,7 @@ class SwarmMember:
             arrived = {s: u for s, u in self.protocol.round_updates(r, self.slot).items() if s in self.neighbours}
             short = True
         own_w, peer_w = present_weights(self.weights, self.me, arrived)
-        agg = for_method(self.swarm.method, robust=None if self.swarm.aggregator == "mean" else self.swarm.aggregator,
-                         clip_norm=self.swarm.clip_norm or None)
+        agg = self.swarm.aggregation.build()
         mixed = agg.aggregate(own, [(peer_w[s], arrived[s].tensors) for s in sorted(peer_w)],
                               own_weight=own_w, masks=masks)
         return RoundExchange(mixed, sorted(arrived), short, time.monotonic() - t_collect)

@@ -19,7 +19,6 @@ import numpy as np
 from edgedfl.adapters import AdapterConfig, attach_adapter
 from edgedfl.adapters.solora import LayerStats
 from edgedfl.data.examples import Example
-from edgedfl.devices import get_profile
 from edgedfl.model.loading import load_model
 from edgedfl.model.quantize import quantize_model
 from edgedfl.node.config import NodeConfig
@@ -65,7 +64,7 @@ class TorchLearner(Learner):
 
         torch.manual_seed(self.swarm.seed)
         base, self.tok = load_model(self.swarm.model, seed=self.swarm.seed)
-        base, self.quant = quantize_model(base, self.cfg.quant, get_profile(self.cfg.profile))
+        base, self.quant = quantize_model(base, self.cfg.quant, self.cfg.device_profile())
         self.adapted = attach_adapter(base, self.adapter_config())
         self.train_examples = list(train_examples)
 
@@ -96,7 +95,7 @@ class TorchLearner(Learner):
         self.adapted.set_masks(slot, masks, densities)
 
     def random_masks(self, slot: int) -> None:
-        self.adapted.set_uniform_masks(slot, self.swarm.density, random_positions=True)
+        self.adapted.set_uniform_masks(slot, self.swarm.adapter.density, random_positions=True)
 
     def masks(self, slot: int) -> dict[str, np.ndarray] | None:
         return self.adapted.get_masks(slot) if self.adapted.spec.sparse else None

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from edgedfl.adapters import AdapterConfig, attach_adapter
-from edgedfl.config import ConfigBase, check, option
+from edgedfl.config import check, option
 from edgedfl.data.examples import Example
 from edgedfl.data.sources import load_examples
-from edgedfl.devices import PROFILES, detect_profile, get_profile
+from edgedfl.devices import DeviceConfig
 from edgedfl.errors import ConfigError
 from edgedfl.model.loading import load_model
 from edgedfl.model.quantize import quantize_model
@@ -35,11 +35,11 @@ log = logging.getLogger("edgedfl.train")
 
 
 @dataclasses.dataclass
-class LocalRunConfig(ConfigBase):
+class LocalRunConfig(DeviceConfig):
+    """One device training alone: its data, profile and quantization (``DeviceConfig``), the model, adapter
+    and training settings."""
+
     model: str = option("smollm2", help="'tiny', 'smollm2' (the bundled SmolLM2-135M), a hub id, a directory or a .gguf")
-    quant: str = option("auto", help="quantization backend, or 'auto' for the device profile's default")
-    profile: str = option("", help="device profile (phone, jetson, laptop); empty = detect")
-    data: str = option("arith", help="a built-in task name, a JSONL file, or hf:<dataset>")
     eval_data: str = option("", help="evaluation source; empty = the test split of a built-in task")
     n_train: int = option(0, help="training examples to use (0 = all)")
     n_eval: int = option(50, help="evaluation examples")
@@ -55,13 +55,11 @@ class LocalRunConfig(ConfigBase):
         check(self.n_eval >= 0, n, "n_eval", self.n_eval, "must be >= 0")
         check(0 <= self.slot < self.adapter.num_slots, n, "slot", self.slot,
               f"must be in [0, adapter.num_slots={self.adapter.num_slots})")
-        check(not self.profile or self.profile in PROFILES, n, "profile", self.profile,
-              f"choose from {sorted(PROFILES)}")
 
 
 def build_model(cfg: LocalRunConfig) -> tuple[Any, Any, str]:
     """(adapted model, tokenizer, quantization backend used)."""
-    profile = get_profile(cfg.profile) if cfg.profile else detect_profile()
+    profile = cfg.device_profile()
     base, tok = load_model(cfg.model, seed=cfg.adapter.seed)
     base, backend = quantize_model(base, cfg.quant, profile)
     adapted = attach_adapter(base, cfg.adapter)

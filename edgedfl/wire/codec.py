@@ -54,7 +54,8 @@ from edgedfl.wire.safetensors_io import RawTensor, read_safetensors, write_safet
 from edgedfl.wire.validate import TensorSpec, check_entry, check_names, check_total_bytes, check_values
 
 Precision = Literal["fp16", "int8", "fp32"]
-PRECISIONS: tuple[str, ...] = ("fp16", "int8", "fp32")
+#: every value precision an update may travel in
+PRECISIONS: tuple[Precision, ...] = ("fp16", "int8", "fp32")
 
 #: The one ``__metadata__`` key edgedfl writes. One key, because safetensors
 #: writes metadata from a hash map: several keys would come out in random order

@@ -25,9 +25,16 @@ from edgedfl.android import is_executorch_available
 from edgedfl.android import manifest as mf
 
 REPO = Path(__file__).resolve().parents[2]
-#: model code a phone does not have; the stand-in must never load it
-FORBIDDEN = ("transformers", "peft", "edgedfl.model", "edgedfl.adapters.model", "edgedfl.train", "edgedfl.node.node",
-             "edgedfl.android.export", "edgedfl.android.programs")
+#: model code a phone does not have; the stand-in must never load it. (The swarm's settings hold the
+#: training settings, ``edgedfl.train.config``: a dataclass, which the phone reads like every device.)
+FORBIDDEN = ("transformers", "peft", "edgedfl.model", "edgedfl.adapters.model", "edgedfl.train.trainer",
+             "edgedfl.train.evaluate", "edgedfl.train.local", "edgedfl.train.batching", "edgedfl.train.checkpoint",
+             "edgedfl.node.node", "edgedfl.node.torch_learner", "edgedfl.android.export", "edgedfl.android.programs")
+
+
+def test_forbidden_covers_every_module_of_training_but_its_config() -> None:
+    train = {p.stem for p in (REPO / "edgedfl" / "train").glob("*.py")} - {"__init__", "config"}
+    assert {f"edgedfl.train.{m}" for m in train} <= set(FORBIDDEN)
 
 
 def _modules_after(code: str) -> set[str]:
@@ -56,10 +63,12 @@ def fleet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("executorch not installed (pip install -e '.[android]')")
     from edgedfl.emulation.fleet import Fleet, FleetConfig
     from edgedfl.node.config import SwarmConfig
+    from edgedfl.train.config import TrainConfig
 
     run = tmp_path_factory.mktemp("fleet")
-    swarm = SwarmConfig(model="tiny", rounds=2, local_steps=4, batch_size=4, max_length=64, n_train=32, n_eval=6,
-                        n_signature=8, n_calibration=8, round_deadline_s=60, join_timeout_s=120)
+    swarm = SwarmConfig(model="tiny", rounds=2, local_steps=4, n_train=32, n_eval=6, n_signature=8, n_calibration=8,
+                        round_deadline_s=60, join_timeout_s=120,
+                        train=TrainConfig(lr=0.0, batch_size=4, max_length=64, progress=False))
     cfg = FleetConfig(devices=3, tasks=["arith", "strtf"], android=1, timeout_s=400, swarm=swarm)
     fleet = Fleet(cfg, run)
     fleet.start()

@@ -30,8 +30,9 @@ def test_bench_paper_quick_writes_every_row_and_the_targets(tmp_path):
     # the same settings for every variant: one rank, one seed, one precision, rounds
     runs = sorted((work / "runs").iterdir())
     swarms = [json.loads((r / "fleet_config.json").read_text())["swarm"] for r in runs]
-    for key in ("rank", "seed", "precision", "rounds", "local_steps", "target_modules", "model"):
-        assert len({json.dumps(s[key]) for s in swarms}) == 1, key
+    for key in ("adapter.rank", "seed", "precision", "rounds", "local_steps", "adapter.target_modules", "model"):
+        part, _, field = key.rpartition(".")
+        assert len({json.dumps((s[part] if part else s)[field]) for s in swarms}) == 1, key
     # what travels differs as the methods say: standard LoRA sends A and B, FFA-LoRA B only
     # (on the tiny model, edgedfl's join messages outweigh its sparse B: no claim about it here)
     assert rows["ffa"]["bytes_per_device_per_round"] < rows["lora"]["bytes_per_device_per_round"]

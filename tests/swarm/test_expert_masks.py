@@ -28,10 +28,10 @@ def test_another_clusters_expert_arrives_whole(tmp_path, random_masks: bool) -> 
         node.place(clustering)
     # a's calibrated mask of slot 0 differs from the uncalibrated default b holds for slot 0
     if random_masks:
-        a.adapted.set_uniform_masks(0, swarm.density, random_positions=True)
+        a.adapted.set_uniform_masks(0, swarm.adapter.density, random_positions=True)
     else:  # spectrum-shaped: entries apportioned by a skewed energy per direction of A
         a.adapted.set_masks(0, {
-            solora.b_key(n): solora.make_mask(swarm.seed, n, 0, d_out, swarm.rank, 0.4, np.arange(1.0, swarm.rank + 1) ** 2)
+            solora.b_key(n): solora.make_mask(swarm.seed, n, 0, d_out, swarm.adapter.rank, 0.4, np.arange(1.0, swarm.adapter.rank + 1) ** 2)
             for n, (_, d_out) in a.adapted.layer_shapes().items()})
     rng = np.random.default_rng(0)
     shapes = a.adapted.expected_update_shapes()

@@ -16,13 +16,15 @@ import pytest
 
 from edgedfl.emulation.fleet import Fleet, FleetConfig
 from edgedfl.node.config import SwarmConfig
+from edgedfl.train.config import TrainConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def _swarm(**kw) -> SwarmConfig:
-    base = {"model": "tiny", "rounds": 3, "local_steps": 10, "lr": 1e-2, "batch_size": 8, "n_train": 64, "n_eval": 16,
-                "n_signature": 8, "n_calibration": 8, "max_length": 96, "round_deadline_s": 20.0, "join_timeout_s": 60.0}
+    base = {"model": "tiny", "rounds": 3, "local_steps": 10, "n_train": 64, "n_eval": 16,
+            "n_signature": 8, "n_calibration": 8, "round_deadline_s": 20.0, "join_timeout_s": 60.0,
+            "train": TrainConfig(lr=1e-2, batch_size=8, max_length=96, progress=False)}
     base.update(kw)
     return SwarmConfig(**base)
 

@@ -61,12 +61,19 @@ def test_grad_accumulation_and_time_budget():
 
 def test_bad_settings_and_data_are_typed_errors():
     with pytest.raises(ConfigError, match="lr"):
-        TrainConfig(lr=0)
+        TrainConfig(lr=-1e-3)
     with pytest.raises(ConfigError, match="budget"):
         TrainConfig(max_steps=0, time_budget_s=0)
     adapted = attach_adapter(tiny_model(), AdapterConfig(rank=4))
     with pytest.raises(DataError):
         Trainer(adapted, tiny_tokenizer(), [], TrainConfig(progress=False))
+
+
+def test_lr_zero_trains_at_the_method_s_tuned_default():
+    for method in ("solora", "ffa"):
+        adapted = attach_adapter(tiny_model(), AdapterConfig(method=method, rank=4))
+        trainer = Trainer(adapted, tiny_tokenizer(), _examples(8), TrainConfig(lr=0.0, max_steps=1, progress=False))
+        assert trainer.optimizer.param_groups[0]["lr"] == adapted.spec.default_lr
 
 
 def test_a_trainer_refuses_to_train_another_slot_than_it_was_built_for():
