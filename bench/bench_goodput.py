@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgedfl.brokers.launch import MosquittoBroker
+from edgedfl import MosquittoBroker
 from edgedfl.netlab import Lab, can_shape_links
 from edgedfl.transport.base import Message
 from edgedfl.transport.mqtt import MqttTransport

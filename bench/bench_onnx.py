@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from edgedfl import OnnxLM
     from edgedfl.data.tasks import load_task
     from edgedfl.export.onnx import export_onnx, quantize_int8
-    from edgedfl.infer import OnnxLM
     from edgedfl.routing.bundle import load_bundle
 
     t_start = time.monotonic()

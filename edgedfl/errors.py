@@ -25,6 +25,7 @@ leaf also subclasses the builtin a caller would naturally catch, so
     │   ├── PayloadTooLarge                        over a size limit (also raised before publishing)
     │   ├── ChunkError                             chunk out of bounds, inconsistent, or timed out
     │   ├── StaleRound                             message for a round that is already closed
+    │   ├── SettingsMismatch                       hello / expert of a swarm with other settings (stale run)
     │   └── DuplicateMessage                       (sender, round, seq) seen before
     ├── TopologyError              (ValueError)    bad task signature, unknown node, bad graph
     ├── AggregationError           (ValueError)    updates that cannot be combined
@@ -121,6 +122,10 @@ class ChunkError(WireError):
 
 class StaleRound(WireError):
     """The message belongs to a round that is already closed."""
+
+
+class SettingsMismatch(WireError):
+    """A hello or expert made under other swarm settings (another run's retained message): refused."""
 
 
 class DuplicateMessage(WireError):

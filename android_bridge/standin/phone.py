@@ -228,6 +228,9 @@ class PhoneLearner(Learner):
             losses.append(self.trainer.step(batch))
         return losses
 
+    def update_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {b_key(n): shape for n, shape in self.shapes.items()}  # B only: a phone's method trains B
+
     def get_update(self, slot: int) -> dict[str, np.ndarray]:
         """``<layer>.lora_B`` (dense, zero outside the mask; the codec sends the mask's values)."""
         return _by_tensor(self.trainer.get_B()) if slot == self.slot else dict(self.experts.get(slot, {}))

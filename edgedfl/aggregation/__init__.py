@@ -2,7 +2,7 @@
 
 * :mod:`~edgedfl.aggregation.base`: the :class:`Aggregator` contract and the checks every aggregator shares.
 * :mod:`~edgedfl.aggregation.mean`: :class:`WeightedMean` (Metropolis gossip; every method's default).
-* :mod:`~edgedfl.aggregation.robust`: :class:`CoordinateMedian`, :class:`TrimmedMean`, :class:`NormClipping`.
+* :mod:`~edgedfl.aggregation.robust`: :class:`CoordinateMedian`, :class:`TrimmedMean`, :class:`NormClipping`, :class:`AdaptiveClipping` (the default).
 * :mod:`~edgedfl.aggregation.config`: :class:`AggregationConfig` and :func:`for_method`.
 
 Usage on a node (weights from :func:`edgedfl.topology.metropolis_weights` and
@@ -15,11 +15,12 @@ Usage on a node (weights from :func:`edgedfl.topology.metropolis_weights` and
 from edgedfl.aggregation.base import WEIGHT_TOLERANCE, Aggregator, Update, mask_for
 from edgedfl.aggregation.config import ROBUST, AggregationConfig, for_method
 from edgedfl.aggregation.mean import WeightedMean
-from edgedfl.aggregation.robust import CoordinateMedian, NormClipping, TrimmedMean
+from edgedfl.aggregation.robust import AdaptiveClipping, CoordinateMedian, NormClipping, TrimmedMean
 
 __all__ = [
     "ROBUST",
     "WEIGHT_TOLERANCE",
+    "AdaptiveClipping",
     "AggregationConfig",
     "Aggregator",
     "CoordinateMedian",

@@ -13,8 +13,12 @@ ffa        dense ``.lora_B``            all neighbours (flat gossip)
 =========  ===========================  ==============================================
 
 ``robust`` swaps the weighted mean for a coordinate-wise median or trimmed
-mean; ``clip_norm`` wraps either in norm clipping. The defaults (plain weighted
-mean, no clipping) are what the paper and the baselines do.
+mean; clipping wraps either. Clipping is on by default (``auto_clip``): each
+neighbour's difference from the device's own update is bounded by a multiple
+of the median difference this round (at least the device's own change), so a
+scaled or noisy update from one neighbour among honest ones moves the model
+no more than a few honest ones could, with no constant to tune per model. ``clip_norm`` adds a fixed bound; ``auto_clip=0`` with no
+``clip_norm`` is the plain weighted mean the paper and the baselines use.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import dataclasses
 from edgedfl.adapters.methods import get_method
 from edgedfl.aggregation.base import Aggregator
 from edgedfl.aggregation.mean import WeightedMean
-from edgedfl.aggregation.robust import CoordinateMedian, NormClipping, TrimmedMean
+from edgedfl.aggregation.robust import AdaptiveClipping, CoordinateMedian, NormClipping, TrimmedMean
 from edgedfl.config import ConfigBase, check, option
 from edgedfl.errors import ConfigError
 
@@ -60,7 +64,11 @@ class AggregationConfig(ConfigBase):
     )
     trim_fraction: float = option(0.2, help="trimmed mean: fraction dropped at each end, in [0, 0.5)")
     clip_norm: float | None = option(
-        None, help="clip each neighbour's delta (neighbour - own, L2 over all tensors) to this norm; None: off"
+        None, help="clip each neighbour's delta (neighbour - own, L2 over all tensors) to this norm; None: no fixed bound"
+    )
+    auto_clip: float = option(
+        3.0, help="clip each neighbour's delta to this many times the median of this round's neighbour deltas (at "
+        "least the device's own change this round): a bound from the cluster's own updates, on by default; 0 = off",
     )
 
     def __post_init__(self) -> None:
@@ -70,6 +78,13 @@ class AggregationConfig(ConfigBase):
         check(0 <= self.trim_fraction < 0.5, name, "trim_fraction", self.trim_fraction, "must be in [0, 0.5)")
         check(self.clip_norm is None or self.clip_norm > 0, name, "clip_norm", self.clip_norm,
               "must be None or > 0")
+        check(self.auto_clip >= 0, name, "auto_clip", self.auto_clip, "must be >= 0 (0 = off)")
 
-    def build(self) -> Aggregator:
-        return for_method(self.method, self.robust, trim_fraction=self.trim_fraction, clip_norm=self.clip_norm)
+    def build(self, own_change: float | None = None) -> Aggregator:
+        """The aggregator; ``own_change`` (the norm of the device's own change this round) floors the auto bound.
+
+        ``clip_norm`` clips to a fixed bound; ``auto_clip`` (on by default) to a multiple of the median of
+        the round's neighbour deltas (:class:`~edgedfl.aggregation.robust.AdaptiveClipping`); both may apply.
+        """
+        agg = for_method(self.method, self.robust, trim_fraction=self.trim_fraction, clip_norm=self.clip_norm)
+        return AdaptiveClipping(agg, self.auto_clip, own_change or 0.0) if self.auto_clip else agg

@@ -100,3 +100,63 @@ class NormClipping(Aggregator):
 
     def combine(self, name: str, stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return self.inner.combine(name, stack, weights)
+
+
+class AdaptiveClipping(Aggregator):
+    """Clip each neighbour's delta to ``factor`` x a bound taken from this round's own updates, then run ``inner``.
+
+    The bound is the larger of the median of the neighbours' delta norms and
+    ``floor`` (the device's own change this round). With one Byzantine
+    neighbour among several honest ones, the median is an honest delta, so a
+    scaled or noisy update moves the model no further than ``factor`` honest
+    ones would; honest neighbours are rarely clipped (a delta over ``factor``
+    times the median is an outlier), so a fleet that agrees still reaches the
+    same average on every member. No constant depends on the model or the
+    learning rate.
+    """
+
+    def __init__(self, inner: Aggregator, factor: float, floor: float = 0.0) -> None:
+        if not (factor > 0 and math.isfinite(factor)):
+            raise ConfigError(f"AdaptiveClipping.factor={factor!r}: must be a finite number > 0")
+        super().__init__(names=inner.names)
+        self.inner = inner
+        self.factor = float(factor)
+        self.floor = float(floor) if math.isfinite(floor) else 0.0
+        self.name = f"adaptive-clip+{inner.name}"
+
+    def __repr__(self) -> str:
+        return f"AdaptiveClipping({self.inner!r}, factor={self.factor}, floor={self.floor})"
+
+    def aggregate(
+        self,
+        own: Update,
+        neighbours: Sequence[tuple[float, Update]],
+        *,
+        own_weight: float,
+        masks: dict[str, np.ndarray] | None = None,
+    ) -> Update:
+        self._check(own, neighbours, own_weight, masks)
+        if not neighbours:
+            return self.inner.aggregate(own, neighbours, own_weight=own_weight, masks=masks)
+        norms = [_delta_norm(own, update, masks) for _, update in neighbours]
+        bound = self.factor * max(float(np.median(norms)), self.floor)
+        if bound <= 0:  # every neighbour equals the own update: nothing to clip
+            return self.inner.aggregate(own, neighbours, own_weight=own_weight, masks=masks)
+        clip = NormClipping(self.inner, bound)
+        return self.inner.aggregate(own, [(w, clip.clip(own, u, masks)) for w, u in neighbours],
+                                    own_weight=own_weight, masks=masks)
+
+    def combine(self, name: str, stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return self.inner.combine(name, stack, weights)
+
+
+def _delta_norm(own: Update, update: Update, masks: dict[str, np.ndarray] | None) -> float:
+    """Global L2 norm of ``update - own`` within the masks."""
+    total = 0.0
+    for k in own:
+        delta = np.asarray(update[k], dtype=np.float64) - np.asarray(own[k], dtype=np.float64)  # (*shape)
+        found = mask_for(k, masks) if masks else None
+        if found is not None:
+            delta = np.where(np.asarray(found, dtype=bool), delta, 0.0)
+        total += float((delta * delta).sum())
+    return math.sqrt(total)

@@ -47,10 +47,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgedfl.adapters.methods import get_method
-from edgedfl.emulation.fleet import Fleet, FleetConfig
+from edgedfl import Fleet, FleetConfig, SwarmConfig, get_method
+from edgedfl.emulation.fleet import clear_run_dir
 from edgedfl.errors import ConfigError
-from edgedfl.node.config import SwarmConfig
 
 log = logging.getLogger("edgedfl.bench")
 
@@ -107,8 +106,8 @@ def _tune_score(s: PaperSettings, method: str, lr: float, task: str) -> float:
     """Exact match on held-out training examples after one device's local training at ``lr``."""
     import torch
 
+    from edgedfl import load_examples
     from edgedfl.adapters import attach_adapter
-    from edgedfl.data.sources import load_examples
     from edgedfl.devices import detect_profile
     from edgedfl.model.loading import load_model
     from edgedfl.model.quantize import quantize_model
@@ -162,10 +161,7 @@ def run_variant(s: PaperSettings, variant: str, lr: float, out: Path) -> dict[st
     if done is not None:
         log.info("reusing the finished run %s", out)
         return done
-    if out.exists():  # an unfinished run: its devices would resume from their checkpoints; start afresh
-        import shutil
-
-        shutil.rmtree(out)
+    clear_run_dir(out)  # an unfinished run: its devices would resume from their checkpoints; start afresh
     report = Fleet(cfg, out).run()
     report["variant"], report["lr"] = variant, lr
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))

@@ -35,7 +35,7 @@ def add_local_arguments(p: argparse.ArgumentParser, *, model: str = "smollm2", s
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from edgedfl.train.local import LocalRunConfig
+    from edgedfl import LocalRunConfig
 
     cfg = LocalRunConfig.load(args.config) if args.config else LocalRunConfig(
         model=args._default_model,

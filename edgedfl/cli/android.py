@@ -40,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _from_node_config(path: str) -> dict[str, Any]:
+    from edgedfl import NodeConfig
     from edgedfl.android.launch import export_config
-    from edgedfl.node.config import NodeConfig
 
     # one mapping from a node's config to its bundle's settings: the emulator's (android.launch)
     cfg = export_config(NodeConfig.load(path).to_dict(), "")
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise BackendUnavailable("android export needs executorch: pip install -e '.[android]'")
     import dataclasses
 
-    from edgedfl.adapters.config import AdapterConfig
+    from edgedfl import AdapterConfig
     from edgedfl.android.export import AndroidExportConfig, export_bundle
 
     logging.getLogger("edgedfl.android").setLevel(logging.INFO)

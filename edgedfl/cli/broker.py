@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgedfl.brokers.launch import start_broker
+    from edgedfl import start_broker
 
     if args.kind == "mosquitto":
         broker = start_broker("mosquitto", host=args.host, port=args.port,

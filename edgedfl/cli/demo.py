@@ -42,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_single_device(args: argparse.Namespace) -> int:
-    from edgedfl.adapters import AdapterConfig
+    from edgedfl import AdapterConfig, LocalRunConfig
     from edgedfl.data.tasks import load_task
-    from edgedfl.train.local import LocalRunConfig, build_model, calibrate
+    from edgedfl.train.local import build_model, calibrate
     from edgedfl.train.trainer import TrainConfig, Trainer
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 import time
 from typing import Any
 
 from edgedfl.adapters.methods import method_names
+from edgedfl.aggregation.config import ROBUST
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--swarm-config", default=None, metavar="FILE",
                    help="a SwarmConfig JSON (every shared setting, with its adapter/train/aggregation/protocol "
                         "parts); the flags below override it")
+    p.add_argument("--swarm", default=None, metavar="NAME",
+                   help="swarm name (the MQTT topic prefix); default: a fresh name per run, so runs sharing a "
+                        "broker never see each other")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that is not an earlier run (nothing in it is deleted)")
     p.add_argument("--model", default=None, help="tiny (default), smollm2, a hub id, a directory or a .gguf")
     p.add_argument("--method", default=None, metavar="METHOD",
                    help=f"adapter method: one of {', '.join(method_names())} (default solora), or a "
@@ -27,6 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--density", type=float, default=None)
+    p.add_argument("--aggregator", default=None, choices=list(ROBUST),
+                   help="how a device combines its neighbours' updates: mean (Metropolis weights, default), median "
+                        "or trimmed (coordinate-wise)")
+    p.add_argument("--clip-norm", type=float, default=None, help="a fixed bound on each neighbour's difference")
+    p.add_argument("--auto-clip", type=float, default=None,
+                   help="bound each neighbour's difference by this many times the device's own change this round "
+                        "(default 3; 0 = off)")
     p.add_argument("--random-masks", action="store_true", default=None,
                    help="ablation: random masks instead of spectrum-based")
     p.add_argument("--n-train", type=int, default=None, help="training examples per device")
@@ -48,16 +62,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def swarm_from_args(args: argparse.Namespace) -> Any:
     """The swarm of ``--swarm-config`` (or the defaults), with every flag that was given applied on top."""
-    from edgedfl.node.config import SwarmConfig
+    from edgedfl import SwarmConfig
 
     data = SwarmConfig.load(args.swarm_config).to_dict() if args.swarm_config else SwarmConfig().to_dict()
+    if args.swarm:
+        data["name"] = args.swarm
+    elif not args.swarm_config:  # a fresh name per run: another run's retained messages live elsewhere
+        data["name"] = f"{data['name']}-{secrets.token_hex(3)}"
     top = {"model": args.model, "topology": args.topology, "rounds": args.rounds, "seed": args.seed,
            "random_masks": args.random_masks, "local_steps": args.local_steps, "n_train": args.n_train,
            "n_eval": args.n_eval, "round_deadline_s": args.deadline,
            "final_modes": args.final_modes.split(",") if args.final_modes else None}
     data.update({k: v for k, v in top.items() if v is not None})
     parts = {"adapter": {"method": args.method, "rank": args.rank, "density": args.density},
-             "train": {"lr": args.lr}}
+             "train": {"lr": args.lr},
+             "aggregation": {"robust": args.aggregator, "clip_norm": args.clip_norm, "auto_clip": args.auto_clip}}
     for part, fields in parts.items():
         data[part].update({k: v for k, v in fields.items() if v is not None})
     return SwarmConfig.from_dict(data)
@@ -79,7 +98,8 @@ def _live(rows: list[dict[str, Any]], state: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from edgedfl.emulation.fleet import Fleet, FleetConfig, resolve_tasks
+    from edgedfl import Fleet, FleetConfig
+    from edgedfl.emulation.fleet import clear_run_dir, resolve_tasks
     from edgedfl.emulation.report import format_table, graph_edges, write_plots
 
     swarm = swarm_from_args(args)
@@ -88,10 +108,7 @@ def run(args: argparse.Namespace) -> int:
                       shape_links=args.shape_links, broker=args.broker, swarm=swarm,
                       android=args.android)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        import shutil
-
-        shutil.rmtree(out)
+    clear_run_dir(out, overwrite=args.overwrite)
     fleet = Fleet(cfg, out)
     import signal
 
@@ -101,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     state = {"t0": time.monotonic()}
     report = fleet.run(None if args.quiet else (lambda rows: _live(rows, state)), on_start=lambda f: print(
-        f"{args.devices} devices, tasks {tasks}, method {swarm.method}, broker {f.broker_url}", flush=True))
+        f"{args.devices} devices, tasks {tasks}, method {swarm.method}, swarm {swarm.name}, broker {f.broker_url}", flush=True))
     if not args.quiet and sys.stdout.isatty():
         print()
     report_path = Path(args.report) if args.report else out / "report.json"

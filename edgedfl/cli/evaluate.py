@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgedfl.data.sources import load_examples
+    from edgedfl import load_examples
     from edgedfl.train.evaluate import evaluate
     from edgedfl.train.local import load_run
 

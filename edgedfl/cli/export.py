@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgedfl.export.onnx import export_onnx
+    from edgedfl import export_onnx
     from edgedfl.routing.bundle import load_bundle, save_bundle
     from edgedfl.routing.config import RouterConfig
 

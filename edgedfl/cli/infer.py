@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgedfl.infer import OnnxLM
+    from edgedfl import OnnxLM
 
     lm = OnnxLM(args.model, threads=args.threads)
     expert: int | str | None = args.expert

@@ -14,8 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from edgedfl.node.config import NodeConfig
-    from edgedfl.node.node import Node
+    from edgedfl import Node, NodeConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)

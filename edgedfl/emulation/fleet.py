@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from edgedfl.data.tasks import TASKS
 from edgedfl.devices import PROFILES, get_profile
 from edgedfl.errors import ConfigError, EdgeDFLError
 from edgedfl.node.config import NodeConfig, SwarmConfig
+
+log = logging.getLogger("edgedfl.emulation")
 
 
 class EmulationError(EdgeDFLError, RuntimeError):
@@ -49,17 +52,51 @@ class FleetConfig(ConfigBase):
     swarm: SwarmConfig = option(help="settings every device shares", factory=SwarmConfig)
     android: int = option(0, help="the last N devices are phone stand-ins (android_bridge/standin) running an "
                                   "exported ExecuTorch bundle instead of a Python node")
+    max_restarts: int = option(3, help="a device process that dies is restarted (it resumes from its checkpoint) "
+                                       "up to this many times; then the run fails")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         n = type(self).__name__
         check(self.devices >= 1, n, "devices", self.devices, "must be >= 1")
         check(0 <= self.android <= self.devices, n, "android", self.android, f"must be in [0, {self.devices}]")
+        check(self.max_restarts >= 0, n, "max_restarts", self.max_restarts, "must be >= 0")
         check(bool(self.tasks), n, "tasks", self.tasks, "name at least one task")
         for t in self.tasks:
             check(t in TASKS, n, "tasks", self.tasks, f"unknown task {t!r}; built-in: {sorted(TASKS)}")
         for p in self.profiles:
             check(p in PROFILES, n, "profiles", self.profiles, f"unknown profile {p!r}")
+
+
+#: what a run writes at the top of its directory (the devices write into dev*/ folders with a node_config.json)
+RUN_FILES = ("fleet_config.json", "report.json", "report_accuracy.png", "report_bytes.png", "report_clusters.png")
+
+
+def clear_run_dir(out: Path, *, overwrite: bool = False) -> None:
+    """Make ``out`` ready for a run without deleting anything the user owns.
+
+    An earlier run's files (:data:`RUN_FILES`, its device folders) are removed;
+    anything else stays. A non-empty folder that holds no earlier run is refused
+    unless ``overwrite`` (then the run writes beside what is there).
+
+    :raises EmulationError: ``out`` is a file, or a non-empty folder that is not an earlier run.
+    """
+    import shutil
+
+    if out.is_file():
+        raise EmulationError(f"--out {out} is a file")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    earlier = (out / "fleet_config.json").is_file()
+    if not earlier and not overwrite:
+        raise EmulationError(f"--out {out} is not empty and holds no earlier edgedfl run; choose another folder, "
+                             "or pass --overwrite to write beside what is there (nothing of it is deleted)")
+    if earlier:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for dev in out.iterdir():
+            if dev.is_dir() and (dev / "node_config.json").is_file():
+                shutil.rmtree(dev)
 
 
 def resolve_tasks(spec: str) -> list[str]:
@@ -112,6 +149,8 @@ class Fleet:
         self.lab: Any = None
         #: "netns" (real links), "application" or "none"
         self.shaping = "none"
+        #: node id -> exit codes of its processes that died (each was restarted)
+        self.crashes: dict[str, list[int]] = {}
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -198,6 +237,11 @@ class Fleet:
                 on_tick(self.status())
             running = [n for n, p in self.procs.items() if p.poll() is None]
             failed = [n for n, p in self.procs.items() if p.poll() not in (None, 0) and n not in allow_failures]
+            for n in list(failed):
+                if len(self.crashes.get(n, [])) < self.cfg.max_restarts:
+                    self._restart(n)
+                    failed.remove(n)
+                    running.append(n)
             if failed:
                 self.stop()
                 tail = (Path(self.run_dir / failed[0] / "node.log").read_text(errors="replace"))[-2000:]
@@ -208,6 +252,16 @@ class Fleet:
                 self.stop()
                 raise EmulationError(f"the run did not finish within {self.cfg.timeout_s:g} s")
             time.sleep(0.5)
+
+    def _restart(self, node_id: str) -> None:
+        """A device process died: record it and start it again (it resumes from its newest checkpoint)."""
+        code = self.procs[node_id].returncode
+        self.crashes.setdefault(node_id, []).append(int(code))
+        log.warning("device %s exited with %s; restarting it (%d of %d)", node_id, code,
+                    len(self.crashes[node_id]), self.cfg.max_restarts)
+        (self.run_dir / "crashes.json").write_text(json.dumps(self.crashes, sort_keys=True))
+        node = next(nd for nd in self.nodes if nd.node_id == node_id)
+        self.spawn(node, crash_after_round=0)  # an injected crash happens once
 
     def run(self, on_tick: Callable[[list[dict[str, Any]]], None] | None = None, *,
             on_start: Callable[[Fleet], None] | None = None) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """The report of an emulated run (JSON that benchmarks read) and its PNG plots.
 
-Schema (top level): ``method``, ``devices``, ``tasks``, ``seed``, ``topology``,
+Schema (top level): ``method``, ``devices``, ``tasks``, ``seed``, ``topology``, ``swarm`` (its name),
+``per_device`` (slot, task, experts held, rejections by kind, exit codes of its processes that died and were
+restarted, the round the last restart resumed after),
+``rejects`` (every device's refused messages, by kind),
 ``model``; ``rounds``: per round ``round``, ``accuracy`` (task -> mean
 exact-match accuracy of that task's devices on the task's test split, with
 each device's inference setup), ``avg_accuracy`` (mean over tasks),
@@ -28,8 +31,10 @@ def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: in
                  wall_s: float) -> dict[str, Any]:
     run = Path(run_dir)
     finals, rows = {}, defaultdict(list)
+    swarm_name = None
     for node_dir in sorted(p for p in run.iterdir() if (p / "node_config.json").is_file()):
         cfg = json.loads((node_dir / "node_config.json").read_text())
+        swarm_name = swarm_name or cfg.get("swarm", {}).get("name")
         final_path = node_dir / "final.json"
         if final_path.is_file():
             finals[cfg["node_id"]] = json.loads(final_path.read_text())
@@ -73,8 +78,18 @@ def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: in
             routing_acc.append(f["final"]["routing_accuracy"])
     modes_report = {m: {t: _mean(v[t]) for t in tasks if v[t]} for m, v in by_mode.items()}
     acc = modes_report.get(setup_mode or "", {})
+    rejects: dict[str, int] = defaultdict(int)
+    crashes = json.loads((run / "crashes.json").read_text()) if (run / "crashes.json").is_file() else {}
+    per_device = {}
+    for n, f in sorted(finals.items()):
+        for kind, count in f.get("rejects", {}).items():
+            rejects[kind] += int(count)
+        per_device[n] = {"slot": f["slot"], "task": f["task"], "experts_held": sorted(int(s) for s in f["experts"]),
+                         "rejects": f.get("rejects", {}), "resumed_after": f.get("resumed_after", 0),
+                         "crashes": crashes.get(n, [])}
     return {
         "method": method, "topology": topology, "model": model, "devices": devices, "tasks": tasks, "seed": seed,
+        "swarm": swarm_name, "per_device": per_device, "rejects": dict(sorted(rejects.items())),
         "rounds": rounds, "join_bytes": bytes_by_round.get(0, 0),
         "final": {
             "avg_accuracy": _mean(list(acc.values())), "accuracy": acc, "total_bytes": total,

@@ -10,6 +10,8 @@ whose ``swarm`` field holds the shared part.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Any
 
 from edgedfl.adapters.config import AdapterConfig
@@ -156,6 +158,12 @@ class SwarmConfig(ConfigBase):
         """Expert slots on every model: one per possible cluster (1 for flat gossip)."""
         return 1 if self.topology == "flat" else self.max_slots
 
+    def digest(self) -> str:
+        """A fingerprint of every shared setting: hellos and experts carry it, and one made under other
+        settings (a stale retained message of another run on the same broker) is refused."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
     def adapter_config(self) -> AdapterConfig:
         """The adapter every device of this swarm attaches."""
         return self.adapter
@@ -196,13 +204,26 @@ class NodeConfig(DeviceConfig):
     link_rate_bps: float = option(0.0, help="emulation: application-level uplink rate limit (0 = none)")
     link_latency_ms: float = option(0.0, help="emulation: added latency per publish")
     crash_after_round: int = option(0, help="tests: SIGKILL this process right after publishing this round")
+    attack: str = option("", help="benchmarks: corrupt what this device sends each round (it trains honestly): "
+                                  "'scale:K' (x K), 'flip' (x -1), 'noise:S' (Gaussian, std S); empty = honest")
     swarm: SwarmConfig = option(help="the swarm's shared settings", factory=SwarmConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         n = type(self).__name__
         check(self.slowdown >= 1, n, "slowdown", self.slowdown, "must be >= 1")
+        check(_attack_ok(self.attack), n, "attack", self.attack, "'', 'scale:K', 'flip' or 'noise:S'")
         check(0 <= self.shard < max(self.shards, 1), n, "shard", self.shard, f"must be in [0, {self.shards})")
         check(self.eval_shards >= 1, n, "eval_shards", self.eval_shards, "must be >= 1")
         check(0 <= self.eval_shard < self.eval_shards, n, "eval_shard", self.eval_shard,
               f"must be in [0, {self.eval_shards})")
+
+
+def _attack_ok(spec: str) -> bool:
+    kind, _, value = spec.partition(":")
+    if kind in ("", "flip"):
+        return not value
+    try:
+        return kind in ("scale", "noise") and float(value) >= 0
+    except ValueError:
+        return False

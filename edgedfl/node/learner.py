@@ -98,6 +98,10 @@ class Learner(abc.ABC):
         """Run round ``round``'s ``steps`` local steps; their losses."""
 
     @abc.abstractmethod
+    def update_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every tensor an update (or a finished expert) of this method holds."""
+
+    @abc.abstractmethod
     def get_update(self, slot: int) -> Tensors:
         """What this method sends for ``slot`` (dense arrays, zero outside a mask)."""
 

@@ -39,7 +39,7 @@ from edgedfl.adapters.solora import LayerStats
 from edgedfl.data.examples import Example, normalise_answer
 from edgedfl.data.sources import load_examples
 from edgedfl.data.tasks import TASKS
-from edgedfl.errors import QuorumNotReached
+from edgedfl.errors import AggregationError, QuorumNotReached, TopologyError, WireError
 from edgedfl.node.config import NodeConfig, SwarmConfig
 from edgedfl.node.learner import Learner, Metrics, Route
 from edgedfl.node.links import CountingTransport
@@ -49,6 +49,7 @@ from edgedfl.topology import ClusterConfig, cluster, flat_clustering, metropolis
 from edgedfl.topology.clustering import Clustering
 from edgedfl.topology.graph import present_weights
 from edgedfl.transport.url import transport_from_url
+from edgedfl.wire.validate import TensorSpec, validate_tensors
 
 log = logging.getLogger("edgedfl.node")
 
@@ -56,6 +57,9 @@ log = logging.getLogger("edgedfl.node")
 CALIBRATION_ROUND = 0
 #: prefix of the latent code's tensors inside the round-0 statistics
 CODE_PREFIX = "code."
+#: largest |value| accepted in a neighbour's update or a finished expert: a sanity bound at the door
+#: (trained B entries are orders of magnitude smaller); clipping in aggregation does the rest
+MAX_UPDATE_ABS = 1e4
 
 
 def far_code(dim: int) -> LatentCode:
@@ -93,6 +97,26 @@ def eval_examples(cfg: NodeConfig, task: str) -> list[Example]:
     pool = load_examples(task, "test", n=size, seed=seed)
     # contiguous blocks; a split too small for every device's block wraps (slices then overlap)
     return [pool[(cfg.eval_shard * n + j) % size] for j in range(n)]
+
+
+def _fits(signature: np.ndarray, own: np.ndarray) -> bool:
+    return signature.shape == own.shape and bool(np.isfinite(signature).all())
+
+
+def corrupt(update: Mapping[str, np.ndarray], attack: str, *, seed: tuple[int, int]) -> dict[str, np.ndarray]:
+    """What a Byzantine device sends instead of ``update`` (benchmarks: ``NodeConfig.attack``)."""
+    kind, _, value = attack.partition(":")
+    rng = np.random.default_rng(list(seed))
+    out = {}
+    for k in sorted(update):
+        v = np.asarray(update[k], dtype=np.float32)
+        if kind == "scale":
+            out[k] = v * float(value)
+        elif kind == "flip":
+            out[k] = -v
+        else:  # noise
+            out[k] = (rng.standard_normal(v.shape) * float(value)).astype(np.float32) * (v != 0)  # (*shape)
+    return out
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -147,6 +171,8 @@ class SwarmMember:
         self.status.update(state=state, **extra)
         if self.link is not None:
             self.status["bytes"] = self.link.total_bytes
+            # every byte this device sent, across restarts: a restarted process starts from these
+            write_json(self.state / "bytes.json", {str(r): b for r, b in self.link.bytes_by_round.items()})
         write_json(self.state / "status.json", self.status)
 
     def _append_row(self, row: dict[str, Any]) -> None:
@@ -165,8 +191,13 @@ class SwarmMember:
         will = NeighbourProtocol.will_message(self.swarm.name, self.me)
         inner = transport_from_url(self.cfg.broker, client_id=self.me, will=will)
         self.link = CountingTransport(inner, rate_bps=self.cfg.link_rate_bps, latency_ms=self.cfg.link_latency_ms)
+        earlier = self.state / "bytes.json"
+        if earlier.is_file():  # an earlier process of this device (killed, restarted): its bytes count too
+            for r, b in json.loads(earlier.read_text()).items():
+                self.link.bytes_by_round[int(r)] += int(b)
         self.protocol = NeighbourProtocol(self.link, self.swarm.name, self.me, state_dir=self.state / "proto",
-                                          config=self.swarm.protocol_config(self.link.max_payload))
+                                          config=self.swarm.protocol_config(self.link.max_payload),
+                                          update_spec=self.update_spec, settings=self.swarm.digest())
         self.protocol.start()
 
     def _follow_all_slots(self, on: bool) -> None:
@@ -179,6 +210,34 @@ class SwarmMember:
                 self.protocol.follow_slot(s)
             elif s != self.slot:
                 self.protocol.unfollow_slot(s)
+
+    # -- checks at the door ----------------------------------------------------------------
+
+    def update_spec(self, slot: int, round: int) -> TensorSpec | None:
+        """What a neighbour's update of (slot, round) must look like before it is accepted.
+
+        Rounds >= 1: exactly this method's tensors and shapes, finite, each value
+        below :data:`MAX_UPDATE_ABS`. Round 0: the calibration statistics
+        (``<layer>.cov`` (r, r), ``<layer>.energy`` (2,)) plus the latent code,
+        which :meth:`exchange_calibration` checks when it pools it.
+        """
+        shapes = self.learner.update_shapes() if self.train_examples else None
+        if not shapes:
+            return None  # not loaded yet: nothing of ours to compare with
+        if round == CALIBRATION_ROUND:
+            calib: dict[str, tuple[int, ...]] = {}
+            for key, shape in shapes.items():
+                if key.endswith(".lora_B"):
+                    layer, r = key.removesuffix(".lora_B"), shape[1]
+                    calib[f"{layer}.cov"], calib[f"{layer}.energy"] = (r, r), (2,)
+            return TensorSpec(calib, dtypes=frozenset({"float32"}), allow_extra=True)
+        return TensorSpec(shapes, max_abs=MAX_UPDATE_ABS)
+
+    def reject(self, exc: Exception, sender: str) -> None:
+        """A peer's message that got past the wire but cannot be used: counted, logged, never raised."""
+        assert self.protocol is not None
+        self.protocol.rejects[type(exc).__name__] += 1
+        log.warning("%s: refused what %s sent: %s", self.me, sender, exc)
 
     # -- the whole life -----------------------------------------------------------------
 
@@ -221,7 +280,7 @@ class SwarmMember:
             "clusters": self.clustering.assignment, "experts": experts,
             "accuracy": setup.get(self.cfg.data), "final": routed, "adopted_expert": self.slot in experts,
             "bytes_by_round": dict(self.link.bytes_by_round), "total_bytes": self.link.total_bytes,
-            "resumed_after": done, "wall_s": time.monotonic() - t_start,
+            "resumed_after": done, "wall_s": time.monotonic() - t_start, "rejects": dict(self.protocol.rejects),
             **self.learner.final_tags(), **self.learner.tags(),
         }
         write_json(self.state / "final.json", final)
@@ -251,10 +310,14 @@ class SwarmMember:
         while True:
             self.protocol.poll(0.2)
             sigs = {p: info.signature for p, info in self.protocol.peers.items()
-                    if info.signature is not None and p != self.me}
+                    if info.signature is not None and p != self.me and _fits(info.signature, own_signature)}
             sigs[self.me] = own_signature
             if (expected and len(sigs) >= expected) or time.monotonic() > deadline:
                 break
+        for p, info in self.protocol.peers.items():
+            if info.signature is not None and p != self.me and p not in sigs:
+                self.reject(TopologyError(f"task signature of shape {info.signature.shape}, this swarm's is "
+                                          f"{own_signature.shape}, or not finite"), p)
         if self.swarm.topology == "flat" or not self.method.clusters:
             return flat_clustering(sorted(sigs))
         return cluster(sigs, ClusterConfig(max_clusters=self.swarm.max_slots, seed=self.swarm.seed))
@@ -320,11 +383,17 @@ class SwarmMember:
             got = self.protocol.round_updates(CALIBRATION_ROUND, self.slot)
             log.warning("%s: calibration stats missing from some cluster members", self.me)
         everyone = {self.me: tensors, **{s: u.tensors for s, u in got.items()}}
+        codes: dict[str, LatentCode] = {}
+        for sender in sorted(everyone):
+            try:
+                codes[sender] = LatentCode.from_tensors(everyone[sender], CODE_PREFIX, dim=code.dim)
+            except WireError as exc:  # its statistics passed the door; its code does not fit ours
+                self.reject(exc, sender)
         pooled: dict[str, LayerStats] = {}
         self.cluster_code = None
-        for sender in sorted(everyone):  # same order, same float sums, on every member
+        for sender in sorted(codes):  # same order, same float sums, on every member
             t = everyone[sender]
-            c = LatentCode.from_tensors(t, CODE_PREFIX)
+            c = codes[sender]
             self.cluster_code = c if self.cluster_code is None else self.cluster_code.merged(c)
             for layer, st in own.items():
                 e = t[f"{layer}.energy"].astype(np.float64)
@@ -348,13 +417,16 @@ class SwarmMember:
         self.link.round = r
         t0 = time.monotonic()
         self._set_status("training", round=r)
+        before = self.learner.get_update(self.slot)
         losses = self.learner.train(r, self.swarm.local_steps)
         train_s = time.monotonic() - t0
         if self.cfg.slowdown > 1:
             time.sleep(train_s * (self.cfg.slowdown - 1))
         own = self.learner.get_update(self.slot)
         self._set_status("publishing", round=r)
-        got = self.exchange_round(r, own, masks=self.learner.masks(self.slot) if self.method.sparse else None)
+        change = math.sqrt(sum(float(((own[k] - before[k]).astype(np.float64) ** 2).sum()) for k in own))
+        got = self.exchange_round(r, own, masks=self.learner.masks(self.slot) if self.method.sparse else None,
+                                  own_change=change)
         self.learner.set_update(self.slot, got.mixed)
         self._set_status("evaluating", round=r)
         metrics: Metrics = self.learner.evaluate(self.test_examples)
@@ -371,11 +443,16 @@ class SwarmMember:
         self._set_status("round done", round=r, accuracy=row["accuracy"])
         return row
 
-    def exchange_round(self, r: int, own: dict[str, np.ndarray], *,
-                       masks: dict[str, np.ndarray] | None) -> RoundExchange:
-        """Publish ``own`` (sparse under ``masks``), collect the neighbours' updates of round ``r``, aggregate."""
+    def exchange_round(self, r: int, own: dict[str, np.ndarray], *, masks: dict[str, np.ndarray] | None,
+                       own_change: float | None = None) -> RoundExchange:
+        """Publish ``own`` (sparse under ``masks``), collect the neighbours' updates of round ``r``, aggregate.
+
+        ``own_change``: the norm of this device's own change this round, the reference of the default
+        clipping (``AggregationConfig.auto_clip``).
+        """
         assert self.protocol is not None
-        self.protocol.publish_update(r, self.slot, own, receivers=self.neighbours, masks=masks,
+        sent = corrupt(own, self.cfg.attack, seed=(self.swarm.seed, r)) if self.cfg.attack else own
+        self.protocol.publish_update(r, self.slot, sent, receivers=self.neighbours, masks=masks,
                                      precision=self.swarm.precision)  # type: ignore[arg-type]
         self._after_publish(r)
         quorum = min(len(self.neighbours), math.ceil(self.swarm.quorum * len(self.neighbours)))
@@ -387,10 +464,19 @@ class SwarmMember:
         except QuorumNotReached:
             arrived = {s: u for s, u in self.protocol.round_updates(r, self.slot).items() if s in self.neighbours}
             short = True
-        own_w, peer_w = present_weights(self.weights, self.me, arrived)
-        agg = self.swarm.aggregation.build()
-        mixed = agg.aggregate(own, [(peer_w[s], arrived[s].tensors) for s in sorted(peer_w)],
-                              own_weight=own_w, masks=masks)
+        agg = self.swarm.aggregation.build(own_change)
+        while True:
+            own_w, peer_w = present_weights(self.weights, self.me, arrived)
+            peers = sorted(peer_w)
+            try:
+                mixed = agg.aggregate(own, [(peer_w[s], arrived[s].tensors) for s in peers], own_weight=own_w,
+                                      masks=masks)
+                break
+            except AggregationError as exc:  # a neighbour's update that cannot be combined: the round goes on
+                if exc.neighbour is None:
+                    raise  # our own update: a bug here, not a peer's doing
+                self.reject(exc, peers[exc.neighbour])
+                arrived = {s: u for s, u in arrived.items() if s != peers[exc.neighbour]}
         return RoundExchange(mixed, sorted(arrived), short, time.monotonic() - t_collect)
 
     def _after_publish(self, r: int) -> None:
@@ -469,9 +555,17 @@ class SwarmMember:
         """
         assert self.protocol is not None
         loaded = {}
+        spec = TensorSpec(self.learner.update_shapes(), max_abs=MAX_UPDATE_ABS)
         for slot in self.wait_for_experts(timeout_s, fell_behind=fell_behind):
             info = self.protocol.experts[slot]
             tensors = {k: v.astype(np.float32) for k, v in info.tensors.items()}
+            try:
+                validate_tensors(tensors, spec)
+                if info.latent:
+                    LatentCode.from_tensors(info.latent)
+            except WireError as exc:  # an expert that does not fit this swarm's model: not loaded
+                self.reject(exc, info.sender)
+                continue
             if self.method.sparse:
                 self.learner.set_masks(slot, info.masks if set(info.masks) == set(tensors) else None)
             self.learner.set_update(slot, tensors)

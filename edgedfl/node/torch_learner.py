@@ -113,6 +113,9 @@ class TorchLearner(Learner):
         self.trainer.train(max_steps=round * steps, resume=False, save_at_end=False)
         return [float(h["loss"]) for h in self.trainer.history[-steps:]]
 
+    def update_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.adapted.expected_update_shapes())
+
     def get_update(self, slot: int) -> dict[str, np.ndarray]:
         return self.adapted.get_update(slot)
 

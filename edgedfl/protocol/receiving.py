@@ -12,6 +12,7 @@ import numpy as np
 from edgedfl.errors import (
     DuplicateMessage,
     MalformedMessage,
+    SettingsMismatch,
     StaleRound,
     UnknownMask,
     WireError,
@@ -121,7 +122,16 @@ class Receiving(Sending):
             return
         self._peer(node).online = payload == PRESENCE_ONLINE.encode()
 
+    def _check_settings(self, env: Envelope) -> None:
+        """A hello or expert made under other settings (a stale retained message of another run) is refused.
+        One without a digest (a client that sends none) is judged by its content alone."""
+        theirs = env.meta.get("settings")
+        if self.settings and theirs is not None and theirs != self.settings:
+            raise SettingsMismatch(f"{env.kind} from {env.sender!r} was made under swarm settings {theirs[:12]}..., "
+                                   f"not this swarm's {self.settings[:12]}...")
+
     def _on_hello(self, env: Envelope) -> None:
+        self._check_settings(env)
         tensors = decode_tensors(env.body, limits=self.limits)
         sig = tensors.get("signature")
         if sig is None or sig.ndim != 1 or set(tensors) != {"signature"}:
@@ -142,6 +152,7 @@ class Receiving(Sending):
             raise MalformedMessage(f"expert of slot {env.slot} on the topic of slot {slot}")
         if env.sender == self.node:
             return
+        self._check_settings(env)
         known = self.experts.get(slot)
         if known is not None and (known.round, known.sender) > (env.round, env.sender):
             return  # an older expert (retained replay): keep the newer one
@@ -274,7 +285,7 @@ class Receiving(Sending):
             raise StaleRound(
                 f"{mid}: round {env.round} is more than {self.config.max_rounds_ahead} rounds ahead of {cur}"
             )
-        spec = self.update_spec(env.slot) if callable(self.update_spec) else self.update_spec
+        spec = self.update_spec(env.slot, env.round) if callable(self.update_spec) else self.update_spec
         tensors = decode_update(env.body, spec=spec, masks=self.masks, limits=self.limits)
 
         def one_per_round(conn: sqlite3.Connection) -> None:

@@ -84,6 +84,8 @@ class Sending(EndpointState):
         sig = np.ascontiguousarray(np.asarray(signature, dtype=np.float32).reshape(-1))
         m = dict(meta or {})
         m["profile"] = json.dumps(dict(profile), sort_keys=True, separators=(",", ":"))
+        if self.settings:
+            m["settings"] = self.settings
         self._publish_retained(
             self.topics.hello(self.node),
             self._envelope("hello", body=encode_tensors({"signature": sig}), meta=m),
@@ -107,6 +109,8 @@ class Sending(EndpointState):
         be chunked: the broker keeps only the last publish of a topic), so it
         must fit the transport's limit; ``PayloadTooLarge`` otherwise.
         """
+        if self.settings:
+            meta = {**(meta or {}), "settings": self.settings}
         payload = self._envelope("expert", round, slot, 0, encode_expert(tensors, latent, masks), meta)
         if len(payload) > self.transport.max_payload:
             raise PayloadTooLarge(

@@ -51,7 +51,8 @@ class EndpointState:
         signer: Signer | None = None,
         keyring: KeyRing | None = None,
         limits: Limits = DEFAULT_LIMITS,
-        update_spec: TensorSpec | Callable[[int], TensorSpec | None] | None = None,
+        update_spec: TensorSpec | Callable[[int, int], TensorSpec | None] | None = None,
+        settings: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.transport = transport
@@ -70,7 +71,10 @@ class EndpointState:
         self.signer = signer
         self.keyring = keyring
         self.limits = limits
+        #: what an update must look like: one spec, or one per (slot, round) (round 0 carries statistics)
         self.update_spec = update_spec
+        #: digest of the swarm's shared settings: sent in hello and expert meta; a different one is refused
+        self.settings = settings
         self._clock = clock
         self._slots: set[int] = set()
         for s in slots:

@@ -10,6 +10,7 @@ import pytest
 
 from edgedfl.aggregation import (
     WEIGHT_TOLERANCE,
+    AdaptiveClipping,
     AggregationConfig,
     Aggregator,
     CoordinateMedian,
@@ -31,6 +32,8 @@ AGGREGATORS: dict[str, Callable[[], Aggregator]] = {
     "solora": lambda: for_method("solora"),
     "lora": lambda: for_method("lora"),
     "ffa+trimmed+clip": lambda: for_method("ffa", "trimmed", clip_norm=1.0),
+    "adaptive-clip+mean": lambda: AdaptiveClipping(WeightedMean(), 3.0),
+    "swarm default": lambda: AggregationConfig().build(own_change=0.1),
 }
 
 LAYERS = {"m.0.q_proj": (6, 3), "m.0.v_proj": (4, 3)}  # layer -> (d_out, r) of B
@@ -214,7 +217,9 @@ def test_factory_and_config() -> None:
     clipped = for_method("lora", "trimmed", trim_fraction=0.1, clip_norm=2.0)
     assert isinstance(clipped, NormClipping) and isinstance(clipped.inner, TrimmedMean)
     assert clipped.inner.trim_fraction == 0.1 and clipped.max_norm == 2.0
-    assert isinstance(AggregationConfig(robust="median", clip_norm=1.0).build(), NormClipping)
+    assert isinstance(AggregationConfig(robust="median", clip_norm=1.0, auto_clip=0.0).build(), NormClipping)
+    default = AggregationConfig(robust="median", clip_norm=1.0).build()  # clipping from the round's deltas is on
+    assert isinstance(default, AdaptiveClipping) and isinstance(default.inner, NormClipping)
     for bad in ({"method": "fedavg"}, {"robust": "krum"}, {"trim_fraction": 0.5}, {"clip_norm": 0.0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             AggregationConfig(**bad)  # type: ignore[arg-type]

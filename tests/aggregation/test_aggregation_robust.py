@@ -80,3 +80,28 @@ def test_trimmed_mean_without_enough_participants_is_the_plain_mean() -> None:
     own = {"l.lora_B": np.zeros((2,), np.float32)}
     nb = {"l.lora_B": np.full((2,), 3.0, np.float32)}
     assert np.allclose(TrimmedMean(0.2).aggregate(own, [(0.9, nb)], own_weight=0.1)["l.lora_B"], 1.5)
+
+
+def test_adaptive_clipping_bounds_one_scaled_neighbour_and_leaves_honest_ones_alone() -> None:
+    from edgedfl.aggregation import AdaptiveClipping, AggregationConfig
+
+    rng = np.random.default_rng(3)
+    own = {"l.lora_B": rng.standard_normal((4, 3)).astype(np.float32)}
+    honest = [{"l.lora_B": own["l.lora_B"] + 0.1 * rng.standard_normal((4, 3)).astype(np.float32)} for _ in range(4)]
+    attacker = {"l.lora_B": own["l.lora_B"] * 100}
+    w = 1 / 6
+    plain = WeightedMean()
+    clip = AdaptiveClipping(WeightedMean(), 3.0)
+    # honest neighbours only: nobody is an outlier, the result is the plain mean
+    ref = plain.aggregate(own, [(0.2, u) for u in honest], own_weight=0.2)
+    got = clip.aggregate(own, [(0.2, u) for u in honest], own_weight=0.2)
+    np.testing.assert_allclose(got["l.lora_B"], ref["l.lora_B"], rtol=1e-6)
+    # one attacker of five: without clipping it drags the model far; with it, the model stays near the honest mean
+    nbs = [(w, u) for u in honest] + [(w, attacker)]
+    dragged = plain.aggregate(own, nbs, own_weight=w)["l.lora_B"]
+    held = clip.aggregate(own, nbs, own_weight=w)["l.lora_B"]
+    honest_mean = plain.aggregate(own, [(w, u) for u in honest] + [(w, own)], own_weight=w)["l.lora_B"]
+    assert np.linalg.norm(dragged - honest_mean) > 10 * np.linalg.norm(held - honest_mean)
+    # the swarm's default is this clipping
+    assert isinstance(AggregationConfig().build(own_change=0.0), AdaptiveClipping)
+    assert not isinstance(AggregationConfig(auto_clip=0.0).build(own_change=1.0), AdaptiveClipping)

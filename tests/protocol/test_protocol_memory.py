@@ -309,3 +309,36 @@ def test_signed_swarm_accepts_known_keys_and_answers_unknown_ones_with_an_error(
     # b could not trust x's header, so its error names no message id; x learns why all the same
     err = x.remote_errors[0]
     assert err.receiver == "b" and err.message_id is None and err.error_type == "UnknownSigner"
+
+
+def test_a_hello_or_expert_made_under_other_settings_is_refused(swarm: Swarm) -> None:
+    # Prepare: b and c share this swarm's settings; a is a stale device of another run (other settings)
+    a, b, c = swarm.node("a", settings="0" * 32), swarm.node("b", settings="1" * 32), swarm.node("c", settings="1" * 32)
+    latent = {"latent.mean": np.zeros(2, np.float32)}
+
+    # Execute
+    a.publish_hello({"device": "phone"}, np.ones(4, np.float32))
+    a.publish_expert(0, 99, tensors(0), latent)
+    c.publish_hello({"device": "laptop"}, np.ones(4, np.float32))
+    c.publish_expert(1, 2, tensors(1), latent)
+    pump([a, b, c], lambda: "c" in b.peers and b.peers["c"].signature is not None and 1 in b.experts)
+
+    # Assert: nothing of a's is taken (its round-99 expert shadows nothing), c's is, each refusal counted
+    assert b.peers.get("a") is None or b.peers["a"].signature is None
+    assert 0 not in b.experts and b.experts[1].sender == "c"
+    assert b.rejects["SettingsMismatch"] == 2
+
+
+def test_a_per_round_spec_sees_the_round(swarm: Swarm) -> None:
+    seen = []
+
+    def spec(slot: int, round: int) -> TensorSpec | None:
+        seen.append((slot, round))
+        return TensorSpec.like(tensors(0)) if round else None  # round 0 (statistics): anything
+
+    a, b = swarm.node("a"), swarm.node("b", update_spec=spec)
+    a.publish_update(0, 0, {"x.cov": np.eye(2, dtype=np.float32)}, receivers=["b"])
+    a.publish_update(1, 0, tensors(0, (5, 3)), receivers=["b"])  # wrong shape for round 1
+    pump([a, b], lambda: not a.pending())
+    assert set(b.round_updates(0, 0)) == {"a"} and b.round_updates(1, 0) == {}
+    assert (0, 0) in seen and (0, 1) in seen and b.rejects["TensorValidationError"] == 1

@@ -157,6 +157,8 @@ def test_emulate_cli_is_quick_valid_and_deterministic(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     again = json.loads((tmp_path / "b" / "report.json").read_text())
     assert again["final"]["clusters"] == final["clusters"]
+    # each run under its own swarm name (a broker shared by runs never mixes them)
+    assert report["swarm"] != again["swarm"] and report["swarm"].startswith("demo-")
     assert [r["bytes_sent"] for r in again["rounds"]] == [r["bytes_sent"] for r in report["rounds"]]
     assert [r["accuracy"] for r in again["rounds"]] == [r["accuracy"] for r in report["rounds"]]
     assert [r["loss"] for r in again["rounds"]] == [r["loss"] for r in report["rounds"]]

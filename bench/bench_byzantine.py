@@ -1,0 +1,117 @@
+"""One Byzantine neighbour in a cluster: final accuracy and loss with the defaults vs a plain mean.
+
+Six devices on one task form one cluster; every device averages with the
+other five (degree 5), and ``dev05`` attacks every round: it sends its update
+scaled by 100, sign-flipped, or replaced by Gaussian noise (it keeps training
+honestly itself; only what it sends is corrupted: ``NodeConfig.attack``).
+Each attack runs twice, side by side in this one process: with the defaults
+(Metropolis mean, clipping on: ``auto_clip`` 3) and with the plain mean and no
+clipping; and a clean run of each. The honest devices' final accuracy and loss
+are what is compared (the attacker is left out).
+
+    python bench/bench_byzantine.py --model smollm2 --tasks topic --rounds 3 --local-steps 6 \\
+        --out bench/results/byzantine
+    python bench/bench_byzantine.py --model tiny --rounds 3 --out bench/results/byzantine-tiny   # minutes
+
+Partial results are written after every run (``<out>.json``/``.md``); a run
+whose report is already in ``--work`` is reused, so an interrupted bench resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from edgedfl import Fleet, FleetConfig, SwarmConfig
+from edgedfl.aggregation.config import AggregationConfig
+
+ATTACKS = {"clean": "", "scaled x100": "scale:100", "sign-flipped": "flip", "noise": "noise:1.0"}
+DEFENCES = {"defaults (clipping on)": AggregationConfig(),
+            "plain mean, no clipping": AggregationConfig(robust="mean", clip_norm=None, auto_clip=0.0)}
+ATTACKER = "dev05"
+
+
+def _swarm(args: argparse.Namespace, name: str, aggregation: AggregationConfig) -> SwarmConfig:
+    base = SwarmConfig()
+    return SwarmConfig(name=name, model=args.model, rounds=args.rounds, local_steps=args.local_steps, degree=5,
+                       n_train=args.n_train, n_eval=args.n_eval, round_deadline_s=args.deadline, seed=args.seed,
+                       train=dataclasses.replace(base.train, lr=args.lr), aggregation=aggregation)
+
+
+def _honest(run: Path) -> dict[str, float]:
+    acc, loss = [], []
+    for d in sorted(run.glob("dev*")):
+        if d.name == ATTACKER:
+            continue
+        rows = [json.loads(x) for x in (d / "rounds.jsonl").read_text().splitlines()]
+        last = max(rows, key=lambda r: r["round"])
+        acc.append(float(last["accuracy"]))
+        loss.append(float(last["loss"]))
+    return {"accuracy": statistics.fmean(acc), "loss": statistics.fmean(loss), "devices": len(acc)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--tasks", default="arith", help="one task: the six devices form one cluster")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--local-steps", type=int, default=6)
+    p.add_argument("--lr", type=float, default=0.0, help="0: the method's tuned default")
+    p.add_argument("--n-train", type=int, default=96)
+    p.add_argument("--n-eval", type=int, default=24)
+    p.add_argument("--deadline", type=float, default=300.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default="runs/byzantine-work")
+    p.add_argument("--out", default="bench/results/byzantine")
+    args = p.parse_args()
+    work, out = Path(args.work), Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict[str, Any]] = {}
+    t_all = time.monotonic()
+    for attack_name, attack in ATTACKS.items():
+        for defence_name, aggregation in DEFENCES.items():
+            key = f"{attack_name} | {defence_name}"
+            run = work / f"{list(ATTACKS).index(attack_name)}-{list(DEFENCES).index(defence_name)}"
+            if not (run / "report.json").is_file():
+                overrides = {ATTACKER: {"attack": attack}} if attack else {}
+                cfg = FleetConfig(devices=6, tasks=[args.tasks], node_overrides=overrides, timeout_s=7200,
+                                  swarm=_swarm(args, f"byz-{run.name}", aggregation))
+                from edgedfl.emulation.fleet import clear_run_dir
+
+                clear_run_dir(run)
+                report = Fleet(cfg, run).run()
+                (run / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+            rows[key] = {"attack": attack_name, "defence": defence_name, **_honest(run)}
+            _write(out, args, rows, time.monotonic() - t_all)
+    _write(out, args, rows, time.monotonic() - t_all, complete=True)
+
+
+def _write(out: Path, args: argparse.Namespace, rows: dict[str, dict[str, Any]], wall_s: float,
+           complete: bool = False) -> None:
+    clean = {r["defence"]: r for r in rows.values() if r["attack"] == "clean"}
+    command = (f"python bench/bench_byzantine.py --model {args.model} --tasks {args.tasks} --rounds {args.rounds} "
+               f"--local-steps {args.local_steps} --n-train {args.n_train} --n-eval {args.n_eval} --out {args.out}")
+    about = ("Six devices, one task, one cluster, degree 5; `dev05` corrupts what it sends every round. Honest "
+             "devices' final-round accuracy and loss (mean over the five). Points vs the clean run of the same "
+             "aggregation.")
+    lines = ["# One Byzantine neighbour of five in a cluster", "", f"Command: `{command}`", "", about, "",
+             "| attack | aggregation | accuracy | vs clean (points) | loss |", "|---|---|---|---|---|"]
+    for r in rows.values():
+        ref = clean.get(r["defence"])
+        diff = f"{(r['accuracy'] - ref['accuracy']) * 100:+.1f}" if ref else "-"
+        lines.append(f"| {r['attack']} | {r['defence']} | {r['accuracy']:.3f} | {diff} | {r['loss']:.3f} |")
+    if not complete:
+        lines += ["", "**Partial results: the bench was still running when these were written.**"]
+    lines += ["", f"Wall time so far: {wall_s / 60:.1f} min."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "rows": rows, "complete": complete},
+                                                   indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
