@@ -19,7 +19,8 @@ leaf also subclasses the builtin a caller would naturally catch, so
     │   ├── SchemaVersionError                     unknown wire schema version
     │   ├── IntegrityError                         content hash does not match the body
     │   ├── SignatureError                         signature missing or does not verify
-    │   │   └── UnknownSigner                      signed by a key nobody configured
+    │   │   ├── UnknownSigner                      signed by a key nobody configured
+    │   │   └── KeyChanged                         a node signs with another key than the one pinned (TOFU)
     │   ├── TensorValidationError                  names, dtypes, shapes, finiteness, norms
     │   ├── UnknownMask                            sparse update refers to a mask not (yet) held
     │   ├── PayloadTooLarge                        over a size limit (also raised before publishing)
@@ -102,6 +103,10 @@ class SignatureError(WireError):
 
 class UnknownSigner(SignatureError):
     """The message is signed by a key that is not among the configured ones."""
+
+
+class KeyChanged(SignatureError):
+    """A node signs with another key than the one pinned at its first hello (trust on first use)."""
 
 
 class TensorValidationError(WireError):

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "write every expert, the router and the base as one ONNX model"),
     "infer": ("infer", "run an exported ONNX model on a prompt (onnxruntime only, no torch)"),
     "android": ("android", "write a phone's bundle: ExecuTorch training and inference programs, tokenizer, manifest"),
+    "keys": ("keys", "device keys and a swarm's key ring: new, show, list, add"),
     "swarm": ("swarm", "list or clear a swarm's retained messages on a broker (hellos, experts, presence)"),
     "doctor": ("doctor", "report what this device can do (CUDA, memory, quantization, broker) and its profile"),
 }

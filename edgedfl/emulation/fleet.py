@@ -69,7 +69,7 @@ class FleetConfig(ConfigBase):
 
 
 #: what a run writes at the top of its directory (the devices write into dev*/ folders with a node_config.json)
-RUN_FILES = ("fleet_config.json", "report.json", "report_accuracy.png", "report_bytes.png", "report_clusters.png")
+RUN_FILES = ("fleet_config.json", "keyring.json", "report.json", "report_accuracy.png", "report_bytes.png", "report_clusters.png")
 
 
 def clear_run_dir(out: Path, *, overwrite: bool = False) -> None:
@@ -170,6 +170,8 @@ class Fleet:
         if self.lab is None:
             self.shaping = "application" if self.cfg.shape_links else "none"
             self.nodes = node_configs(self.cfg, self.run_dir, self.broker_url)
+        if self.cfg.swarm.admission != "open":
+            self.nodes = self._admit(self.nodes)
         self.cfg.save(self.run_dir / "fleet_config.json")
         # stand-ins first: their bundles are exported before any node starts its join deadline
         for node in sorted(self.nodes, key=lambda nd: nd.node_id not in self.android_ids):
@@ -195,6 +197,22 @@ class Fleet:
             self.nodes.append(dataclasses.replace(node, broker=f"mqtt://{addr}:{p}?protocol=311"))
         self.broker_url = f"netns hub :{port}"
         self.shaping = "netns"
+
+    def _admit(self, nodes: list[NodeConfig]) -> list[NodeConfig]:
+        """Every device's key (in its state dir) and one key ring of the fleet; the devices admit only those keys.
+
+        The emulator knows every device, so it runs a ``tofu`` swarm as ``keyring``: a stranger on the
+        broker cannot join even before the devices said hello.
+        """
+        from edgedfl.wire.signing import KeyRing, load_or_create_signer, write_keyring
+
+        ring = KeyRing()
+        for node in nodes:
+            signer = load_or_create_signer(Path(node.state_dir) / "identity.key")
+            ring.add(signer.key_id, signer.public_bytes(), senders=[node.node_id])
+        path = write_keyring(self.run_dir / "keyring.json", ring)
+        swarm = dataclasses.replace(nodes[0].swarm, admission="keyring") if nodes else None
+        return [dataclasses.replace(nd, keyring=str(path), swarm=swarm or nd.swarm) for nd in nodes]
 
     @property
     def android_ids(self) -> set[str]:

@@ -24,6 +24,8 @@ from edgedfl.train.config import TrainConfig
 from edgedfl.wire.codec import PRECISIONS
 
 TOPOLOGIES = ("clusters", "flat")
+#: who may take part in a swarm (SwarmConfig.admission)
+ADMISSIONS = ("tofu", "keyring", "open")
 #: final evaluation modes: implicit routing (ours), the true task's expert, the sum of all experts
 FINAL_MODES = ("implicit", "oracle", "merge")
 
@@ -68,6 +70,9 @@ class SwarmConfig(ConfigBase):
     rounds: int = option(3, help="federated rounds")
     local_steps: int = option(10, help="optimizer steps per round")
     precision: str = option("fp16", help=f"value precision on the wire: {', '.join(PRECISIONS)}")
+    admission: str = option("tofu", help="who may take part: tofu (every message signed; a node's key is pinned at "
+                                         "its first hello), keyring (only keys in each device's key ring file), "
+                                         "open (nothing signed or checked: old clients and tests only)")
     degree: int = option(3, help="neighbours each device averages with inside its cluster")
     expected_devices: int = option(0, help="devices to wait for before clustering (0 = whoever said hello)")
     join_timeout_s: float = option(120.0, help="how long to wait for the expected devices' hellos")
@@ -102,6 +107,7 @@ class SwarmConfig(ConfigBase):
         check(self.local_steps >= 1, n, "local_steps", self.local_steps, "must be >= 1")
         check(self.max_slots >= 1, n, "max_slots", self.max_slots, "must be >= 1")
         check(self.precision in PRECISIONS, n, "precision", self.precision, f"choose from {PRECISIONS}")
+        check(self.admission in ADMISSIONS, n, "admission", self.admission, f"choose from {ADMISSIONS}")
         check(0 < self.quorum <= 1, n, "quorum", self.quorum, "must be in (0, 1]")
         check(self.degree >= 1, n, "degree", self.degree, "must be >= 1")
         check(self.round_deadline_s > 0, n, "round_deadline_s", self.round_deadline_s, "must be > 0")
@@ -200,6 +206,10 @@ class NodeConfig(DeviceConfig):
     )
     broker: str = option("", help="mqtt://host:port[?protocol=311&max_payload=N] of the broker")
     state_dir: str = option("node-state", help="checkpoints, outbox and metrics of this device")
+    key_file: str = option("", help="this device's Ed25519 key (created, mode 0600, on first start); "
+                                    "empty = <state_dir>/identity.key")
+    keyring: str = option("", help="admission keyring: the key ring file of the devices allowed to take part "
+                                   "(`edgedfl keys add` writes it)")
     slowdown: float = option(1.0, help="emulation: multiply compute time by this (>= 1)")
     link_rate_bps: float = option(0.0, help="emulation: application-level uplink rate limit (0 = none)")
     link_latency_ms: float = option(0.0, help="emulation: added latency per publish")
@@ -212,6 +222,8 @@ class NodeConfig(DeviceConfig):
         super().__post_init__()
         n = type(self).__name__
         check(self.slowdown >= 1, n, "slowdown", self.slowdown, "must be >= 1")
+        check(self.swarm.admission != "keyring" or bool(self.keyring), n, "keyring", self.keyring,
+              "the swarm's admission is 'keyring': name the key ring file")
         check(_attack_ok(self.attack), n, "attack", self.attack, "'', 'scale:K', 'flip' or 'noise:S'")
         check(0 <= self.shard < max(self.shards, 1), n, "shard", self.shard, f"must be in [0, {self.shards})")
         check(self.eval_shards >= 1, n, "eval_shards", self.eval_shards, "must be >= 1")

@@ -49,6 +49,7 @@ from edgedfl.topology import ClusterConfig, cluster, flat_clustering, metropolis
 from edgedfl.topology.clustering import Clustering
 from edgedfl.topology.graph import present_weights
 from edgedfl.transport.url import transport_from_url
+from edgedfl.wire.signing import load_or_create_signer, read_keyring
 from edgedfl.wire.validate import TensorSpec, validate_tensors
 
 log = logging.getLogger("edgedfl.node")
@@ -195,9 +196,13 @@ class SwarmMember:
         if earlier.is_file():  # an earlier process of this device (killed, restarted): its bytes count too
             for r, b in json.loads(earlier.read_text()).items():
                 self.link.bytes_by_round[int(r)] += int(b)
+        admission = self.swarm.admission
+        signer = None if admission == "open" else load_or_create_signer(self.cfg.key_file or self.state / "identity.key")
+        keyring = read_keyring(self.cfg.keyring) if admission == "keyring" else None
         self.protocol = NeighbourProtocol(self.link, self.swarm.name, self.me, state_dir=self.state / "proto",
                                           config=self.swarm.protocol_config(self.link.max_payload),
-                                          update_spec=self.update_spec, settings=self.swarm.digest())
+                                          update_spec=self.update_spec, settings=self.swarm.digest(),
+                                          signer=signer, keyring=keyring, tofu=admission == "tofu")
         self.protocol.start()
 
     def _follow_all_slots(self, on: bool) -> None:

@@ -86,6 +86,8 @@ class Sending(EndpointState):
         m["profile"] = json.dumps(dict(profile), sort_keys=True, separators=(",", ":"))
         if self.settings:
             m["settings"] = self.settings
+        if self.signer is not None:  # the public half of the key this node signs with (receivers may pin it)
+            m["key"] = self.signer.public_bytes().hex()
         self._publish_retained(
             self.topics.hello(self.node),
             self._envelope("hello", body=encode_tensors({"signature": sig}), meta=m),

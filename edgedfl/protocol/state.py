@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -53,6 +54,7 @@ class EndpointState:
         limits: Limits = DEFAULT_LIMITS,
         update_spec: TensorSpec | Callable[[int, int], TensorSpec | None] | None = None,
         settings: str | None = None,
+        tofu: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.transport = transport
@@ -75,6 +77,15 @@ class EndpointState:
         self.update_spec = update_spec
         #: digest of the swarm's shared settings: sent in hello and expert meta; a different one is refused
         self.settings = settings
+        #: trust on first use: a node's key is pinned from its first signed hello (into ``keyring``, and
+        #: ``pins.json`` in the state dir so a restart keeps them); another key for that node is refused
+        self.tofu = tofu
+        self._pins_path = Path(state_dir) / "pins.json" if (tofu and state_dir is not None) else None
+        if tofu and self.keyring is None:
+            self.keyring = KeyRing()
+        if self._pins_path is not None and self._pins_path.is_file() and self.keyring is not None:
+            for key_id, entry in json.loads(self._pins_path.read_text()).items():
+                self.keyring.add(key_id, bytes.fromhex(entry["public"]), senders=entry.get("senders"))
         self._clock = clock
         self._slots: set[int] = set()
         for s in slots:

@@ -19,14 +19,17 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from edgedfl.errors import ConfigError, SignatureError, UnknownSigner
+from edgedfl.errors import ConfigError, SignatureError, UnknownSigner, WireError
 
 SIGNATURE_BYTES = 64
 _KEY_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -132,6 +135,32 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def public_hex(self, key_id: str) -> str | None:
+        key = self._keys.get(key_id)
+        return None if key is None else _raw_public(key).hex()
+
+    def senders(self, key_id: str) -> frozenset[str] | None:
+        """Who ``key_id`` may sign for (None: anyone)."""
+        return self._senders.get(key_id)
+
+    def key_of(self, sender: str) -> str | None:
+        """The key id pinned to ``sender`` alone, if any."""
+        for key_id, allowed in self._senders.items():
+            if allowed is not None and sender in allowed:
+                return key_id
+        return None
+
+    def entries(self) -> dict[str, dict[str, object]]:
+        """``key_id -> {"public": hex, "senders": [...]}``, the key ring file's form."""
+        out: dict[str, dict[str, object]] = {}
+        for key_id, key in sorted(self._keys.items()):
+            entry: dict[str, object] = {"public": _raw_public(key).hex()}
+            allowed = self._senders.get(key_id)
+            if allowed is not None:
+                entry["senders"] = sorted(allowed)
+            out[key_id] = entry
+        return out
+
     def verify(self, key_id: str, signature: bytes, data: bytes, *, sender: str | None = None) -> None:
         """Raise unless ``signature`` is ``key_id``'s valid signature over ``data``.
 
@@ -149,3 +178,52 @@ class KeyRing:
         allowed = self._senders.get(key_id)
         if sender is not None and allowed is not None and sender not in allowed:
             raise SignatureError(f"key {key_id!r} may not sign for sender {sender!r}")
+
+
+# -- files: a device's own key, and a swarm's key ring ------------------------------------
+
+
+def load_or_create_signer(path: str | os.PathLike[str], key_id: str | None = None) -> Signer:
+    """The device key in ``path`` (its 32-byte Ed25519 seed, hex), created with mode 0600 on first use.
+
+    :raises SignatureError: the file exists but holds no valid key.
+    """
+    p = Path(path)
+    if p.is_file():
+        try:
+            seed = bytes.fromhex(p.read_text().strip())
+            return Signer.from_seed(seed, key_id)
+        except ValueError as exc:
+            raise SignatureError(f"{p}: not an edgedfl device key ({exc})") from None
+    p.parent.mkdir(parents=True, exist_ok=True)
+    seed = os.urandom(32)
+    fd = os.open(str(p.with_suffix(p.suffix + ".tmp")), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(seed.hex() + "\n")
+    os.replace(p.with_suffix(p.suffix + ".tmp"), p)
+    return Signer.from_seed(seed, key_id)
+
+
+def read_keyring(path: str | os.PathLike[str]) -> KeyRing:
+    """A key ring file: ``{"keys": {key_id: {"public": hex, "senders": [node, ...]}}}`` (JSON).
+
+    :raises ConfigError: unreadable or malformed.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+        ring = KeyRing()
+        for key_id, entry in data["keys"].items():
+            ring.add(key_id, bytes.fromhex(entry["public"]), senders=entry.get("senders"))
+    except (OSError, ValueError, KeyError, TypeError, WireError) as exc:
+        raise ConfigError(f"key ring {path}: {exc}") from None
+    return ring
+
+
+def write_keyring(path: str | os.PathLike[str], ring: KeyRing) -> Path:
+    """Save ``ring`` as JSON (sorted; atomically)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps({"keys": ring.entries()}, sort_keys=True, indent=2) + "\n")
+    os.replace(tmp, p)
+    return p

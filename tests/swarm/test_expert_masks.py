@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,16 @@ from edgedfl.adapters import solora
 from edgedfl.node.config import NodeConfig, SwarmConfig
 from edgedfl.node.node import Node
 from edgedfl.topology.clustering import Clustering
+
+
+def _meet(a: Node, b: Node) -> None:
+    """Both say hello and pin each other's key (admission tofu, the default): experts are signed."""
+    a.hello()
+    b.hello()
+    deadline = time.monotonic() + 10
+    while not ("b" in a.protocol.peers and "a" in b.protocol.peers) and time.monotonic() < deadline:
+        a.protocol.poll(0.05)
+        b.protocol.poll(0.05)
 
 
 @pytest.mark.parametrize("random_masks", [False, True])
@@ -23,6 +35,7 @@ def test_another_clusters_expert_arrives_whole(tmp_path, random_masks: bool) -> 
         node.connect()
         nodes[nid] = node
     a, b = nodes["a"], nodes["b"]
+    _meet(a, b)
     clustering = Clustering.from_dict({"slots": {"0": ["a"], "1": ["b"]}, "silhouette": None})
     for node in (a, b):
         node.place(clustering)
@@ -67,6 +80,7 @@ def test_an_expert_that_arrives_dense_is_not_masked_by_the_receiver(tmp_path) ->
         node.place(Clustering.from_dict({"slots": {"0": ["a"], "1": ["b"]}, "silhouette": None}))
         nodes[nid] = node
     a, b = nodes["a"], nodes["b"]
+    _meet(a, b)
     rng = np.random.default_rng(1)
     dense = {k: rng.normal(size=s).astype(np.float16) for k, s in a.adapted.expected_update_shapes().items()}
 

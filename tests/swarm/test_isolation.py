@@ -29,10 +29,11 @@ def test_two_runs_on_one_persistent_broker_with_other_settings_both_finish(tmp_p
     assert listed.returncode == 0 and "edgedfl/shared/hello/dev00" in listed.stdout  # retained, still there
     second = _edgedfl(*common, "--rank", "4", "--out", str(tmp_path / "b"))
 
-    # Assert: the second run finished; the first run's retained hello/expert were refused, not used
+    # Assert: the second run finished; the first run's retained hellos were refused, not used (signed by
+    # keys that are not in the second fleet's key ring)
     assert second.returncode == 0, second.stderr[-2000:]
     report = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert report["swarm"] == "shared" and report["rejects"].get("SettingsMismatch", 0) >= 1
+    assert report["swarm"] == "shared" and report["rejects"].get("UnknownSigner", 0) >= 1
     for dev in ("dev00", "dev01"):
         final = json.loads((tmp_path / "b" / dev / "final.json").read_text())
         assert final["slot"] == 0 and final["accuracy"] is not None
