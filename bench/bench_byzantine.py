@@ -100,11 +100,12 @@ def _write(out: Path, args: argparse.Namespace, rows: dict[str, dict[str, Any]],
              "devices' final-round accuracy and loss (mean over the five). Points vs the clean run of the same "
              "aggregation.")
     lines = ["# One Byzantine neighbour of five in a cluster", "", f"Command: `{command}`", "", about, "",
-             "| attack | aggregation | accuracy | vs clean (points) | loss |", "|---|---|---|---|---|"]
+             "| attack | aggregation | accuracy | vs clean (points) | loss | vs clean |", "|---|---|---|---|---|---|"]
     for r in rows.values():
         ref = clean.get(r["defence"])
         diff = f"{(r['accuracy'] - ref['accuracy']) * 100:+.1f}" if ref else "-"
-        lines.append(f"| {r['attack']} | {r['defence']} | {r['accuracy']:.3f} | {diff} | {r['loss']:.3f} |")
+        ldiff = f"{r['loss'] - ref['loss']:+.3f}" if ref else "-"
+        lines.append(f"| {r['attack']} | {r['defence']} | {r['accuracy']:.3f} | {diff} | {r['loss']:.3f} | {ldiff} |")
     if not complete:
         lines += ["", "**Partial results: the bench was still running when these were written.**"]
     lines += ["", f"Wall time so far: {wall_s / 60:.1f} min."]
