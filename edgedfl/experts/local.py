@@ -59,7 +59,7 @@ def train_task_experts(
         adapted.activate(slot)
         train = load_task(task, "train", n=n_train, seed=seed)
         prompts = [e.prompt for e in train[:n_calibration]]
-        if adapted.method == "solora":
+        if adapted.spec.sparse:
             calibrate(adapted, tok, prompts, slot, max_length)
         metrics = Trainer(adapted, tok, train, cfg.train).train(resume=False) if steps else {"train_loss": None}
         codes.append(compute_code(adapted, tok, prompts, router, slot, max_length=max_length))
