@@ -89,14 +89,7 @@ class NormClipping(Aggregator):
 
     def clip(self, own: Update, update: Update, masks: dict[str, np.ndarray] | None = None) -> Update:
         """``update`` moved towards ``own`` so that ``||update - own|| <= max_norm`` (within the masks)."""
-        deltas: dict[str, np.ndarray] = {}
-        for k in sorted(own):
-            delta = np.asarray(update[k], dtype=np.float64) - np.asarray(own[k], dtype=np.float64)  # (*shape)
-            found = mask_for(k, masks) if masks else None
-            deltas[k] = delta if found is None else np.where(np.asarray(found, dtype=bool), delta, 0.0)
-        norm = math.sqrt(sum(float((d * d).sum()) for d in deltas.values()))
-        scale = 1.0 if norm <= self.max_norm else self.max_norm / norm
-        return {k: np.asarray(own[k], dtype=np.float64) + scale * d for k, d in deltas.items()}
+        return _moved(own, _masked_deltas(own, update, masks), self.max_norm)
 
     def combine(self, name: str, stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return self.inner.combine(name, stack, weights)
@@ -138,25 +131,34 @@ class AdaptiveClipping(Aggregator):
         self._check(own, neighbours, own_weight, masks)
         if not neighbours:
             return self.inner.aggregate(own, neighbours, own_weight=own_weight, masks=masks)
-        norms = [_delta_norm(own, update, masks) for _, update in neighbours]
-        bound = self.factor * max(float(np.median(norms)), self.floor)
+        deltas = [_masked_deltas(own, update, masks) for _, update in neighbours]  # each neighbour once
+        bound = self.factor * max(float(np.median([_norm(d) for d in deltas])), self.floor)
         if bound <= 0:  # every neighbour equals the own update: nothing to clip
             return self.inner.aggregate(own, neighbours, own_weight=own_weight, masks=masks)
-        clip = NormClipping(self.inner, bound)
-        return self.inner.aggregate(own, [(w, clip.clip(own, u, masks)) for w, u in neighbours],
-                                    own_weight=own_weight, masks=masks)
+        clipped = [(w, _moved(own, d, bound)) for (w, _), d in zip(neighbours, deltas)]
+        return self.inner.aggregate(own, clipped, own_weight=own_weight, masks=masks)
 
     def combine(self, name: str, stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return self.inner.combine(name, stack, weights)
 
 
-def _delta_norm(own: Update, update: Update, masks: dict[str, np.ndarray] | None) -> float:
-    """Global L2 norm of ``update - own`` within the masks."""
-    total = 0.0
-    for k in own:
+def _masked_deltas(own: Update, update: Update, masks: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """``update - own`` per tensor (float64), zero outside the masks."""
+    deltas: dict[str, np.ndarray] = {}
+    for k in sorted(own):
         delta = np.asarray(update[k], dtype=np.float64) - np.asarray(own[k], dtype=np.float64)  # (*shape)
         found = mask_for(k, masks) if masks else None
-        if found is not None:
-            delta = np.where(np.asarray(found, dtype=bool), delta, 0.0)
-        total += float((delta * delta).sum())
-    return math.sqrt(total)
+        deltas[k] = delta if found is None else np.where(np.asarray(found, dtype=bool), delta, 0.0)
+    return deltas
+
+
+def _norm(deltas: dict[str, np.ndarray]) -> float:
+    """Global L2 norm over every tensor."""
+    return math.sqrt(sum(float((d * d).sum()) for d in deltas.values()))
+
+
+def _moved(own: Update, deltas: dict[str, np.ndarray], max_norm: float) -> Update:
+    """``own + deltas``, the deltas scaled down together so that their norm is at most ``max_norm``."""
+    norm = _norm(deltas)
+    scale = 1.0 if norm <= max_norm else max_norm / norm
+    return {k: np.asarray(own[k], dtype=np.float64) + scale * d for k, d in deltas.items()}
