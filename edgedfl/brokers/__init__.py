@@ -10,8 +10,7 @@ The broker only relays; nothing here aggregates. Names load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgedfl._lazy import lazy_getattr
 
 _EXPORTS = {
     "MosquittoBroker": "launch",
@@ -29,8 +28,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgedfl.brokers' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"edgedfl.brokers.{module}"), name)
+__getattr__ = lazy_getattr("edgedfl.brokers", _EXPORTS)

@@ -13,8 +13,7 @@ It speaks :mod:`edgedfl.wire` over :mod:`edgedfl.transport`, and never imports t
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgedfl._lazy import lazy_getattr
 
 _EXPORTS = {
     "NeighbourProtocol": "endpoint",
@@ -33,8 +32,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgedfl.protocol' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"edgedfl.protocol.{module}"), name)
+__getattr__ = lazy_getattr("edgedfl.protocol", _EXPORTS)

@@ -17,8 +17,7 @@ Nothing here imports torch: a phone speaks this layer without Python.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgedfl._lazy import lazy_getattr
 
 _EXPORTS = {
     "Message": "base",
@@ -34,8 +33,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgedfl.transport' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"edgedfl.transport.{module}"), name)
+__getattr__ = lazy_getattr("edgedfl.transport", _EXPORTS)
