@@ -53,6 +53,8 @@ class Rogue:
     def __init__(self, host: str, port: int, swarm: str, devices: list[str], slots: int = 4) -> None:
         self.swarm, self.devices, self.slots = swarm, devices, slots
         self.sent = 0
+        self.replayed = 0
+        self._own: set[bytes] = set()
         self.captured: list[tuple[str, bytes]] = []
         self._stop = threading.Event()
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="rogue")
@@ -63,10 +65,19 @@ class Rogue:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if len(self.captured) < 200:
-            self.captured.append((msg.topic, bytes(msg.payload)))
+        payload = bytes(msg.payload)
+        key = hashlib.sha256(payload).digest()
+        if msg.retain or key in self._own or len(self.captured) >= 200:
+            return  # our own publications come back to us too: only a device's chunk is worth replaying
+        self._own.add(key)
+        self.captured.append((msg.topic, payload))
+        # Replay it at once, while every device is still listening (the loop replays more later):
+        # a replay that only comes in the attack loop can miss a swarm that finishes fast.
+        client.publish(msg.topic, payload, qos=1)
+        self.replayed += 1
 
     def pub(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self._own.add(hashlib.sha256(payload).digest())
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
         self.sent += 1
 

@@ -59,7 +59,7 @@ def test_a_paho_rogue_changes_nothing_and_is_counted(tmp_path: Path, mosquitto) 
     assert attacked["final"] == clean["final"]
     # every kind of attack was refused and counted: garbage, unsigned forgeries, replays
     rejects = report["rejects"]
-    assert rogue.sent > 50 and rogue.captured
+    assert rogue.sent > 50 and rogue.captured and rogue.replayed
     assert rejects.get("SignatureError", 0) > 0  # unsigned hellos, experts, updates
     assert rejects.get("ChunkError", 0) + rejects.get("MalformedMessage", 0) > 0  # random bytes
     assert rejects.get("DuplicateMessage", 0) + rejects.get("StaleRound", 0) > 0  # replays
