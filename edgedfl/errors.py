@@ -27,6 +27,7 @@ leaf also subclasses the builtin a caller would naturally catch, so
     │   ├── ChunkError                             chunk out of bounds, inconsistent, or timed out
     │   ├── StaleRound                             message for a round that is already closed
     │   ├── SettingsMismatch                       hello / expert of a swarm with other settings (stale run)
+    │   ├── NotAMember                             an expert from a node outside that slot's cluster
     │   └── DuplicateMessage                       (sender, round, seq) seen before
     ├── TopologyError              (ValueError)    bad task signature, unknown node, bad graph
     ├── AggregationError           (ValueError)    updates that cannot be combined
@@ -131,6 +132,10 @@ class StaleRound(WireError):
 
 class SettingsMismatch(WireError):
     """A hello or expert made under other swarm settings (another run's retained message): refused."""
+
+
+class NotAMember(WireError):
+    """An expert for a slot published by a node that is not a member of that slot's cluster: refused."""
 
 
 class DuplicateMessage(WireError):

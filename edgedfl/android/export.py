@@ -132,7 +132,7 @@ def _topics(cfg: AndroidExportConfig) -> dict[str, str]:
     t = Topics(cfg.swarm)
     return {
         "presence": t.presence(cfg.node), "hello": t.hello(cfg.node),
-        "update": f"{t.base}/update/<slot>/<node>", "expert": f"{t.base}/expert/<slot>",
+        "update": f"{t.base}/update/<slot>/<node>", "expert": f"{t.base}/expert/<slot>/<node>",
         "ack": f"{t.base}/ack/<node>",
     }
 

@@ -433,7 +433,7 @@ def acl_text(swarm: str, node_ids: Iterable[str], *, admins: Iterable[str] = ())
     """The Mosquitto ACL of a swarm: each node (MQTT username = node id) writes only its own topics.
 
     Per DESIGN.md's protocol sketch a node may write ``presence/<node>``,
-    ``hello/<node>``, ``update/+/<node>``, ``ack/<node>`` and ``expert/+``,
+    ``hello/<node>``, ``update/+/<node>``, ``ack/<node>`` and ``expert/+/<node>``,
     and read everything under ``edgedfl/<swarm>/``. ``admins`` may read and
     write the whole swarm (a monitor, the emulator).
     """
@@ -452,7 +452,7 @@ def acl_text(swarm: str, node_ids: Iterable[str], *, admins: Iterable[str] = ())
             f"topic write {root}/hello/{node}",
             f"topic write {root}/update/+/{node}",
             f"topic write {root}/ack/{node}",
-            f"topic write {root}/expert/+",
+            f"topic write {root}/expert/+/{node}",
             "",
         ]
     return "\n".join(lines)

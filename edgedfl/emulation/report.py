@@ -31,10 +31,11 @@ def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: in
                  wall_s: float) -> dict[str, Any]:
     run = Path(run_dir)
     finals, rows = {}, defaultdict(list)
-    swarm_name = None
+    swarm_name = admission = None
     for node_dir in sorted(p for p in run.iterdir() if (p / "node_config.json").is_file()):
         cfg = json.loads((node_dir / "node_config.json").read_text())
         swarm_name = swarm_name or cfg.get("swarm", {}).get("name")
+        admission = admission or cfg.get("swarm", {}).get("admission")
         final_path = node_dir / "final.json"
         if final_path.is_file():
             finals[cfg["node_id"]] = json.loads(final_path.read_text())
@@ -81,15 +82,21 @@ def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: in
     rejects: dict[str, int] = defaultdict(int)
     crashes = json.loads((run / "crashes.json").read_text()) if (run / "crashes.json").is_file() else {}
     per_device = {}
+    incomplete: list[str] = []  # devices that ended without some other cluster's expert
     for n, f in sorted(finals.items()):
         for kind, count in f.get("rejects", {}).items():
             rejects[kind] += int(count)
+        missing = [int(s) for s in f.get("experts_missing", [])]
         per_device[n] = {"slot": f["slot"], "task": f["task"], "experts_held": sorted(int(s) for s in f["experts"]),
-                         "rejects": f.get("rejects", {}), "resumed_after": f.get("resumed_after", 0),
-                         "crashes": crashes.get(n, [])}
+                         "experts_missing": missing, "rejects": f.get("rejects", {}),
+                         "rejects_by_sender": f.get("rejects_by_sender", {}),
+                         "resumed_after": f.get("resumed_after", 0), "crashes": crashes.get(n, [])}
+        if missing:
+            incomplete.append(n)
     return {
         "method": method, "topology": topology, "model": model, "devices": devices, "tasks": tasks, "seed": seed,
-        "swarm": swarm_name, "per_device": per_device, "rejects": dict(sorted(rejects.items())),
+        "swarm": swarm_name, "admission": admission, "per_device": per_device,
+        "rejects": dict(sorted(rejects.items())), "devices_missing_experts": incomplete,
         "rounds": rounds, "join_bytes": bytes_by_round.get(0, 0),
         "final": {
             "avg_accuracy": _mean(list(acc.values())), "accuracy": acc, "total_bytes": total,

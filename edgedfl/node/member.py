@@ -242,6 +242,7 @@ class SwarmMember:
         """A peer's message that got past the wire but cannot be used: counted, logged, never raised."""
         assert self.protocol is not None
         self.protocol.rejects[type(exc).__name__] += 1
+        self.protocol.rejects_by_sender[sender] += 1
         log.warning("%s: refused what %s sent: %s", self.me, sender, exc)
 
     # -- the whole life -----------------------------------------------------------------
@@ -285,7 +286,9 @@ class SwarmMember:
             "clusters": self.clustering.assignment, "experts": experts,
             "accuracy": setup.get(self.cfg.data), "final": routed, "adopted_expert": self.slot in experts,
             "bytes_by_round": dict(self.link.bytes_by_round), "total_bytes": self.link.total_bytes,
+            "experts_missing": sorted(set(self.clustering.slot_numbers) - {self.slot} - set(experts)),
             "resumed_after": done, "wall_s": time.monotonic() - t_start, "rejects": dict(self.protocol.rejects),
+            "rejects_by_sender": dict(self.protocol.rejects_by_sender),
             **self.learner.final_tags(), **self.learner.tags(),
         }
         write_json(self.state / "final.json", final)
@@ -347,6 +350,8 @@ class SwarmMember:
         self.weights = metropolis_weights(graph)[self.me]
         self.learner.place(self.slot)
         self.protocol.follow_slot(self.slot)
+        # a slot's finished expert is taken only from a member of that cluster, for a round of this run
+        self.protocol.admit_experts({s: clustering.members(s) for s in clustering.slot_numbers}, self.swarm.rounds)
 
     # -- round 0 ----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from edgedfl.errors import (
     DuplicateMessage,
     KeyChanged,
     MalformedMessage,
+    NotAMember,
     SettingsMismatch,
     SignatureError,
     StaleRound,
@@ -75,6 +77,11 @@ class Receiving(Sending):
 
     def _reject(self, exc: Exception, topic: str) -> None:
         self.rejects[type(exc).__name__] += 1
+        try:
+            sender = self.topics.parse(topic).node or "?"
+        except ValueError:
+            sender = "?"
+        self.rejects_by_sender[sender] += 1
         log.debug("%s: rejected message on %s: %s", self.node, topic, exc)
 
     def _handle(self, msg: Message) -> None:
@@ -189,11 +196,51 @@ class Receiving(Sending):
         if env.sender == self.node:
             return
         self._check_settings(env)
-        known = self.experts.get(slot)
-        if known is not None and (known.round, known.sender) > (env.round, env.sender):
-            return  # an older expert (retained replay): keep the newer one
+        self._check_expert(slot, env.sender, env.round)
+        known = self.expert_copies.get(slot, {}).get(env.sender)
+        if known is not None and known.round > env.round:
+            return  # an older copy of this sender's (retained replay): keep the newer one
         body = decode_expert(env.body, limits=self.limits)
-        self.experts[slot] = ExpertInfo(slot, env.sender, env.round, body.tensors, body.latent, dict(env.meta), body.masks)
+        info = ExpertInfo(slot, env.sender, env.round, body.tensors, body.latent, dict(env.meta), body.masks)
+        self.expert_copies.setdefault(slot, {})[env.sender] = info
+
+    def _check_expert(self, slot: int, sender: str, round: int) -> None:
+        """An expert must come from a member of its slot's cluster, for a round of the run's schedule."""
+        if round < 1 or (self.expert_max_round is not None and round > self.expert_max_round):
+            raise StaleRound(f"expert of slot {slot} from {sender!r} for round {round}: the run has rounds "
+                             f"1..{self.expert_max_round if self.expert_max_round is not None else '?'}")
+        if self.expert_members is not None and sender not in self.expert_members.get(slot, frozenset()):
+            raise NotAMember(f"expert of slot {slot} from {sender!r}, who is not a member of that cluster")
+
+    def admit_experts(self, members: Mapping[int, Iterable[str]], max_round: int) -> None:
+        """From now on accept a slot's expert only from ``members[slot]``, for rounds 1..``max_round``.
+
+        Copies that arrived before (retained messages come at once, before the
+        clustering is known) are judged now: the ones that fail are dropped and
+        counted as rejections.
+        """
+        self.expert_members = {int(s): frozenset(m) for s, m in members.items()}
+        self.expert_max_round = int(max_round)
+        for slot, copies in list(self.expert_copies.items()):
+            for sender, info in list(copies.items()):
+                try:
+                    self._check_expert(slot, sender, info.round)
+                except WireError as exc:
+                    del copies[sender]
+                    self._reject(exc, self.topics.expert(slot, sender))
+
+    @property
+    def experts(self) -> dict[int, ExpertInfo]:
+        """The finished expert of each slot: among its members' copies, the latest round, then the smallest id.
+
+        Every receiver that holds the same copies chooses the same one, whatever
+        the order they arrived in.
+        """
+        chosen = {}
+        for slot, copies in self.expert_copies.items():
+            if copies:
+                chosen[slot] = min(copies.values(), key=lambda e: (-e.round, e.sender))
+        return chosen
 
     def _on_ack(self, env: Envelope) -> None:
         if env.meta.get("to") != self.node:

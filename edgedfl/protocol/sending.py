@@ -119,7 +119,7 @@ class Sending(EndpointState):
                 f"expert of slot {slot} is {len(payload)} bytes, over the transport limit "
                 f"{self.transport.max_payload}; experts are not chunked"
             )
-        self._publish_retained(self.topics.expert(slot), payload)
+        self._publish_retained(self.topics.expert(slot, self.node), payload)
 
     def republish_retained(self) -> None:
         """Publish presence, hello and experts again (a restarted broker may have lost them)."""

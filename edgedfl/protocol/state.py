@@ -114,10 +114,16 @@ class EndpointState:
         self._decoded: dict[str, ReceivedUpdate] = {}
         #: neighbours by name, from presence and hello
         self.peers: dict[str, PeerInfo] = {}
-        #: finished experts by slot
-        self.experts: dict[int, ExpertInfo] = {}
+        #: every copy of a finished expert received, by slot and sender (members of a cluster each publish one)
+        self.expert_copies: dict[int, dict[str, ExpertInfo]] = {}
+        #: who may publish each slot's expert (:meth:`admit_experts`); None: not known yet, every copy is kept
+        self.expert_members: dict[int, frozenset[str]] | None = None
+        #: the last round of the run's schedule: an expert of a later round is refused
+        self.expert_max_round: int | None = None
         #: rejected incoming messages, by error type name
         self.rejects: Counter[str] = Counter()
+        #: rejected incoming messages, by the sender their topic names (the claimed one: forgeries count here)
+        self.rejects_by_sender: Counter[str] = Counter()
         #: error envelopes received about our own messages
         self.remote_errors: list[RemoteError] = []
         self._late: dict[tuple[int, int], set[str]] = {}

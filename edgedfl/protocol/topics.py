@@ -5,13 +5,12 @@ The topic tree of one swarm (DESIGN.md, "Protocol sketch")::
     edgedfl/<swarm>/presence/<node>        retained; last will "offline"
     edgedfl/<swarm>/hello/<node>           retained; device profile + task signature
     edgedfl/<swarm>/update/<slot>/<node>   one round's sparse B, in chunks
-    edgedfl/<swarm>/expert/<slot>          retained; finished expert + latent code
+    edgedfl/<swarm>/expert/<slot>/<node>   retained; <node>'s copy of its cluster's finished expert
     edgedfl/<swarm>/ack/<node>             end-to-end acks *sent by* <node>
 
-Every topic a node publishes on ends in its own name, except ``expert/<slot>``
-(any member of the cluster may publish the finished expert), so a broker ACL
-"write ``edgedfl/<swarm>/+/<node>`` and ``edgedfl/<swarm>/update/+/<node>``"
-lets each node write only its own topics. That is why an ack goes to the
+Every topic a node publishes on ends in its own name, so a broker ACL "write
+``edgedfl/<swarm>/+/<node>``, ``edgedfl/<swarm>/update/+/<node>`` and
+``edgedfl/<swarm>/expert/+/<node>``" lets each node write only its own topics. That is why an ack goes to the
 *receiver's* ack topic, naming the original sender inside, rather than to
 the sender's: a node never writes under another node's name; senders
 subscribe to ``ack/+`` and keep the acks addressed to them.
@@ -79,8 +78,8 @@ class Topics:
     def update(self, slot: int, node: str) -> str:
         return f"{self.base}/update/{_check_slot(slot)}/{validate_name(node)}"
 
-    def expert(self, slot: int) -> str:
-        return f"{self.base}/expert/{_check_slot(slot)}"
+    def expert(self, slot: int, node: str) -> str:
+        return f"{self.base}/expert/{_check_slot(slot)}/{validate_name(node)}"
 
     def ack(self, node: str) -> str:
         return f"{self.base}/ack/{validate_name(node)}"
@@ -98,7 +97,7 @@ class Topics:
         return f"{self.base}/update/{_check_slot(slot)}/+"
 
     def all_experts(self) -> str:
-        return f"{self.base}/expert/+"
+        return f"{self.base}/expert/+/+"
 
     def all_acks(self) -> str:
         return f"{self.base}/ack/+"
@@ -118,10 +117,8 @@ class Topics:
         try:
             if kind in ("presence", "hello", "ack") and len(parts) == 2:
                 return ParsedTopic(kind, node=validate_name(parts[1]))
-            if kind == "update" and len(parts) == 3:
+            if kind in ("update", "expert") and len(parts) == 3:
                 return ParsedTopic(kind, node=validate_name(parts[2]), slot=self._parse_slot(parts[1]))
-            if kind == "expert" and len(parts) == 2:
-                return ParsedTopic(kind, slot=self._parse_slot(parts[1]))
         except ConfigError as exc:
             raise InvalidTopic(f"topic {topic!r}: {exc}") from None
         raise InvalidTopic(f"topic {topic!r} is not a protocol topic ({', '.join(KINDS)})")

@@ -251,9 +251,9 @@ def test_a_sparse_expert_travels_as_values_mask_bits_and_shape(swarm: Swarm) -> 
         np.testing.assert_array_equal(got[k], want)
         np.testing.assert_array_equal(b.experts[1].masks[k], masks[k])  # the receiver learns the mask
     # the sparse expert is much smaller than the dense one
-    sparse_bytes = len(swarm.hub._retained[f"edgedfl/{SWARM}/expert/1"].payload)
+    sparse_bytes = len(swarm.hub._retained[f"edgedfl/{SWARM}/expert/1/a"].payload)
     a.publish_expert(2, 3, dense, latent)
-    dense_bytes = len(swarm.hub._retained[f"edgedfl/{SWARM}/expert/2"].payload)
+    dense_bytes = len(swarm.hub._retained[f"edgedfl/{SWARM}/expert/2/a"].payload)
     assert sparse_bytes < 0.55 * dense_bytes
     with pytest.raises(TensorValidationError):
         a.publish_expert(3, 3, dense, latent, masks={"l0.B": np.ones((4, 4), bool)})
@@ -342,3 +342,52 @@ def test_a_per_round_spec_sees_the_round(swarm: Swarm) -> None:
     pump([a, b], lambda: not a.pending())
     assert set(b.round_updates(0, 0)) == {"a"} and b.round_updates(1, 0) == {}
     assert (0, 0) in seen and (0, 1) in seen and b.rejects["TensorValidationError"] == 1
+
+
+def _expert(node: NeighbourProtocol, slot: int, round: int, value: float) -> None:
+    node.publish_expert(slot, round, {"q.B": np.full((4, 3), value, np.float16)}, {})
+
+
+def test_an_expert_is_taken_only_from_a_member_of_its_cluster_for_a_round_of_the_run(swarm: Swarm) -> None:
+    # Prepare: a and b are the cluster of slot 0, c of slot 1; r receives
+    a, b, c, r = swarm.node("a"), swarm.node("b"), swarm.node("c"), swarm.node("r")
+    # Execute: before r knows the clusters, c publishes (retained) a copy for slot 0, which is not its cluster
+    _expert(c, 0, 3, 9.0)
+    pump([c, r], lambda: "c" in r.expert_copies.get(0, {}))
+    r.admit_experts({0: ["a", "b"], 1: ["c"]}, max_round=3)
+    # Assert: judged at once: dropped and counted, with the sender it claimed
+    assert 0 not in r.experts and r.rejects["NotAMember"] == 1 and r.rejects_by_sender["c"] == 1
+
+    # Execute: a non-member after the clusters are known, a round past the run's schedule, then members' copies
+    _expert(c, 0, 2, 9.0)
+    _expert(a, 0, 99, 9.0)
+    _expert(b, 0, 3, 2.0)
+    _expert(a, 0, 3, 1.0)
+    _expert(c, 1, 3, 5.0)
+    pump([a, b, c, r], lambda: len(r.expert_copies.get(0, {})) == 2 and 1 in r.experts)
+    # Assert: refused and counted; among the members' copies of the last round the smallest id is chosen
+    assert r.rejects["NotAMember"] == 2 and r.rejects["StaleRound"] == 1
+    chosen = r.experts[0]
+    assert (chosen.sender, chosen.round) == ("a", 3)
+    np.testing.assert_array_equal(chosen.tensors["q.B"], np.full((4, 3), 1.0, np.float16))
+    assert r.experts[1].sender == "c"
+
+
+def test_every_receiver_chooses_the_same_expert_whatever_the_arrival_order(swarm: Swarm) -> None:
+    a, b = swarm.node("a"), swarm.node("b")
+    first = swarm.node("r1")
+    first.admit_experts({0: ["a", "b"]}, max_round=5)
+    # r1 hears b's copy first and a's later; r2 comes when both are retained and gets them together
+    _expert(b, 0, 4, 2.0)
+    pump([b, first], lambda: 0 in first.experts)
+    assert first.experts[0].sender == "b"
+    _expert(a, 0, 4, 1.0)
+    pump([a, first], lambda: len(first.expert_copies[0]) == 2)
+    second = swarm.node("r2")
+    second.admit_experts({0: ["a", "b"]}, max_round=5)
+    pump([second], lambda: len(second.expert_copies.get(0, {})) == 2)
+    assert first.experts[0].sender == second.experts[0].sender == "a"
+    # a later round wins over the smaller id
+    _expert(b, 0, 5, 3.0)
+    pump([b, first, second], lambda: first.experts[0].round == 5 == second.experts[0].round)
+    assert first.experts[0].sender == second.experts[0].sender == "b"

@@ -15,7 +15,7 @@ def test_build_and_parse_round_trip() -> None:
         t.presence("n1"): ParsedTopic("presence", node="n1"),
         t.hello("n1"): ParsedTopic("hello", node="n1"),
         t.update(3, "n1"): ParsedTopic("update", node="n1", slot=3),
-        t.expert(0): ParsedTopic("expert", slot=0),
+        t.expert(0, "n1"): ParsedTopic("expert", node="n1", slot=0),
         t.ack("n-2.x_y"): ParsedTopic("ack", node="n-2.x_y"),
     }
     for topic, parsed in cases.items():
@@ -53,7 +53,8 @@ def test_bad_names_are_refused(bad: object) -> None:
         "edgedfl/lab/update/01/n1",
         "edgedfl/lab/update/-1/n1",
         "edgedfl/lab/update/x/n1",
-        "edgedfl/lab/expert/99999999999",
+        "edgedfl/lab/expert/99999999999/n1",
+        "edgedfl/lab/expert/2",
         "edgedfl/lab/unknown/n1",
         "edgedfl/lab/ack/a b",
     ],
@@ -67,6 +68,6 @@ def test_bad_slot_and_swarm() -> None:
     with pytest.raises(ConfigError):
         Topics("lab").update(-1, "n1")
     with pytest.raises(ConfigError):
-        Topics("lab").expert(True)
+        Topics("lab").expert(True, "n1")
     with pytest.raises(ConfigError):
         Topics("a/b")

@@ -88,8 +88,9 @@ class Rogue:
                  meta={"profile": json.dumps({"profile": "laptop"})}), retain=True)
         for slot in range(self.slots):
             body = safetensors({"x.lora_B": ("F16", [2, 2], b"\x00\x3c" * 4)})
-            self.pub(f"edgedfl/{self.swarm}/expert/{slot}", envelope("expert", self.swarm, "dev00", body, round=99,
-                     slot=slot, meta={"task": "arith"}), retain=True)
+            for sender in ("dev00", "ghost"):  # under a real device's name, and under a stranger's
+                self.pub(f"edgedfl/{self.swarm}/expert/{slot}/{sender}", envelope(
+                    "expert", self.swarm, sender, body, round=99, slot=slot, meta={"task": "arith"}), retain=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -102,7 +103,7 @@ class Rogue:
             slot = rng.randrange(self.slots)
             # random bytes on every kind of topic
             for topic in (f"{t}/presence/{dev}", f"{t}/hello/{dev}", f"{t}/update/{slot}/{dev}",
-                          f"{t}/expert/{slot}", f"{t}/ack/{dev}", f"{t}/nonsense/x"):
+                          f"{t}/expert/{slot}/{dev}", f"{t}/ack/{dev}", f"{t}/nonsense/x"):
                 self.pub(topic, rng.randbytes(rng.randrange(1, 300)))
             # an unsigned 100x "update" under a real device's id, a NaN body, an unsigned hello during the join
             big = safetensors({"x.lora_B": ("F32", [2, 2], struct.pack("<4f", 100.0, -100.0, 100.0, 100.0))})

@@ -65,3 +65,6 @@ def test_a_paho_rogue_changes_nothing_and_is_counted(tmp_path: Path, mosquitto) 
     assert rejects.get("DuplicateMessage", 0) + rejects.get("StaleRound", 0) > 0  # replays
     for n in devices:
         assert report["per_device"][n]["experts_held"]  # the real experts arrived, the fakes were refused
+        assert report["per_device"][n]["experts_missing"] == []
+        assert report["per_device"][n]["rejects_by_sender"].get("ghost", 0) > 0
+    assert report["devices_missing_experts"] == [] and report["admission"] == "keyring"

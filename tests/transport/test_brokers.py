@@ -70,6 +70,7 @@ def test_acl_a_node_cannot_write_another_nodes_topic(secured: MosquittoBroker, p
         else:  # MQTT 3.1.1 has no reason codes: Mosquitto acknowledges and drops it
             a.publish(f"edgedfl/{SWARM}/presence/node-b", b"forged")
         a.publish(f"edgedfl/{SWARM}/update/3/node-b", b"forged update", timeout=5 if protocol == 311 else None)
+        a.publish(f"edgedfl/{SWARM}/expert/1/node-b", b"forged expert", timeout=5 if protocol == 311 else None)
         a.publish(f"edgedfl/{SWARM}/presence/node-a", b"mine")
 
         msg = monitor.receive(5)
@@ -83,7 +84,7 @@ def test_acl_allows_own_topics_and_reading_the_swarm(secured: MosquittoBroker) -
     with login(secured, "node-b") as b, login(secured, "node-a") as a:
         b.subscribe(f"edgedfl/{SWARM}/#")
         own = [f"edgedfl/{SWARM}/{t}" for t in ("presence/node-a", "hello/node-a", "update/2/node-a",
-                                                    "ack/node-a", "expert/2")]
+                                                    "ack/node-a", "expert/2/node-a")]
         for topic in own:
             a.publish(topic, b"x")
         got = [b.receive(5) for _ in own]
@@ -97,6 +98,7 @@ def test_acl_text_refuses_names_that_would_widen_it() -> None:
         acl_text("s+", ["a"])
     text = acl_text(SWARM, ["a"])
     assert "topic write edgedfl/lab/update/+/a" in text and "topic read edgedfl/lab/#" in text
+    assert "topic write edgedfl/lab/expert/+/a" in text and "expert/+\n" not in text
 
 
 @requires_mosquitto
