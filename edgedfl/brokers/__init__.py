@@ -4,6 +4,8 @@ embedded amqtt broker (MQTT 3.1.1, in-process), ACL and password files, and a th
 - :mod:`edgedfl.brokers.launch`: ``MosquittoBroker``, ``EmbeddedBroker``, ``start_broker``, ``acl_text``,
   ``write_acl``, ``write_password_file``, ``free_port``.
 - :mod:`edgedfl.brokers.pki`: ``make_test_pki`` (a CA, server and client certificates).
+- :mod:`edgedfl.brokers.secure`: ``write_secure_swarm``, ``SecureSwarm``, ``secure_broker`` (mTLS, a
+  password per device, the ACL: ``edgedfl broker --secure``, ``edgedfl emulate --secure``).
 
 The broker only relays; nothing here aggregates. Names load on first use.
 """
@@ -23,6 +25,9 @@ _EXPORTS = {
     "free_port": "launch",
     "mosquitto_available": "launch",
     "make_test_pki": "pki",
+    "SecureSwarm": "secure",
+    "write_secure_swarm": "secure",
+    "secure_broker": "secure",
 }
 
 __all__ = list(_EXPORTS)

@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profiles", default="laptop", help="device profiles cycled over devices, e.g. phone,laptop")
     p.add_argument("--shape-links", action="store_true", help="apply profile link rates at application level")
     p.add_argument("--broker", default="", help="mqtt://host:port (default: start the embedded broker)")
+    p.add_argument("--secure", action="store_true",
+                   help="mTLS on a Mosquitto of the run's own: a CA, a certificate and a password per device, "
+                        "an ACL that lets each device write only its own topics (files in OUT/secure/)")
     p.add_argument("--out", default="runs/emulate", help="run directory")
     p.add_argument("--report", default=None, help="report JSON path (default: OUT/report.json); PNGs next to it")
     p.add_argument("--deadline", type=float, default=None, help="round deadline in seconds")
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = resolve_tasks(args.tasks)
     cfg = FleetConfig(devices=args.devices, tasks=tasks, profiles=args.profiles.split(","),
                       shape_links=args.shape_links, broker=args.broker, swarm=swarm,
-                      android=args.android)
+                      android=args.android, secure=args.secure)
     out = Path(args.out)
     clear_run_dir(out, overwrite=args.overwrite)
     fleet = Fleet(cfg, out)

@@ -52,6 +52,9 @@ class FleetConfig(ConfigBase):
     swarm: SwarmConfig = option(help="settings every device shares", factory=SwarmConfig)
     android: int = option(0, help="the last N devices are phone stand-ins (android_bridge/standin) running an "
                                   "exported ExecuTorch bundle instead of a Python node")
+    secure: bool = option(False, help="run the fleet over mTLS on a Mosquitto of its own: a CA, a certificate and "
+                                      "a password per device, and an ACL that lets each device write only its "
+                                      "own topics (in <out>/secure/)")
     max_restarts: int = option(3, help="a device process that dies is restarted (it resumes from its checkpoint) "
                                        "up to this many times; then the run fails")
 
@@ -61,6 +64,8 @@ class FleetConfig(ConfigBase):
         check(self.devices >= 1, n, "devices", self.devices, "must be >= 1")
         check(0 <= self.android <= self.devices, n, "android", self.android, f"must be in [0, {self.devices}]")
         check(self.max_restarts >= 0, n, "max_restarts", self.max_restarts, "must be >= 0")
+        check(not (self.secure and self.broker), n, "secure", self.secure,
+              "a secure fleet starts its own Mosquitto (it writes the certificates and the ACL): drop --broker")
         check(bool(self.tasks), n, "tasks", self.tasks, "name at least one task")
         for t in self.tasks:
             check(t in TASKS, n, "tasks", self.tasks, f"unknown task {t!r}; built-in: {sorted(TASKS)}")
@@ -97,6 +102,10 @@ def clear_run_dir(out: Path, *, overwrite: bool = False) -> None:
         for dev in out.iterdir():
             if dev.is_dir() and (dev / "node_config.json").is_file():
                 shutil.rmtree(dev)
+        # a secure run's credentials and broker (each run its own CA and swarm name)
+        for sub, marker in (("secure", "secure.json"), ("broker", "mosquitto.conf")):
+            if (out / sub / marker).is_file():
+                shutil.rmtree(out / sub)
 
 
 def resolve_tasks(spec: str) -> list[str]:
@@ -157,17 +166,19 @@ class Fleet:
         from edgedfl.model.loading import prepare_model
 
         prepare_model(self.cfg.swarm.model)  # a GGUF is converted once here, not by every device at once
-        if self.cfg.shape_links and not self.cfg.broker:
+        if self.cfg.shape_links and not self.cfg.broker and not self.cfg.secure:
             from edgedfl.netlab import can_shape_links
 
             if can_shape_links():
                 self._start_lab()
-        if self.lab is None and not self.broker_url:
+        if self.cfg.secure:
+            self._start_secure()
+        elif self.lab is None and not self.broker_url:
             from edgedfl.brokers.launch import EmbeddedBroker
 
             self._broker = EmbeddedBroker().start()
             self.broker_url = self._broker.url
-        if self.lab is None:
+        if self.lab is None and not self.cfg.secure:
             self.shaping = "application" if self.cfg.shape_links else "none"
             self.nodes = node_configs(self.cfg, self.run_dir, self.broker_url)
         if self.cfg.swarm.admission != "open":
@@ -176,6 +187,21 @@ class Fleet:
         # stand-ins first: their bundles are exported before any node starts its join deadline
         for node in sorted(self.nodes, key=lambda nd: nd.node_id not in self.android_ids):
             self.spawn(node)
+
+    def _start_secure(self) -> None:
+        """A Mosquitto with one mTLS listener, a password per device and the swarm's ACL; each device its URL."""
+        from edgedfl.brokers.secure import secure_broker, write_secure_swarm
+
+        names = [f"dev{i:02d}" for i in range(self.cfg.devices)]
+        secure = write_secure_swarm(self.run_dir / "secure", self.cfg.swarm.name, names)
+        self._broker = secure_broker(secure, workdir=self.run_dir / "broker").start()
+        assert self._broker.tls_port is not None
+        self.broker_url = secure.url(secure.admin, self._broker.host, self._broker.tls_port,
+                                     max_payload=self._broker.message_size_limit)
+        self.nodes = [dataclasses.replace(nd, broker=secure.url(nd.node_id, self._broker.host, self._broker.tls_port,
+                                                                max_payload=self._broker.message_size_limit))
+                      for nd in node_configs(self.cfg, self.run_dir, "")]
+        self.shaping = "application" if self.cfg.shape_links else "none"
 
     def _start_lab(self) -> None:
         """Real links: the broker in a hub namespace, each device in its own, joined by shaped veths."""

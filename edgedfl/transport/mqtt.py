@@ -56,6 +56,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -576,6 +577,11 @@ def _parse_url(url: str) -> dict[str, Any]:
                 raise ConfigError(f"url={url!r}: {key}={value!r} is not an integer") from exc
         elif key in ("ca", "cert", "key"):
             out[key] = value
+        elif key == "password_file":  # the password stays in its file, out of configs and logs
+            try:
+                out["password"] = Path(value).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"url: password_file={value!r} cannot be read: {exc}") from None
         else:
             raise ConfigError(f"url={url!r}: unknown query parameter {key!r}")
     return out
