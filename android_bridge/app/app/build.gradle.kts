@@ -9,7 +9,8 @@ android {
 
     defaultConfig {
         applicationId = "org.edgedfl.app"
-        // 28: java.util.Base64, ForegroundService; Ed25519 signing (optional) wants 33+ or BouncyCastle
+        // 28: java.util.Base64, ForegroundService. Messages are signed (Ed25519) unless the swarm is "open": the
+        // platform has Ed25519 from API 33; on 28..32 register a provider (e.g. BouncyCastle) or run the swarm open
         minSdk = 28
         targetSdk = 35
         versionCode = 1

@@ -30,7 +30,13 @@ class SwarmSettings(
     val expectedDevices: Int,
     val precision: String,
     val expertEvery: Int,
-)
+    /** Who may take part (FORMAT.md 5.3): tofu (the default), keyring or open. */
+    val admission: String,
+) {
+    init {
+        require(admission in Identity.ADMISSIONS) { "swarm_settings.admission=$admission: choose from ${Identity.ADMISSIONS}" }
+    }
+}
 
 /**
  * An Android bundle written by `edgedfl android export` (layout: edgedfl/android/manifest.py):
@@ -71,6 +77,7 @@ class Bundle private constructor(val dir: File, private val m: JSONObject) {
             expectedDevices = s.optInt("expected_devices", 0),
             precision = s.optString("precision", "fp16"),
             expertEvery = s.optInt("expert_every", 0),
+            admission = s.optString("admission", "tofu"),
         )
     }
     private val programs: JSONObject = m.getJSONObject("programs")

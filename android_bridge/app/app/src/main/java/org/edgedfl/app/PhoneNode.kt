@@ -6,10 +6,13 @@ import kotlin.math.ceil
 import kotlin.math.sqrt
 import org.edgedfl.wire.DType
 import org.edgedfl.wire.FloatTensor
+import org.edgedfl.wire.Hex
+import org.edgedfl.wire.KeyRing
 import org.edgedfl.wire.Mask
 import org.edgedfl.wire.Precision
 import org.edgedfl.wire.RawTensor
 import org.edgedfl.wire.SafeTensors
+import org.edgedfl.wire.Signer
 
 /** What the user sets on the phone; everything shared comes from the bundle's manifest. */
 class PhoneConfig(
@@ -54,11 +57,15 @@ class PhoneNode(private val cfg: PhoneConfig, private val status: (String) -> Un
         cfg.stateDir.mkdirs()
         val data = TrainData.load(cfg.dataFile, bundle.maxLength, bundle.padId, s.seed)
         val topics = Topics(s.name)
+        val (signer, keyring) = identity()
         status("connecting to ${cfg.brokerUrl}")
         val link = MqttLink(cfg.brokerUrl, me, topics.presence(me), "offline".toByteArray())
         val chunk = minOf(1_000_000, maxOf(16_384, link.maxPayload - 4096))
         val ackTimeoutMs = (maxOf(10.0, s.roundDeadlineS / 2) * 1000).toLong()
-        val proto = PhoneProtocol(link, s.name, me, cfg.stateDir, ackTimeoutMs, chunk)
+        val proto = PhoneProtocol(
+            link, s.name, me, cfg.stateDir, ackTimeoutMs, chunk,
+            signer = signer, keyring = keyring, tofu = signer != null && keyring == null,
+        )
         try {
             proto.start((0 until s.maxSlots).toList())
             PhoneFeatures(bundle).use { features ->
@@ -67,6 +74,8 @@ class PhoneNode(private val cfg: PhoneConfig, private val status: (String) -> Un
                 proto.publishHello(mapOf("link_rate_bps" to bundle.linkRateBps, "profile" to "phone"), sig)
                 status("joining")
                 val assignment = join(proto, sig)
+                // a slot's finished expert is taken only from a member of that cluster, for a round of this run
+                proto.admitExperts(assignment.entries.groupBy({ it.value }, { it.key }), s.rounds.toLong())
                 val slot = assignment.getValue(me)
                 val members = assignment.filterValues { it == slot }.keys.sorted()
                 val (neighbours, row) = place(proto, members)
@@ -90,6 +99,27 @@ class PhoneNode(private val cfg: PhoneConfig, private val status: (String) -> Un
         } finally {
             proto.close(leave = true)
         }
+    }
+
+    // -- identity ------------------------------------------------------------------------------------
+
+    /**
+     * The device key and the key ring of the swarm's admission (member.py connect): `open` signs and
+     * checks nothing; `tofu` signs with the device key (identity.key in the state folder, created on
+     * first start) and pins each node's key at its first hello; `keyring` checks against the key ring
+     * file keyring.json of the bundle folder, and falls back to tofu (with a warning) without one.
+     */
+    private fun identity(): Pair<Signer?, KeyRing?> {
+        if (s.admission == "open") return null to null
+        val signer = Identity.loadOrCreateSigner(File(cfg.stateDir, "identity.key"))
+        Log.i(TAG, "$me: device key ${signer.keyId()}, public ${Hex.encode(signer.publicBytes())}")
+        if (s.admission != "keyring") return signer to null
+        val file = File(cfg.bundleDir, KEYRING_FILE)
+        if (!file.isFile) {
+            Log.w(TAG, "$me: admission is keyring but the bundle has no $KEYRING_FILE: pinning keys on first use instead")
+            return signer to null
+        }
+        return signer to Identity.readKeyRing(file)
     }
 
     // -- joining -------------------------------------------------------------------------------------
@@ -231,5 +261,7 @@ class PhoneNode(private val cfg: PhoneConfig, private val status: (String) -> Un
 
     companion object {
         private const val TAG = "edgedfl.node"
+        /** The swarm's key ring (admission `keyring`), copied into the bundle folder: signing.py's file format. */
+        const val KEYRING_FILE = "keyring.json"
     }
 }

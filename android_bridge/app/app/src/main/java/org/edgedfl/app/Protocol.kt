@@ -2,33 +2,79 @@ package org.edgedfl.app
 
 import android.util.Log
 import java.io.File
+import java.io.IOException
 import org.edgedfl.wire.Chunks
 import org.edgedfl.wire.Codec
 import org.edgedfl.wire.DType
+import org.edgedfl.wire.Ed25519
 import org.edgedfl.wire.Envelope
 import org.edgedfl.wire.FloatTensor
 import org.edgedfl.wire.Hex
+import org.edgedfl.wire.KeyRing
 import org.edgedfl.wire.Limits
 import org.edgedfl.wire.Mask
 import org.edgedfl.wire.MaskRegistry
 import org.edgedfl.wire.Precision
 import org.edgedfl.wire.RawTensor
+import org.edgedfl.wire.Signer
 import org.edgedfl.wire.WireException
 import org.json.JSONObject
 
-/** Topic names of one swarm (edgedfl/transport/proto_topics.py). */
+/** What a protocol topic names: its kind, the node at its end, and the slot of an update or expert. */
+class ParsedTopic(val kind: String, val node: String, val slot: Int?)
+
+/**
+ * Topic names of one swarm (edgedfl/protocol/topics.py). Every topic a node publishes on ends in
+ * its own name (an expert too: `expert/<slot>/<node>`), so a broker ACL can let each node write
+ * only its own topics.
+ */
 class Topics(val swarm: String) {
     val base = "edgedfl/$swarm"
     fun presence(node: String) = "$base/presence/$node"
     fun hello(node: String) = "$base/hello/$node"
     fun update(slot: Int, node: String) = "$base/update/$slot/$node"
-    fun expert(slot: Int) = "$base/expert/$slot"
+    fun expert(slot: Int, node: String) = "$base/expert/$slot/$node"
     fun ack(node: String) = "$base/ack/$node"
     fun slotUpdates(slot: Int) = "$base/update/$slot/+"
     val allPresence get() = "$base/presence/+"
     val allHello get() = "$base/hello/+"
-    val allExperts get() = "$base/expert/+"
+    val allExperts get() = "$base/expert/+/+"
     val allAcks get() = "$base/ack/+"
+
+    /** Kind, node and slot of a topic of this swarm (topics.py parse); MalformedMessage for anything else. */
+    fun parse(topic: String): ParsedTopic {
+        val prefix = "$base/"
+        if (!topic.startsWith(prefix)) throw WireException.MalformedMessage("topic $topic is not under $prefix")
+        val parts = topic.removePrefix(prefix).split("/")
+        val kind = parts[0]
+        if (kind in listOf("presence", "hello", "ack") && parts.size == 2 && NAME.matches(parts[1])) {
+            return ParsedTopic(kind, parts[1], null)
+        }
+        if (kind in listOf("update", "expert") && parts.size == 3 && NAME.matches(parts[2]) && SLOT.matches(parts[1])
+            && parts[1].toLong() <= Int.MAX_VALUE
+        ) {
+            return ParsedTopic(kind, parts[2], parts[1].toInt())
+        }
+        throw WireException.MalformedMessage("topic $topic is not a protocol topic")
+    }
+
+    companion object {
+        private val NAME = Regex("[A-Za-z0-9._-]{1,128}")
+        private val SLOT = Regex("0|[1-9][0-9]{0,9}")
+    }
+}
+
+/** Rejections of edgedfl.errors that the Java codec has no class for, named as Python names them. */
+class StaleRound(message: String) : WireException(message) {
+    override fun pythonName() = "StaleRound"
+}
+
+class NotAMember(message: String) : WireException(message) {
+    override fun pythonName() = "NotAMember"
+}
+
+class KeyChanged(message: String) : WireException.Signature(message) {
+    override fun pythonName() = "KeyChanged"
 }
 
 class Peer(val node: String) {
@@ -55,12 +101,18 @@ private class OutEntry(
 private class Answer(val mid: String, val env: Envelope?, val status: String, val error: WireException? = null)
 
 /**
- * The neighbour protocol of edgedfl/transport/protocol.py, the part a phone speaks: retained
- * presence with a last will, the retained hello, updates and masks in chunks re-sent until every
- * receiver acknowledged them end to end, acks on the receiver's own topic, deduplication on
+ * The neighbour protocol of edgedfl/protocol/ (receiving.py, sending.py), the part a phone speaks:
+ * retained presence with a last will, the retained hello, updates and masks in chunks re-sent until
+ * every receiver acknowledged them end to end, acks on the receiver's own topic, deduplication on
  * (sender, round, seq) and one update per (sender, round, slot), stale and too-far-ahead rounds,
- * error envelopes for rejected messages, finished experts (retained), and rounds that close on a
- * deadline with a quorum.
+ * error envelopes for rejected messages, finished experts (retained, one copy per publisher), and
+ * rounds that close on a deadline with a quorum.
+ *
+ * Identity (FORMAT.md 5.3): every envelope is signed by [signer] (null: admission `open`). With
+ * [tofu], a node's key is pinned from its first signed hello (meta["key"], whose fingerprint is the
+ * envelope's key_id) into a key ring, kept in `pins.json` in the state folder, and every other
+ * message is verified against the pinned keys; a later hello with another key is refused. A given
+ * [keyring] (admission `keyring`) is used as it is. Neither: nothing is verified.
  *
  * Differences from the Python endpoint, on purpose: the outbox and the ledger live in memory (a
  * killed app rejoins fresh; its sequence numbers are persisted so they are never reused), and every
@@ -73,13 +125,19 @@ class PhoneProtocol(
     stateDir: File,
     private val ackTimeoutMs: Long,
     private val chunkBytes: Int,
+    private val signer: Signer? = null,
+    keyring: KeyRing? = null,
+    private val tofu: Boolean = false,
 ) {
     val topics = Topics(swarm)
     val masks = MaskRegistry()
     val peers = HashMap<String, Peer>()
-    val experts = HashMap<Int, Expert>()
+    /** Every copy of a finished expert received, by slot and sender (members of a cluster may each publish one). */
+    val expertCopies = HashMap<Int, HashMap<String, Expert>>()
     var rejects = 0
         private set
+    /** Rejected incoming messages by error class (Python's names, e.g. SignatureError, NotAMember). */
+    val rejectsByType = HashMap<String, Int>()
     var currentRound = -1L
         private set
 
@@ -96,6 +154,26 @@ class PhoneProtocol(
     private val maskSentTo = HashMap<String, MutableSet<String>>()
     private val followed = HashSet<Int>()
     private val seqFile = File(stateDir, "next_seq")
+
+    /** Who may publish each slot's expert ([admitExperts]); null: not known yet, every copy is kept. */
+    private var expertMembers: Map<Int, Set<String>>? = null
+    /** The last round of the run's schedule: an expert of a later round is refused. */
+    private var expertMaxRound: Long? = null
+
+    /** The keys messages are verified against (null: nothing is verified, admission `open`). */
+    private val ring: KeyRing? = if (tofu) (keyring ?: KeyRing()) else keyring
+    /** Keys pinned by trust on first use, by key id, each bound to the node(s) it may sign for. */
+    private val pins = LinkedHashMap<String, KeyEntry>()
+    private val pinsFile = File(stateDir, "pins.json")
+
+    init {
+        if (tofu && pinsFile.isFile) { // a restarted app keeps the keys it pinned
+            for (e in Identity.parseEntries(JSONObject(pinsFile.readText()))) {
+                ring!!.add(e.keyId, e.publicKey, e.senders)
+                pins[e.keyId] = e
+            }
+        }
+    }
 
     /** Masks that reached us from cluster mates, by wire tensor name (the newest set wins). */
     val receivedMasks = HashMap<String, Mask>()
@@ -135,22 +213,31 @@ class PhoneProtocol(
         tryPublish(topics.presence(me), (if (online) "online" else "offline").toByteArray(), retain = true)
     }
 
-    /** The retained hello: profile JSON in meta["profile"], the task signature as one float32 tensor. */
+    /**
+     * The retained hello: profile JSON in meta["profile"], the task signature as one float32 tensor,
+     * and the raw public key this device signs with in meta["key"] (64 hex chars; receivers pin it).
+     */
     fun publishHello(profile: Map<String, Any>, signature: FloatArray) {
         val body = Codec.encodeTensors(
             mapOf("signature" to RawTensor.ofFloats(DType.F32, longArrayOf(signature.size.toLong()), signature))
         )
-        val env = Envelope.of("hello", swarm, me, 0, 0, 0, body, mapOf("profile" to canonicalJson(profile)))
-        tryPublish(topics.hello(me), env.encode(), retain = true)
+        val meta = HashMap<String, String>()
+        meta["profile"] = canonicalJson(profile)
+        signer?.let { meta["key"] = Hex.encode(it.publicBytes()) }
+        val env = Envelope.of("hello", swarm, me, 0, 0, 0, body, meta)
+        tryPublish(topics.hello(me), env.encode(signer), retain = true)
     }
 
-    /** A finished expert of [slot], retained, with dense fp16 tensors (receivers also accept the sparse form). */
+    /**
+     * A finished expert of [slot], retained on this phone's own `expert/<slot>/<me>` topic, with dense
+     * fp16 tensors (receivers also accept the sparse form).
+     */
     fun publishExpert(slot: Int, round: Long, tensors: Map<String, FloatTensor>) {
         val raw = tensors.mapValues { (_, t) -> RawTensor.ofFloats(DType.F16, t.shape(), t.values()) }
         val env = Envelope.of("expert", swarm, me, round, slot.toLong(), 0, Codec.encodeTensors(raw), mapOf("task_hint" to ""))
-        val bytes = env.encode()
+        val bytes = env.encode(signer)
         require(bytes.size <= link.maxPayload) { "expert of slot $slot is ${bytes.size} bytes: over the broker limit" }
-        tryPublish(topics.expert(slot), bytes, retain = true)
+        tryPublish(topics.expert(slot, me), bytes, retain = true)
     }
 
     /**
@@ -183,7 +270,7 @@ class PhoneProtocol(
     private fun recordAndSend(kind: String, round: Long, slot: Int, body: ByteArray, meta: Map<String, String>, receivers: Set<String>): String {
         val seq = nextSeq()
         val mid = "$me/$round/$seq"
-        val data = Envelope.of(kind, swarm, me, round, slot.toLong(), seq, body, meta).encode()
+        val data = Envelope.of(kind, swarm, me, round, slot.toLong(), seq, body, meta).encode(signer)
         val size = maxOf(512, minOf(chunkBytes, link.maxPayload - Chunks.HEADER_BYTES - 64))
         val topic = topics.update(slot, me)
         val entry = OutEntry(mid, kind, round, Chunks.split(data, size).map { topic to it }, receivers)
@@ -265,35 +352,65 @@ class PhoneProtocol(
 
     private fun reject(e: Exception, topic: String) {
         rejects++
-        Log.d(TAG, "$me: rejected message on $topic: ${e.message}")
+        val type = (e as? WireException)?.pythonName() ?: e.javaClass.simpleName
+        rejectsByType[type] = (rejectsByType[type] ?: 0) + 1
+        Log.d(TAG, "$me: rejected message on $topic: $type: ${e.message}")
     }
 
     private fun handle(msg: Incoming) {
-        val prefix = topics.base + "/"
-        if (!msg.topic.startsWith(prefix)) return
-        val parts = msg.topic.removePrefix(prefix).split("/")
-        val kind = parts[0]
-        val node = when (kind) {
-            "presence", "hello", "ack" -> parts.getOrNull(1)
-            "update" -> parts.getOrNull(2)
-            else -> null
-        }
-        if (node == me) return // our own messages, echoed back
+        val t = topics.parse(msg.topic) // we only subscribe to our own tree: anything else is counted
+        if (t.node == me) return // our own messages, echoed back
         when {
-            kind == "update" && parts.size == 3 -> onUpdateChunk(msg, parts[2], parts[1].toInt())
+            t.kind == "update" -> onUpdateChunk(msg, t.node, t.slot!!)
             msg.payload.isEmpty() -> return // a cleared retained message
-            kind == "presence" && node != null -> onPresence(node, String(msg.payload))
+            t.kind == "presence" -> onPresence(t.node, String(msg.payload))
             else -> {
-                val env = Envelope.decode(msg.payload, limits, null)
+                if (tofu && t.kind == "hello") pinFromHello(msg.payload, t.node)
+                val env = Envelope.decode(msg.payload, limits, ring)
                 if (env.swarm() != swarm) throw WireException.MalformedMessage("envelope of swarm ${env.swarm()}")
-                if (node != null && env.sender() != node) throw WireException.MalformedMessage("sender ${env.sender()} on $node's topic")
+                if (env.sender() != t.node) throw WireException.MalformedMessage("sender ${env.sender()} on ${t.node}'s topic")
                 when {
-                    kind == "hello" && env.kind() == "hello" -> onHello(env)
-                    kind == "expert" && env.kind() == "expert" -> onExpert(env, parts[1].toInt())
-                    kind == "ack" && (env.kind() == "ack" || env.kind() == "error") -> onAck(env)
+                    t.kind == "hello" && env.kind() == "hello" -> onHello(env)
+                    t.kind == "expert" && env.kind() == "expert" -> onExpert(env, t.slot!!)
+                    t.kind == "ack" && (env.kind() == "ack" || env.kind() == "error") -> onAck(env)
                     else -> throw WireException.MalformedMessage("a ${env.kind()} envelope on ${msg.topic}")
                 }
             }
+        }
+    }
+
+    /**
+     * Trust on first use (receiving.py _pin_from_hello): pin the key a node's first signed hello
+     * names in meta["key"], whose fingerprint must be the envelope's key_id; refuse another key
+     * for that node later, and a key already pinned to another node. Unlike Python, the hello's
+     * signature is checked before its key is pinned, so an unverifiable hello pins nothing.
+     */
+    private fun pinFromHello(payload: ByteArray, node: String) {
+        val env = Envelope.decode(payload, limits, null) // integrity only; the ring verifies next
+        val keyId = env.keyId() ?: return // unsigned: the ring refuses it
+        if (env.sender() != node) return // misaddressed: refused after decoding
+        val key = try {
+            Hex.decode(env.meta()["key"] ?: "")
+        } catch (e: IllegalArgumentException) {
+            throw WireException.MalformedMessage("hello of $node: meta key is not hex")
+        }
+        if (key.size != 32 || Ed25519.fingerprint(key) != keyId) {
+            throw WireException.Signature("hello of $node: its key does not match its key id $keyId")
+        }
+        val pinned = pins.entries.firstOrNull { it.value.senders?.contains(node) == true }?.key
+        if (pinned != null && pinned != keyId) {
+            throw KeyChanged("node $node pinned to key $pinned now signs with $keyId: refused")
+        }
+        if (pinned != null) return
+        val owners = pins[keyId]?.senders
+        if (owners != null && node !in owners) throw KeyChanged("key $keyId is pinned to ${owners.sorted()}, not $node")
+        Envelope.decode(payload, limits, KeyRing().add(keyId, key, setOf(node))) // the signature holds
+        ring!!.add(keyId, key, setOf(node))
+        pins[keyId] = KeyEntry(keyId, key, setOf(node))
+        try {
+            Identity.writeAtomically(pinsFile, Identity.entriesJson(pins.values).toString().toByteArray())
+        } catch (e: IOException) {
+            Log.w(TAG, "$me: could not save the pinned keys to $pinsFile (${e.message}); kept in memory")
         }
     }
 
@@ -313,14 +430,58 @@ class PhoneProtocol(
         p.signature = sig.toFloats()
     }
 
+    /** One member's copy of a slot's finished expert (receiving.py _on_expert): kept by sender. */
     private fun onExpert(env: Envelope, slot: Int) {
         if (env.slot() != slot.toLong()) throw WireException.MalformedMessage("expert of slot ${env.slot()} on slot $slot's topic")
-        val known = experts[slot]
-        if (known != null && (known.round > env.round() || (known.round == env.round() && known.sender > env.sender()))) return
+        checkExpert(slot, env.sender(), env.round())
+        val known = expertCopies[slot]?.get(env.sender())
+        if (known != null && known.round > env.round()) return // an older copy of this sender's (retained replay)
         val t = Codec.decodeTensors(env.body(), null, limits)
         // sparse tensors (values + mask. + shape., as the Python nodes send them) come back dense
-        experts[slot] = Expert(slot, env.sender(), env.round(), Codec.denseExpert(t, limits).mapValues { it.value.values() })
+        val dense = Codec.denseExpert(t, limits).mapValues { it.value.values() }
+        expertCopies.getOrPut(slot) { HashMap() }[env.sender()] = Expert(slot, env.sender(), env.round(), dense)
     }
+
+    /** An expert must come from a member of its slot's cluster, for a round of the run's schedule. */
+    private fun checkExpert(slot: Int, sender: String, round: Long) {
+        val maxRound = expertMaxRound
+        if (round < 1 || (maxRound != null && round > maxRound)) {
+            throw StaleRound("expert of slot $slot from $sender for round $round: the run has rounds 1..${maxRound ?: "?"}")
+        }
+        val members = expertMembers
+        if (members != null && sender !in (members[slot] ?: emptySet())) {
+            throw NotAMember("expert of slot $slot from $sender, who is not a member of that cluster")
+        }
+    }
+
+    /**
+     * From now on accept a slot's expert only from `members[slot]`, for rounds 1..[maxRound]
+     * (receiving.py admit_experts). Copies that arrived before (retained messages come at once,
+     * before the clustering is known) are judged now: those that fail are dropped and counted.
+     */
+    fun admitExperts(members: Map<Int, Collection<String>>, maxRound: Long) {
+        expertMembers = members.mapValues { it.value.toSet() }
+        expertMaxRound = maxRound
+        for ((slot, copies) in expertCopies) {
+            for (sender in copies.keys.toList()) {
+                try {
+                    checkExpert(slot, sender, copies.getValue(sender).round)
+                } catch (e: WireException) {
+                    copies.remove(sender)
+                    reject(e, topics.expert(slot, sender))
+                }
+            }
+        }
+    }
+
+    /**
+     * The finished expert of each slot: among its copies, the latest round, then the smallest sender
+     * id. Every receiver holding the same copies chooses the same one, whatever their arrival order.
+     */
+    val experts: Map<Int, Expert>
+        get() = expertCopies.filterValues { it.isNotEmpty() }.mapValues { (_, copies) ->
+            copies.values.sortedWith(compareByDescending<Expert> { it.round }.thenBy { it.sender }).first()
+        }
 
     private fun onAck(env: Envelope) {
         if (env.meta()["to"] != me) return
@@ -337,16 +498,16 @@ class PhoneProtocol(
             return
         }
         val data = reassembler.add(msg.payload, msg.topic) ?: return
-        val answer = onMessage(data, sender, slot) ?: return
+        val answer = onMessage(data, sender, slot, msg.topic) ?: return
         answered[key] = answer
         sendAck(sender, answer)
     }
 
-    private fun onMessage(data: ByteArray, sender: String, slot: Int): Answer? {
+    private fun onMessage(data: ByteArray, sender: String, slot: Int, topic: String): Answer? {
         var env: Envelope? = null
         var mid = ""
         try {
-            env = Envelope.decode(data, limits, null)
+            env = Envelope.decode(data, limits, ring) // with a ring: signed by a key that may speak for its sender
             if (env.kind() !in setOf("update", "mask") || env.swarm() != swarm || env.sender() != sender || env.slot() != slot.toLong()) {
                 throw WireException.MalformedMessage("${env.kind()} envelope from ${env.sender()} on $sender's slot $slot topic")
             }
@@ -370,10 +531,10 @@ class PhoneProtocol(
                 applied[mid] = Received(env.sender(), env.round(), env.slot(), env.seq(), tensors)
             }
         } catch (e: WireException.UnknownMask) {
-            rejects++
+            reject(e, topic)
             return null // not applied, not acked: the mask message is on its way, the re-send will find it
         } catch (e: WireException) {
-            rejects++
+            reject(e, topic)
             return Answer(mid, env, "rejected", e)
         }
         return Answer(mid, env, "applied")
@@ -392,7 +553,7 @@ class PhoneProtocol(
             meta["error_type"] = a.error.pythonName()
             Envelope.forError(swarm, me, (a.error.message ?: a.error.pythonName()).take(limits.maxStringChars()), round, slot, seq, meta)
         }
-        tryPublish(topics.ack(me), out.encode())
+        tryPublish(topics.ack(me), out.encode(signer))
     }
 
     fun close(leave: Boolean = true) {
