@@ -7,6 +7,7 @@
     edgedfl data write topic --split train --out topic.jsonl
     edgedfl data write all --split test --out suite-test.jsonl
     edgedfl data partition --devices 8 --mode dirichlet --alpha 0.3
+    edgedfl data check mine.jsonl                      # splits, answers, majority-class rate of any source
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output .jsonl file")
     p.add_argument("--n", type=int, default=None, help="examples per task (default: the split's size)")
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("check", help="validate a task source (JSONL file, TRAIN.jsonl:TEST.jsonl, hf:, built-in): "
+                                     "split sizes, answers, majority-class rate")
+    p.add_argument("source", help="what --tasks / --data would take")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     p = sub.add_parser("partition", help="show how the suite's train data splits over devices")
     p.add_argument("--devices", type=int, default=4)
@@ -77,6 +84,28 @@ def run(args: argparse.Namespace) -> int:
         examples = [ex for name in names for ex in data.load_task(name, args.split, args.n, args.seed)]
         path = data.save_jsonl(examples, args.out)
         print(f"wrote {len(examples)} examples to {path}", file=sys.stderr)
+        return 0
+    if action == "check":
+        from edgedfl.data.check import source_stats
+        from edgedfl.errors import DataError
+
+        try:
+            stats = source_stats(args.source, seed=args.seed)
+        except DataError as exc:
+            print(f"edgedfl data check: {exc}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(stats, indent=2, sort_keys=True))
+            return 0
+        print(f"{stats['source']}: {stats['train']} train, {stats['test']} test examples "
+              f"(shared: {stats['shared']}); tasks {', '.join(stats['tasks'])}")
+        print(f"distinct answers: {stats['distinct_answers']}; majority answer {stats['majority_answer']!r} "
+              f"is {stats['majority_rate']:.1%} of test (a constant answer's accuracy)")
+        for split in ("train", "test"):
+            common = ", ".join(f"{a!r} {n}" for a, n in stats["answers"][split].items())
+            print(f"  {split:<5} {common}")
+        for w in stats["warnings"]:
+            print(f"warning: {w}")
         return 0
     if action == "partition":
         devices = data.partition_suite(

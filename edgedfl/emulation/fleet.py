@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from edgedfl.config import ConfigBase, check, option
+from edgedfl.data.sources import HF_PREFIX, check_source, file_parts
 from edgedfl.data.tasks import TASKS
 from edgedfl.devices import PROFILES, get_profile
-from edgedfl.errors import ConfigError, EdgeDFLError
+from edgedfl.errors import ConfigError, DataError, EdgeDFLError
 from edgedfl.node.config import NodeConfig, SwarmConfig
 
 log = logging.getLogger("edgedfl.emulation")
@@ -36,7 +37,8 @@ class EmulationError(EdgeDFLError, RuntimeError):
 @dataclasses.dataclass
 class FleetConfig(ConfigBase):
     devices: int = option(4, help="number of emulated devices")
-    tasks: list[str] = option(help="built-in tasks; device i gets tasks[i % len(tasks)]",
+    tasks: list[str] = option(help="task sources: built-in names, JSONL files (TRAIN.jsonl:TEST.jsonl for a file "
+                                   "per split) or hf:<dataset>; device i gets tasks[i % len(tasks)]",
                               factory=lambda: ["arith", "strtf"])
     profiles: list[str] = option(help="device profiles, cycled over the devices", factory=lambda: ["laptop"])
     shape_links: bool = option(
@@ -68,7 +70,10 @@ class FleetConfig(ConfigBase):
               "a secure fleet starts its own Mosquitto (it writes the certificates and the ACL): drop --broker")
         check(bool(self.tasks), n, "tasks", self.tasks, "name at least one task")
         for t in self.tasks:
-            check(t in TASKS, n, "tasks", self.tasks, f"unknown task {t!r}; built-in: {sorted(TASKS)}")
+            try:
+                check_source(t)
+            except DataError as exc:
+                check(False, n, "tasks", self.tasks, str(exc))
         for p in self.profiles:
             check(p in PROFILES, n, "profiles", self.profiles, f"unknown profile {p!r}")
 
@@ -109,7 +114,8 @@ def clear_run_dir(out: Path, *, overwrite: bool = False) -> None:
 
 
 def resolve_tasks(spec: str) -> list[str]:
-    """``"2"`` -> the first two built-in tasks; ``"arith,topic"`` -> those."""
+    """``"2"`` -> the first two built-in tasks; ``"arith,mine.jsonl"`` -> those (files as absolute paths,
+    so every device process finds them)."""
     spec = spec.strip()
     if spec.isdigit():
         names = list(TASKS)
@@ -117,13 +123,22 @@ def resolve_tasks(spec: str) -> list[str]:
         if not 1 <= k <= len(names):
             raise ConfigError(f"--tasks {k}: the built-in suite has {len(names)} tasks")
         return names[:k]
-    return [t.strip() for t in spec.split(",") if t.strip()]
+    out = []
+    for t in (t.strip() for t in spec.split(",")):
+        if not t:
+            continue
+        if t not in TASKS and not t.startswith(HF_PREFIX):
+            t = ":".join(str(Path(p).absolute()) for p in filter(None, file_parts(t)))
+        out.append(check_source(t))
+    return out
 
 
 def node_configs(cfg: FleetConfig, run_dir: Path, broker_url: str, *, app_shaping: bool | None = None) -> list[NodeConfig]:
     app = cfg.shape_links if app_shaping is None else app_shaping
+    # max_slots 0 (auto): a slot per distinct task, so no task is merged into another's cluster
     swarm = dataclasses.replace(cfg.swarm, expected_devices=cfg.swarm.expected_devices or cfg.devices,
-                                eval_tasks=list(cfg.swarm.eval_tasks) or list(cfg.tasks))
+                                eval_tasks=list(cfg.swarm.eval_tasks) or list(cfg.tasks),
+                                max_slots=cfg.swarm.max_slots or len(set(cfg.tasks)))
     out = []
     per_task = {t: [i for i in range(cfg.devices) if cfg.tasks[i % len(cfg.tasks)] == t] for t in cfg.tasks}
     for i in range(cfg.devices):

@@ -27,6 +27,30 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def task_label(source: str) -> str:
+    """A short name for a task source: a built-in name as it is, a file by its stem (``/x/mine.jsonl`` -> mine)."""
+    if source.startswith("hf:"):
+        return source[3:].rsplit("/", 1)[-1]
+    if "/" in source or source.endswith(".jsonl"):
+        return Path(source.split(":", 1)[0]).stem
+    return source
+
+
+def majority_rates(tasks: list[str], seed: int) -> dict[str, float]:
+    """Each task's majority-class rate on its test split (a constant answer's accuracy); NaN if unreadable."""
+    from edgedfl.data.check import majority_rate
+    from edgedfl.data.sources import load_examples
+    from edgedfl.errors import EdgeDFLError
+
+    out = {}
+    for t in tasks:
+        try:
+            out[t] = majority_rate(load_examples(t, "train", seed=seed), load_examples(t, "test", seed=seed))[1]
+        except (EdgeDFLError, OSError):
+            out[t] = float("nan")
+    return out
+
+
 def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: int, topology: str, model: str,
                  wall_s: float) -> dict[str, Any]:
     run = Path(run_dir)
@@ -79,6 +103,11 @@ def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: in
             routing_acc.append(f["final"]["routing_accuracy"])
     modes_report = {m: {t: _mean(v[t]) for t in tasks if v[t]} for m, v in by_mode.items()}
     acc = modes_report.get(setup_mode or "", {})
+    # a task never above a constant answer's accuracy learned nothing a constant would not
+    majority = majority_rates(tasks, seed)
+    best = {t: max([r["accuracy"].get(t, float("nan")) for r in rounds if r["round"] > 0] + [acc.get(t, float("nan"))])
+            for t in tasks}
+    at_majority = [t for t in tasks if not best[t] > majority[t] + 1e-9 and majority[t] == majority[t]]
     rejects: dict[str, int] = defaultdict(int)
     crashes = json.loads((run / "crashes.json").read_text()) if (run / "crashes.json").is_file() else {}
     per_device = {}
@@ -97,6 +126,8 @@ def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: in
         "method": method, "topology": topology, "model": model, "devices": devices, "tasks": tasks, "seed": seed,
         "swarm": swarm_name, "admission": admission, "per_device": per_device,
         "rejects": dict(sorted(rejects.items())), "devices_missing_experts": incomplete,
+        "task_names": {t: task_label(t) for t in tasks}, "majority_rate": majority,
+        "tasks_at_majority_rate": at_majority,
         "rounds": rounds, "join_bytes": bytes_by_round.get(0, 0),
         "final": {
             "avg_accuracy": _mean(list(acc.values())), "accuracy": acc, "total_bytes": total,
@@ -184,7 +215,8 @@ def format_table(report: dict[str, Any]) -> str:
     """The per-task accuracy and bytes table the CLI prints."""
     lines = []
     tasks = report["tasks"]
-    head = f"{'round':>5} " + " ".join(f"{t:>8}" for t in tasks) + f" {'average':>8} {'MB sent':>9}"
+    names = report.get("task_names", {})
+    head = f"{'round':>5} " + " ".join(f"{names.get(t, t)[:8]:>8}" for t in tasks) + f" {'average':>8} {'MB sent':>9}"
     lines.append(head)
     for r in report["rounds"]:
         accs = " ".join(f"{r['accuracy'].get(t, float('nan')):>8.2f}" for t in tasks)
@@ -193,6 +225,12 @@ def format_table(report: dict[str, Any]) -> str:
     for mode, m in f.get("modes", {}).items():
         accs = " ".join(f"{m['accuracy'].get(t, float('nan')):>8.2f}" for t in tasks)
         lines.append(f"{mode[:5]:>5} {accs} {m['avg_accuracy']:>8.2f}")
+    if report.get("majority_rate"):
+        rates = " ".join(f"{report['majority_rate'].get(t, float('nan')):>8.2f}" for t in tasks)
+        lines.append(f"{'major':>5} {rates}   (a constant answer's accuracy: the majority-class rate)")
+    for t in report.get("tasks_at_majority_rate", []):
+        lines.append(f"warning: {names.get(t, t)} never scored above its majority-class rate "
+                     f"{report['majority_rate'][t]:.2f}: it learned nothing a constant answer would not")
     if f.get("routing_accuracy") is not None:
         lines.append(f"routing accuracy (implicit, held-out mixed prompts): {f['routing_accuracy']:.3f}")
     lines.append(f"final ({f.get('inference_setup')}): average accuracy {f['avg_accuracy']:.3f}; {f['total_bytes'] / 1e6:.3f} MB in all "

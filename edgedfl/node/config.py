@@ -24,6 +24,9 @@ from edgedfl.train.config import TrainConfig
 from edgedfl.wire.codec import PRECISIONS
 
 TOPOLOGIES = ("clusters", "flat")
+#: expert slots of a swarm whose max_slots is 0 (auto) and nobody told it how many tasks there are
+DEFAULT_SLOTS = 4
+
 #: who may take part in a swarm (SwarmConfig.admission)
 ADMISSIONS = ("tofu", "keyring", "open")
 #: final evaluation modes: implicit routing (ours), the true task's expert, the sum of all experts
@@ -66,7 +69,8 @@ class SwarmConfig(ConfigBase):
     model: str = option("tiny", help="base model: tiny, smollm2, a hub id, a directory or a .gguf")
     topology: str = option("clusters", help="clusters (ours) or flat (one gossip over every device)")
     random_masks: bool = option(False, help="ablation: random mask positions instead of spectrum-based")
-    max_slots: int = option(4, help="most clusters (expert slots) the swarm forms")
+    max_slots: int = option(0, help="most clusters (expert slots) the swarm forms; 0: the number of distinct tasks "
+                                    "in the emulator, 4 for a node on its own (DEFAULT_SLOTS)")
     rounds: int = option(3, help="federated rounds")
     local_steps: int = option(10, help="optimizer steps per round")
     precision: str = option("fp16", help=f"value precision on the wire: {', '.join(PRECISIONS)}")
@@ -105,7 +109,7 @@ class SwarmConfig(ConfigBase):
         check(self.topology in TOPOLOGIES, n, "topology", self.topology, f"choose from {TOPOLOGIES}")
         check(self.rounds >= 1, n, "rounds", self.rounds, "must be >= 1")
         check(self.local_steps >= 1, n, "local_steps", self.local_steps, "must be >= 1")
-        check(self.max_slots >= 1, n, "max_slots", self.max_slots, "must be >= 1")
+        check(self.max_slots >= 0, n, "max_slots", self.max_slots, "must be >= 0 (0: auto)")
         check(self.precision in PRECISIONS, n, "precision", self.precision, f"choose from {PRECISIONS}")
         check(self.admission in ADMISSIONS, n, "admission", self.admission, f"choose from {ADMISSIONS}")
         check(0 < self.quorum <= 1, n, "quorum", self.quorum, "must be in (0, 1]")
@@ -162,7 +166,12 @@ class SwarmConfig(ConfigBase):
     @property
     def num_slots(self) -> int:
         """Expert slots on every model: one per possible cluster (1 for flat gossip)."""
-        return 1 if self.topology == "flat" else self.max_slots
+        return 1 if self.topology == "flat" else self.slots_limit
+
+    @property
+    def slots_limit(self) -> int:
+        """``max_slots``, with 0 (auto) read as :data:`DEFAULT_SLOTS` (the emulator sets it to its task count)."""
+        return self.max_slots or DEFAULT_SLOTS
 
     def digest(self) -> str:
         """A fingerprint of every shared setting: hellos and experts carry it, and one made under other

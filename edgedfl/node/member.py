@@ -39,7 +39,7 @@ from edgedfl.adapters.solora import LayerStats
 from edgedfl.data.examples import Example, normalise_answer
 from edgedfl.data.sources import load_examples
 from edgedfl.data.tasks import TASKS
-from edgedfl.errors import AggregationError, QuorumNotReached, TopologyError, WireError
+from edgedfl.errors import AggregationError, DataError, QuorumNotReached, TopologyError, WireError
 from edgedfl.node.config import NodeConfig, SwarmConfig
 from edgedfl.node.learner import Learner, Metrics, Route
 from edgedfl.node.links import CountingTransport
@@ -71,16 +71,19 @@ def far_code(dim: int) -> LatentCode:
 def device_examples(cfg: NodeConfig) -> tuple[list[Example], list[Example]]:
     """This device's training examples and its own task's test prompts.
 
-    A built-in task is split into ``shards`` disjoint training shards (one per
-    device holding the task); any other source keeps its first 90% for training.
+    The task's train split (a file's hash split, :mod:`edgedfl.data.sources`)
+    is dealt into ``shards`` disjoint training shards, one per device holding
+    the task; the test prompts come from the test split, never from training rows.
     """
     s = cfg.swarm
     n, shards = s.n_train, max(cfg.shards, 1)
     if cfg.data in TASKS:
         pool = load_examples(cfg.data, "train", n=n * shards, seed=s.seed)
-        return pool[cfg.shard :: shards][:n], eval_examples(cfg, cfg.data)
-    pool = load_examples(cfg.data, seed=s.seed)
-    return pool[: len(pool) * 9 // 10][:n], pool[len(pool) * 9 // 10 :][: s.n_eval]
+    else:
+        pool = load_examples(cfg.data, "train", seed=s.seed)
+        if len(pool) < shards:
+            raise DataError(f"{cfg.data}: {len(pool)} training examples for {shards} devices")
+    return pool[cfg.shard :: shards][:n], eval_examples(cfg, cfg.data)
 
 
 def eval_examples(cfg: NodeConfig, task: str) -> list[Example]:
@@ -91,11 +94,16 @@ def eval_examples(cfg: NodeConfig, task: str) -> list[Example]:
     each device still answers ``n_eval``: more prompts, same compute.
     """
     n, k, seed = cfg.swarm.n_eval, max(cfg.eval_shards, 1), cfg.swarm.seed
-    if task not in TASKS:  # a file or hf: dataset has no seeded split to divide: its first n_eval test examples
-        return load_examples(task, "test", n=n, seed=seed)
-    cap = TASKS[task].capacity("test", seed)
-    size = n * k if cap is None else max(min(n * k, cap), n)  # fewer than n: load_examples says so
-    pool = load_examples(task, "test", n=size, seed=seed)
+    if task in TASKS:
+        cap = TASKS[task].capacity("test", seed)
+        size = n * k if cap is None else max(min(n * k, cap), n)  # fewer than n: load_examples says so
+        pool = load_examples(task, "test", n=size, seed=seed)
+    else:  # a file or hf: dataset: its whole test split, divided the same way
+        pool = load_examples(task, "test", seed=seed)
+        if not pool:
+            raise DataError(f"{task}: its test split is empty (a single file puts about a fifth of its rows there)")
+        size = min(len(pool), n * k)
+        n = min(n, size)
     # contiguous blocks; a split too small for every device's block wraps (slices then overlap)
     return [pool[(cfg.eval_shard * n + j) % size] for j in range(n)]
 
@@ -328,7 +336,7 @@ class SwarmMember:
                                           f"{own_signature.shape}, or not finite"), p)
         if self.swarm.topology == "flat" or not self.method.clusters:
             return flat_clustering(sorted(sigs))
-        return cluster(sigs, ClusterConfig(max_clusters=self.swarm.max_slots, seed=self.swarm.seed))
+        return cluster(sigs, ClusterConfig(max_clusters=self.swarm.slots_limit, seed=self.swarm.seed))
 
     def place(self, clustering: Clustering) -> None:
         """Take this member's place in ``clustering``: slot, neighbours, weights; train and follow the slot.

@@ -166,6 +166,10 @@ def test_load_examples_dispatches_on_the_source(tmp_path: Path) -> None:
     path = save_jsonl([Example(**row) for row in ROWS], tmp_path / "mine.jsonl")
 
     assert load_examples("arith", "test", n=3) == load_examples("arith", "test", n=5)[:3]
-    assert load_examples(path, n=1) == [Example(**ROWS[0])]
+    rows = [Example(**row) for row in ROWS]
+    train, test = load_examples(path), load_examples(path, "test")
+    assert sorted(train + test, key=rows.index) == rows  # a file is its two splits, in file order
+    split, rows_of = ("train", train) if train else ("test", test)
+    assert load_examples(path, split, n=1) == rows_of[:1]
     with pytest.raises(DataError, match="neither a built-in task"):
         load_examples(tmp_path / "absent.jsonl")
