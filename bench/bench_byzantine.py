@@ -38,7 +38,9 @@ ATTACKER = "dev05"
 
 def _swarm(args: argparse.Namespace, name: str, aggregation: AggregationConfig) -> SwarmConfig:
     base = SwarmConfig()
+    # max_slots 4: as when the committed rows were measured (the default is now a slot per task)
     return SwarmConfig(name=name, model=args.model, rounds=args.rounds, local_steps=args.local_steps, degree=5,
+                       max_slots=4,
                        n_train=args.n_train, n_eval=args.n_eval, round_deadline_s=args.deadline, seed=args.seed,
                        train=dataclasses.replace(base.train, lr=args.lr), aggregation=aggregation)
 
