@@ -58,14 +58,22 @@ def test_a_pinned_peer_sending_bad_messages_of_every_kind_never_stops_a_node(tmp
     # an ack with an unknown status, addressed to the node
     evil._try_publish(evil.topics.ack("evil"), evil._envelope("ack", meta={"to": "a", "id": "a/1/1", "status": "weird"}))
 
-    # an expert of another cluster that does not fit the model
+    # an expert for a cluster the peer is not in; then one from that cluster's member that does not fit the model
     evil.publish_expert(1, 2, {"x.lora_B": np.ones((2, 2), np.float16)}, {})
+    ghost = NeighbourProtocol(transport_from_url("memory://bad-peer", client_id="ghost"), "bad", "ghost",
+                              state_dir=tmp_path / "ghost", signer=Signer.generate(), tofu=True,
+                              settings=swarm.digest())
+    ghost.start()
+    ghost.publish_hello({"profile": "laptop", "link_rate_bps": 1e8}, np.ones(own.shape[0], np.float32))
+    ghost.publish_expert(1, 2, {"x.lora_B": np.ones((2, 2), np.float16)}, {})
     loaded = node.collect_experts(3.0)
 
-    # Assert: the expert was not loaded, the node still answers, every bad message is counted
-    assert loaded == {} and rejects["TensorValidationError"] >= 4
+    # Assert: no expert was loaded, the node still answers, every bad message is counted
+    assert loaded == {} and rejects["TensorValidationError"] >= 4 and rejects["NotAMember"] == 1
     assert rejects["MalformedMessage"] >= 1
+    assert node.protocol.rejects_by_sender["evil"] >= 5 and node.protocol.rejects_by_sender["ghost"] == 1
     final = node.final_eval(loaded)
     assert final["modes"]["implicit"]
     node.protocol.close()
     evil.close()
+    ghost.close()
