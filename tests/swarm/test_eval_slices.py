@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from edgedfl.data.sources import load_examples
 from edgedfl.data.tasks import TASKS
 from edgedfl.emulation.fleet import FleetConfig, node_configs
 from edgedfl.errors import ConfigError
@@ -56,8 +57,11 @@ def test_bad_eval_shard_is_a_config_error() -> None:
         NodeConfig(eval_shard=3, eval_shards=3)
 
 
-def test_a_file_task_keeps_its_first_n_eval_examples(tmp_path) -> None:
+def test_a_file_task_is_scored_on_its_test_split_one_block_per_device(tmp_path) -> None:
     path = tmp_path / "mine.jsonl"
-    path.write_text("".join(f'{{"task": "mine", "prompt": "q{i}", "completion": "a{i}"}}\n' for i in range(10)))
-    cfg = NodeConfig(eval_shard=2, eval_shards=4, swarm=SwarmConfig(n_eval=3))
-    assert [e.prompt for e in eval_examples(cfg, str(path))] == ["q0", "q1", "q2"]
+    path.write_text("".join(f'{{"task": "mine", "prompt": "q{i}", "completion": "a{i}"}}\n' for i in range(200)))
+    test = load_examples(str(path), "test")
+    blocks = [eval_examples(NodeConfig(eval_shard=i, eval_shards=4, swarm=SwarmConfig(n_eval=3)), str(path))
+              for i in range(4)]
+    assert [b for blk in blocks for b in blk] == test[:12]  # disjoint blocks of the test split, in order
+    assert not set(test) & set(load_examples(str(path), "train"))
