@@ -70,6 +70,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/byzantine-work")
     p.add_argument("--out", default="bench/results/byzantine")
+    p.add_argument("--defences", default="all", help="'all', or 'defaults' for the defaults' rows alone")
     args = p.parse_args()
     work, out = Path(args.work), Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +78,8 @@ def main() -> None:
     t_all = time.monotonic()
     for attack_name, attack in ATTACKS.items():
         for defence_name, aggregation in DEFENCES.items():
+            if args.defences == "defaults" and aggregation != AggregationConfig():
+                continue
             key = f"{attack_name} | {defence_name}"
             run = work / f"{list(ATTACKS).index(attack_name)}-{list(DEFENCES).index(defence_name)}"
             if not (run / "report.json").is_file():
@@ -97,7 +100,8 @@ def _write(out: Path, args: argparse.Namespace, rows: dict[str, dict[str, Any]],
            complete: bool = False) -> None:
     clean = {r["defence"]: r for r in rows.values() if r["attack"] == "clean"}
     command = (f"python bench/bench_byzantine.py --model {args.model} --tasks {args.tasks} --rounds {args.rounds} "
-               f"--local-steps {args.local_steps} --n-train {args.n_train} --n-eval {args.n_eval} --out {args.out}")
+               f"--local-steps {args.local_steps} --n-train {args.n_train} --n-eval {args.n_eval} --out {args.out}"
+               + (f" --defences {args.defences} --work {args.work}" if args.defences != "all" else ""))
     about = ("Six devices, one task, one cluster, degree 5; `dev05` corrupts what it sends every round. Honest "
              "devices' final-round accuracy and loss (mean over the five). Points vs the clean run of the same "
              "aggregation.")

@@ -66,3 +66,27 @@ def test_bad_flag_value_is_a_clear_error(tmp_path):
     out = _edgedfl("train", "--model", "tiny", "--density", "2", "--out", str(tmp_path / "r"))
     assert out.returncode == 1
     assert "ConfigError" in out.stderr and "density=2.0" in out.stderr
+
+
+def test_a_quiet_start_shows_edgedfl_lines_and_sends_library_noise_to_the_log_file(tmp_path):
+    # Prepare: a library logger's warning, a Python warning, a torch-style warning, and edgedfl's own line
+    code = ("import logging, warnings; from edgedfl.cli import setup_logging; setup_logging({v}); "
+            "import torch; "  # torch gives its loggers stderr handlers of their own at import
+            "logging.getLogger('torch.utils._pytree').warning('pytree noise'); "
+            "warnings.warn('a library deprecation', FutureWarning); "
+            "logging.getLogger('edgedfl.node').warning('own line'); "
+            "logging.getLogger('edgedfl.node').info('own info')")
+    env = dict(os.environ, EDGEDFL_LOG=str(tmp_path / "edgedfl.log"))
+
+    # Execute: quiet, then -v
+    quiet = subprocess.run([sys.executable, "-c", code.format(v=0)], env=env, check=True, capture_output=True,
+                           text=True)
+    loud = subprocess.run([sys.executable, "-c", code.format(v=1)], env=env, check=True, capture_output=True,
+                          text=True)
+
+    # Assert: the terminal shows edgedfl's line alone; the file keeps everything; -v shows everything
+    assert "own line" in quiet.stderr and "pytree noise" not in quiet.stderr
+    assert "deprecation" not in quiet.stderr and "own info" not in quiet.stderr
+    log = (tmp_path / "edgedfl.log").read_text()
+    assert "pytree noise" in log and "a library deprecation" in log and "own info" in log
+    assert "pytree noise" in loud.stderr and "a library deprecation" in loud.stderr and "own info" in loud.stderr

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import logging
+import os
 import sys
+from pathlib import Path
 
 from edgedfl._version import __version__
 from edgedfl.errors import EdgeDFLError
@@ -50,11 +55,90 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_path() -> Path:
+    """Where the CLI writes every library's log lines and warnings: ``$EDGEDFL_LOG`` or ~/.cache/edgedfl/edgedfl.log."""
+    return Path(os.environ.get("EDGEDFL_LOG") or Path.home() / ".cache" / "edgedfl" / "edgedfl.log")
+
+
+class _OwnLines(logging.Filter):
+    """On the terminal: edgedfl's own lines, and anyone's errors; the rest goes to the log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".", 1)[0] == "edgedfl" or record.levelno >= logging.ERROR
+
+
+def _route_torch_logs() -> None:
+    """torch gives its loggers a stderr handler of their own and stops them propagating: undo that, so their
+    warnings take the CLI's way (the log file; the terminal with -v)."""
+    try:
+        from torch._logging._internal import _is_torch_handler, log_registry
+    except ImportError:  # another torch layout: its lines stay on stderr
+        return
+    for name in log_registry.get_log_qnames():
+        log = logging.getLogger(name)
+        for handler in [h for h in log.handlers if _is_torch_handler(h)]:
+            log.removeHandler(handler)
+        log.propagate = True
+
+
+class _AfterTorchImport(importlib.abc.MetaPathFinder):
+    """Runs :func:`_route_torch_logs` right after ``import torch``, whenever a command first imports it
+    (torch-free commands never import it, and neither does this)."""
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "torch":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("torch")
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module: object) -> None:
+            run(module)  # type: ignore[arg-type]
+            _route_torch_logs()
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def setup_logging(verbose: int) -> None:
+    """A quiet start: the terminal shows edgedfl's lines; other libraries' warnings (Python warnings too) and
+    progress bars go to :func:`log_path`. ``-v`` shows everything (and info), ``-vv`` debug."""
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING - 10 * min(verbose, 2))
+    logging.getLogger("edgedfl").setLevel(min(root.level, logging.INFO))  # edgedfl's info lines reach the file
+    term = logging.StreamHandler()
+    term.setLevel(logging.WARNING - 10 * min(verbose, 2))
+    term.setFormatter(fmt)
+    if not verbose:
+        term.addFilter(_OwnLines())
+        # the model converter's and the hub's progress bars; edgedfl's own training bar is not a hub bar
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if "torch" in sys.modules:
+            _route_torch_logs()
+        elif not any(isinstance(f, _AfterTorchImport) for f in sys.meta_path):
+            sys.meta_path.insert(0, _AfterTorchImport())
+    root.addHandler(term)
+    try:
+        path = log_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        pass  # no writable home: the terminal alone
+    else:
+        file.setLevel(logging.INFO)
+        file.setFormatter(fmt)
+        root.addHandler(file)
+    logging.captureWarnings(True)  # library warnings become log records: to the file, not the terminal
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(args.verbose)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
