@@ -3,13 +3,17 @@
 A profile sets the emulated compute slow-down, memory cap and link (rate,
 latency, loss), and picks the default quantization backend for the base model:
 torchao weight-only on CPUs (int4 on phones, int8 on laptops), bitsandbytes nf4
-on CUDA boards. Stdlib only: a phone-side tool can read profiles without torch.
+on CUDA boards. Where the model runs is a setting of its own
+(``DeviceConfig.device``: auto, cpu, cuda; resolved in
+:mod:`edgedfl.model.placement`). Stdlib only: a phone-side tool can read
+profiles without torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 from edgedfl.config import ConfigBase, check, option
@@ -40,6 +44,16 @@ PROFILES: dict[str, DeviceProfile] = {
     "jetson": DeviceProfile("jetson", 1.5, 6144, 100_000_000, 5.0, 0.0, "bnb-nf4", "cuda"),
     "laptop": DeviceProfile("laptop", 1.0, 8192, 200_000_000, 2.0, 0.0, "torchao-int8"),
 }
+
+
+#: what ``DeviceConfig.device`` accepts: ``auto``, ``cpu``, ``cuda`` or ``cuda:<index>``
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def is_device_name(name: str) -> bool:
+    """True for a value ``DeviceConfig.device`` accepts (see :data:`DEVICE_CHOICES`)."""
+    return bool(_DEVICE_RE.match(name))
 
 
 def get_profile(name: str) -> DeviceProfile:
@@ -79,11 +93,16 @@ class DeviceConfig(ConfigBase):
                                      "file or hf:<dataset>")
     profile: str = option("", help="device profile: phone, jetson, laptop; empty = detect this machine")
     quant: str = option("auto", help="quantization backend of the base, or 'auto' for the profile's default")
+    device: str = option("auto", help="where the model runs: 'cpu', 'cuda' (or 'cuda:N'), or 'auto': CUDA when "
+                                      "torch sees a GPU and the profile (jetson) or the backend (bnb-*) wants one, "
+                                      "else the CPU")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(not self.profile or self.profile in PROFILES, type(self).__name__, "profile", self.profile,
               f"choose from {sorted(PROFILES)} or leave empty to detect")
+        check(is_device_name(self.device), type(self).__name__, "device", self.device,
+              f"choose from {list(DEVICE_CHOICES)} (or 'cuda:N')")
 
     def device_profile(self) -> DeviceProfile:
         """The named profile, or the one that fits this machine."""

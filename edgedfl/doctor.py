@@ -202,7 +202,7 @@ def _probe_backend(name: str, device: str) -> dict[str, Any]:
     model = tiny_model(seed=0)
     if device != "cpu":
         model = model.to(device)
-    base, used = quantize_model(model, name)
+    base, used = quantize_model(model, name, device=device)
     adapted = attach_adapter(base, AdapterConfig(rank=4))
     batch = collate_train(tiny_tokenizer(), [Example("Question: 2+3?\nAnswer:", " 5", "arith")] * 2, 32)
     batch = {k: v.to(device) for k, v in batch.items()}

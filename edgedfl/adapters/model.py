@@ -35,6 +35,7 @@ from edgedfl.adapters import solora
 from edgedfl.adapters.config import AdapterConfig
 from edgedfl.adapters.solora import b_key
 from edgedfl.errors import AdapterError
+from edgedfl.model.placement import model_device, to_device, to_numpy
 
 log = logging.getLogger("edgedfl.adapters")
 
@@ -202,17 +203,19 @@ class AdaptedModel:
 
     def get_masks(self, slot: int) -> dict[str, np.ndarray]:
         """``<layer>.lora_B`` -> bool mask (d_out, r) of ``slot`` (empty: no mask)."""
-        return {b_key(n): m.bool().cpu().numpy() for n, m in self.masks.get(slot, {}).items()}
+        return {b_key(n): to_numpy(m.bool()) for n, m in self.masks.get(slot, {}).items()}
 
     # -- calibration ----------------------------------------------------------
 
     def calibrate(self, batches: Iterable[dict[str, Any]], slot: int | None = None) -> dict[str, solora.LayerStats]:
         """Input statistics of every adapted layer in ``slot``'s subspace, on the frozen base.
 
-        ``batches`` yield ``input_ids`` and ``attention_mask``; padding is excluded.
+        ``batches`` yield ``input_ids`` and ``attention_mask`` (on any device: they are moved to the
+        model's); padding is excluded. The statistics accumulate on the model's device in float64.
         """
         torch = self._torch
         slot = self.active_slot if slot is None else slot
+        device = model_device(self.peft_model)
         acc: dict[str, list[Any]] = {}
         current_mask: list[Any] = [None]
         handles = []
@@ -225,7 +228,9 @@ class AdaptedModel:
                 keep = current_mask[0]  # (B, T)
                 x = x[keep.bool()] if keep is not None else x.reshape(-1, x.shape[-1])  # (N, d_in)
                 proj = x @ A.T  # (N, r)
-                entry = acc.setdefault(name, [torch.zeros(A.shape[0], A.shape[0], dtype=torch.float64), 0.0, 0])
+                entry = acc.setdefault(
+                    name, [torch.zeros(A.shape[0], A.shape[0], dtype=torch.float64, device=A.device), 0.0, 0]
+                )
                 entry[0] += proj.T @ proj  # (r, r)
                 entry[1] += float((x * x).sum())
                 entry[2] += int(x.shape[0])
@@ -237,6 +242,7 @@ class AdaptedModel:
         try:
             with torch.no_grad(), self.peft_model.disable_adapter():
                 for batch in batches:
+                    batch = to_device(batch, device)
                     current_mask[0] = batch.get("attention_mask")
                     self.peft_model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
         finally:
@@ -248,7 +254,7 @@ class AdaptedModel:
             raise AdapterError("calibration saw no tokens")
         shapes = self.layer_shapes()
         return {
-            n: solora.LayerStats(c.numpy(), e, t, shapes[n][0], shapes[n][1]) for n, (c, e, t) in acc.items()
+            n: solora.LayerStats(to_numpy(c), e, t, shapes[n][0], shapes[n][1]) for n, (c, e, t) in acc.items()
         }
 
     # -- activation and parameters ---------------------------------------------
@@ -284,9 +290,9 @@ class AdaptedModel:
         """
         out: dict[str, np.ndarray] = {}
         for name in self.layers:
-            out[f"{name}.lora_B"] = self.B(slot, name).detach().float().cpu().numpy().copy()
+            out[f"{name}.lora_B"] = to_numpy(self.B(slot, name).float()).copy()
             if self.spec.trains_A:
-                out[f"{name}.lora_A"] = self.A(slot, name).detach().float().cpu().numpy().copy()
+                out[f"{name}.lora_A"] = to_numpy(self.A(slot, name).float()).copy()
         return out
 
     def expected_update_shapes(self) -> dict[str, tuple[int, int]]:
@@ -333,7 +339,7 @@ class AdaptedModel:
                 k = int(slot_s.removeprefix("slot"))
                 layer, which = rest.rsplit(".", 1)
                 if which == "mask":
-                    masks.setdefault(k, {})[b_key(layer)] = value.bool().numpy()
+                    masks.setdefault(k, {})[b_key(layer)] = to_numpy(value.bool())
                 elif which == "lora_B":
                     self.B(k, layer).copy_(value)
                 else:

@@ -29,6 +29,7 @@ from edgedfl.adapters.config import AdapterConfig
 from edgedfl.android import manifest as mf
 from edgedfl.config import ConfigBase, check, option
 from edgedfl.errors import AdapterError
+from edgedfl.model.placement import to_numpy
 from edgedfl.protocol.topics import Topics
 from edgedfl.wire.envelope import SCHEMA_VERSION
 
@@ -157,7 +158,7 @@ def export_bundle(cfg: AndroidExportConfig, *, masks: dict[str, np.ndarray] | No
     adapted_k, tok = _attach(cfg, k_slots)
     names = list(adapted_k.layers)
     shapes = adapted_k.layer_shapes()  # layer -> (d_in, d_out)
-    a_tensors = {mf.a_key(k, n): adapted_k.A(k, n).detach().float().numpy().copy()
+    a_tensors = {mf.a_key(k, n): to_numpy(adapted_k.A(k, n).float()).copy()
                  for k in range(k_slots) for n in names}
     from safetensors.numpy import save_file
 

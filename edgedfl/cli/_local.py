@@ -13,6 +13,9 @@ def add_local_arguments(p: argparse.ArgumentParser, *, model: str = "smollm2", s
     p.add_argument("--model", default=None, help=f"tiny, smollm2, a hub id, a directory or a .gguf (default {model})")
     p.add_argument("--quant", default=None, help="auto, none, torchao-int8, torchao-int4, bnb-nf4, bnb-int8")
     p.add_argument("--profile", default=None, help="device profile: phone, jetson, laptop (default: detect)")
+    p.add_argument("--device", default=None,
+                   help="where the model runs: auto (default: CUDA if the profile or a bnb backend wants it and "
+                        "torch sees a GPU), cpu (even bitsandbytes, with a GPU visible), cuda or cuda:N")
     p.add_argument("--data", default=None, help="built-in task (topic, yesno, arith, strtf), a JSONL file or hf:<dataset>")
     p.add_argument("--eval-data", default=None, help="evaluation source (default: the task's test split)")
     p.add_argument("--n-train", type=int, default=None, help="training examples (0 = all)")
@@ -43,7 +46,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if not args.config:
         cfg.train.max_steps = args._default_steps
     d = cfg.to_dict()
-    top = {"model": args.model, "quant": args.quant, "profile": args.profile, "data": args.data,
+    top = {"model": args.model, "quant": args.quant, "profile": args.profile, "device": args.device,
+           "data": args.data,
            "eval_data": args.eval_data, "n_train": args.n_train, "n_eval": args.n_eval, "slot": args.slot}
     adapter = {"method": args.method, "rank": args.rank, "density": args.density, "num_slots": args.slots,
                "seed": args.seed}

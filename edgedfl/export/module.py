@@ -126,7 +126,10 @@ class _Layer(nn.Module):
 
 
 class RoutedLlama(nn.Module):
-    """Base + every expert + router of a :class:`~edgedfl.routing.router.RoutedModel`, export-ready."""
+    """Base + every expert + router of a :class:`~edgedfl.routing.router.RoutedModel`, export-ready.
+
+    Built from host copies of the model's tensors, wherever the model lives (a CUDA node's experts export
+    to the same CPU graph as a CPU node's)."""
 
     embed: torch.Tensor
     norm: torch.Tensor
@@ -146,7 +149,8 @@ class RoutedLlama(nn.Module):
             raise AdapterError(f"RoutedLlama exports Llama-style decoders, not {getattr(cfg, 'model_type', '?')!r}")
         if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
             raise AdapterError("RoutedLlama does not export attention or MLP biases")
-        stacks = routed.expert_stacks()  # layer name -> (A_cat (K*r, d_in), B_cat (d_out, K*r))
+        # layer name -> (A_cat (K*r, d_in), B_cat (d_out, K*r)), on the host
+        stacks = {n: (a.cpu(), b.cpu()) for n, (a, b) in routed.expert_stacks().items()}
         inner = hf.model
         self.num_layers = int(cfg.num_hidden_layers)
         self.num_heads = int(cfg.num_attention_heads)
@@ -177,6 +181,7 @@ class RoutedLlama(nn.Module):
             if type(weight) not in (torch.Tensor, nn.Parameter) or not weight.dtype.is_floating_point:
                 raise AdapterError(f"{path}: export needs an unquantized base (load it with quant 'none'), "
                                    f"found {type(weight).__name__}")
+            weight = weight.cpu()
             if name is None:
                 return weight.detach(), None
             if merge_slot is not None:  # one adapter merged into the weight
@@ -208,6 +213,7 @@ class RoutedLlama(nn.Module):
             raise AdapterError("every routing module must be adapted")
         self.register_buffer("code_means", routed.code_means.float().clone())  # (K, D)
         self.register_buffer("code_factors", routed.code_factors.float().clone())  # (K, D, D)
+        self.to("cpu")  # embeddings, norms, lm_head, rotary and codes of a CUDA model: export runs on the host
 
     # -- pieces -----------------------------------------------------------------
 

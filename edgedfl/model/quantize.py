@@ -17,6 +17,12 @@ Only the decoder's ``nn.Linear`` layers are quantized; embeddings, norms and
 ``lm_head`` stay in full precision. LoRA wraps the quantized layers through
 peft afterwards, so every base that peft's LoRA supports trains.
 
+Where the model runs is the ``device`` setting (``auto``, ``cpu``, ``cuda``;
+:func:`edgedfl.model.placement.resolve_device`). ``auto`` takes CUDA when
+torch sees a GPU and the profile (jetson) or the backend (bnb-*) wants one;
+``cpu`` keeps even bitsandbytes on the CPU of a machine with a GPU.
+:func:`quantize_model` places the model there and quantizes it there.
+
 bitsandbytes on CPUs with AVX512-BF16: after an eval-mode forward a
 ``Linear4bit`` repacks itself and later LoRA gradients are silently zero. Every
 ``Linear4bit`` gets ``support_avx512bf16_for_cpu = False`` right here, before
@@ -34,6 +40,7 @@ from typing import Any
 
 from edgedfl.devices import DeviceProfile, detect_profile
 from edgedfl.errors import BackendUnavailable, ConfigError
+from edgedfl.model.placement import model_device, place_model, resolve_device
 
 log = logging.getLogger("edgedfl.model")
 
@@ -44,8 +51,10 @@ class QuantBackend:
     description: str
     package: str | None
     install_hint: str
-    apply: Callable[[Any], Any]
-    needs_cuda: bool = False
+    #: ``apply(model, device)``: quantize ``model`` in place for ``device``; returns it, wholly on ``device``
+    apply: Callable[[Any, str], Any]
+    #: device ``auto`` places the model on CUDA for this backend whenever torch sees a GPU
+    prefers_cuda: bool = False
 
 
 def _linear_filter(module: Any, fqn: str) -> bool:
@@ -54,10 +63,11 @@ def _linear_filter(module: Any, fqn: str) -> bool:
     return isinstance(module, torch.nn.Linear) and not fqn.endswith("lm_head")
 
 
-def _torchao(config_factory: Callable[[], Any]) -> Callable[[Any], Any]:
-    def apply(model: Any) -> Any:
+def _torchao(config_factory: Callable[[], Any]) -> Callable[[Any, str], Any]:
+    def apply(model: Any, device: str) -> Any:
         from torchao.quantization import quantize_
 
+        place_model(model, device)  # torchao quantizes the weights where they live
         quantize_(model, config_factory(), filter_fn=_linear_filter)
         return model
 
@@ -78,18 +88,20 @@ def _torchao_int4() -> Any:
     return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))  # type: ignore[attr-defined]
 
 
-def _bnb(kind: str) -> Callable[[Any], Any]:
-    def apply(model: Any) -> Any:
+def _bnb(kind: str) -> Callable[[Any, str], Any]:
+    def apply(model: Any, device: str) -> Any:
         import bitsandbytes as bnb
         import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        # each layer is quantized as it moves to ``device``; the full-precision base never sits
+        # on the GPU as a whole
         for fqn, parent in list(model.named_modules()):
             for cname, child in list(parent.named_children()):
                 full = f"{fqn}.{cname}" if fqn else cname
                 if not _linear_filter(child, full):
                     continue
-                weight = child.weight.data.detach().clone().float()
+                # from a host copy: Int8Params quantizes only when it moves off the CPU
+                weight = child.weight.data.detach().clone().float().cpu()
                 new: Any
                 if kind == "nf4":
                     new = bnb.nn.Linear4bit(
@@ -109,8 +121,7 @@ def _bnb(kind: str) -> Callable[[Any], Any]:
                     new.bias = torch.nn.Parameter(child.bias.data.clone(), requires_grad=False)
                 new = new.to(device)  # quantizes the weights
                 setattr(parent, cname, new)
-        if device != "cpu":
-            model.to(device)  # embeddings, norms and lm_head follow the quantized layers
+        place_model(model, device)  # embeddings, norms and lm_head follow the quantized layers
         guard_bnb_cpu(model)
         if kind == "int8":
             # LLM.int8 on CPU warns about a float16 cast on every call.
@@ -135,7 +146,7 @@ def guard_bnb_cpu(model: Any) -> int:
 
 
 BACKENDS: dict[str, QuantBackend] = {
-    "none": QuantBackend("none", "full-precision weights", None, "", lambda m: m),
+    "none": QuantBackend("none", "full-precision weights", None, "", place_model),
     "torchao-int8": QuantBackend(
         "torchao-int8", "torchao int8 weight-only", "torchao", "pip install torchao==0.18.0", _torchao(_torchao_int8)
     ),
@@ -143,10 +154,12 @@ BACKENDS: dict[str, QuantBackend] = {
         "torchao-int4", "torchao int4 weight-only", "torchao", "pip install torchao==0.18.0", _torchao(_torchao_int4)
     ),
     "bnb-nf4": QuantBackend(
-        "bnb-nf4", "bitsandbytes 4-bit NF4", "bitsandbytes", "pip install 'edgedfl[bnb]'", _bnb("nf4")
+        "bnb-nf4", "bitsandbytes 4-bit NF4", "bitsandbytes", "pip install 'edgedfl[bnb]'", _bnb("nf4"),
+        prefers_cuda=True,
     ),
     "bnb-int8": QuantBackend(
-        "bnb-int8", "bitsandbytes LLM.int8", "bitsandbytes", "pip install 'edgedfl[bnb]'", _bnb("int8")
+        "bnb-int8", "bitsandbytes LLM.int8", "bitsandbytes", "pip install 'edgedfl[bnb]'", _bnb("int8"),
+        prefers_cuda=True,
     ),
 }
 
@@ -157,20 +170,21 @@ def is_available(name: str) -> bool:
 
 
 def _cuda_available() -> bool:
-    import torch
+    from edgedfl.model.placement import cuda_available
 
-    return bool(torch.cuda.is_available())
+    return cuda_available()
 
 
 def available_backends() -> list[str]:
     return [name for name in BACKENDS if is_available(name)]
 
 
-def choose_backend(requested: str = "auto", profile: DeviceProfile | None = None) -> str:
+def choose_backend(requested: str = "auto", profile: DeviceProfile | None = None, device: str = "auto") -> str:
     """Resolve ``requested`` (a backend name or ``auto``) to an available backend.
 
-    ``auto`` takes the device profile's default, falling back on CPUs from a
-    CUDA default (bnb-nf4) to torchao-int8, then to none.
+    ``auto`` takes the device profile's default, falling back on CPUs (no GPU
+    visible, or ``device`` 'cpu') from a CUDA default (bnb-nf4) to
+    torchao-int8, then to none.
     """
     if requested != "auto":
         if requested not in BACKENDS:
@@ -181,7 +195,7 @@ def choose_backend(requested: str = "auto", profile: DeviceProfile | None = None
         return requested
     profile = profile or detect_profile()
     order = [profile.default_quant]
-    if profile.accelerator == "cuda" and not _cuda_available():
+    if profile.accelerator == "cuda" and (device == "cpu" or not _cuda_available()):
         order = []
     order += ["torchao-int8", "none"]
     for name in order:
@@ -190,8 +204,18 @@ def choose_backend(requested: str = "auto", profile: DeviceProfile | None = None
     return "none"  # pragma: no cover - "none" is always available
 
 
-def quantize_model(model: Any, backend: str = "auto", profile: DeviceProfile | None = None) -> tuple[Any, str]:
-    """Quantize ``model`` in place with the chosen backend; returns (model, backend name)."""
-    name = choose_backend(backend, profile)
-    log.info("quantizing base with %s", name)
-    return BACKENDS[name].apply(model), name
+def quantize_model(
+    model: Any, backend: str = "auto", profile: DeviceProfile | None = None, device: str = "auto"
+) -> tuple[Any, str]:
+    """Place ``model`` on ``device`` and quantize it there with the chosen backend; returns (model, backend name).
+
+    ``device`` is ``DeviceConfig.device`` (see :func:`~edgedfl.model.placement.resolve_device`):
+    ``cpu`` keeps every backend, bitsandbytes included, on the CPU even where a GPU is visible.
+    """
+    profile = profile or detect_profile()
+    name = choose_backend(backend, profile, device)
+    chosen = BACKENDS[name]
+    where = resolve_device(device, want_cuda=profile.accelerator == "cuda" or chosen.prefers_cuda,
+                           current=model_device(model))
+    log.info("quantizing base with %s on %s", name, where)
+    return chosen.apply(model, where), name

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from edgedfl.model.placement import model_device, to_device, to_numpy
 from edgedfl.topology import project_signature
 from edgedfl.train.batching import collate_prompts
 
@@ -17,13 +18,14 @@ def pooled_hidden(adapted: Any, tok: Any, prompts: Sequence[str], *, max_length:
     import torch
 
     rows = []
+    device = model_device(adapted.peft_model)
     with torch.no_grad(), adapted.peft_model.disable_adapter():
         for i in range(0, len(prompts), batch_size):
-            batch = collate_prompts(tok, prompts[i : i + batch_size], max_length)
+            batch = to_device(collate_prompts(tok, prompts[i : i + batch_size], max_length), device)
             out = adapted.peft_model(**batch, output_hidden_states=True)
             h = out.hidden_states[-1].float()  # (B, T, H)
             m = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
-            rows.append(((h * m).sum(1) / m.sum(1)).numpy())  # (B, H)
+            rows.append(to_numpy((h * m).sum(1) / m.sum(1)))  # (B, H)
     adapted.activate(adapted.active_slot)  # leaving disable_adapter() re-enables A's gradient
     return np.concatenate(rows).astype(np.float64)
 

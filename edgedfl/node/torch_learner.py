@@ -20,6 +20,7 @@ from edgedfl.adapters import AdapterConfig, attach_adapter
 from edgedfl.adapters.solora import LayerStats
 from edgedfl.data.examples import Example
 from edgedfl.model.loading import load_model
+from edgedfl.model.placement import model_device, to_numpy
 from edgedfl.model.quantize import quantize_model
 from edgedfl.node.config import NodeConfig
 from edgedfl.node.learner import Answers, Learner, Metrics, Route
@@ -64,7 +65,7 @@ class TorchLearner(Learner):
 
         torch.manual_seed(self.swarm.seed)
         base, self.tok = load_model(self.swarm.model, seed=self.swarm.seed)
-        base, self.quant = quantize_model(base, self.cfg.quant, self.cfg.device_profile())
+        base, self.quant = quantize_model(base, self.cfg.quant, self.cfg.device_profile(), self.cfg.device)
         self.adapted = attach_adapter(base, self.adapter_config())
         self.train_examples = list(train_examples)
 
@@ -146,7 +147,7 @@ class TorchLearner(Learner):
             got, chosen = self.routed.generate_text(self.tok, chunk, mode, slots, max_new_tokens=MAX_NEW_TOKENS,
                                                     max_length=self.swarm.max_length)
             texts += got
-            experts += [int(e) for e in np.asarray(chosen.experts).reshape(-1)]
+            experts += [int(e) for e in to_numpy(chosen.experts).reshape(-1)]
         return Answers(texts, experts)
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -168,4 +169,4 @@ class TorchLearner(Learner):
         self.trainer.resume()
 
     def final_tags(self) -> dict[str, Any]:
-        return {"quant": self.quant}
+        return {"quant": self.quant, "device": str(model_device(self.adapted.peft_model))}

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgedfl.errors import DataError
 from edgedfl.model.batching import collate_prompts
+from edgedfl.model.placement import to_numpy
 from edgedfl.routing.codes import LatentCode
 from edgedfl.routing.config import RouterConfig
 from edgedfl.routing.router import pooled_state, project, routing_module_names
@@ -18,13 +19,13 @@ def routing_features(
     adapted: Any, tokenizer: Any, prompts: Sequence[str], config: RouterConfig, slot: int, *,
     max_length: int = 256, batch_size: int = 16,
 ) -> np.ndarray:
-    """Routing features (N, D) of ``prompts`` in ``slot``'s subspace (frozen base, adapters off)."""
+    """Routing features (N, D) of ``prompts`` in ``slot``'s subspace (frozen base, adapters off), on the host."""
     modules = routing_module_names(adapted, config)
     out = []
     for i in range(0, len(prompts), batch_size):
         batch = collate_prompts(tokenizer, prompts[i : i + batch_size], max_length)
         pooled = pooled_state(adapted, config, modules, batch["input_ids"], batch["attention_mask"])  # (B, d)
-        out.append(project(adapted, modules, pooled)[:, slot].double().numpy())  # (B, D)
+        out.append(to_numpy(project(adapted, modules, pooled)[:, slot].double()))  # (B, D)
     return np.concatenate(out, axis=0)  # (N, D)
 
 

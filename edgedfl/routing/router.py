@@ -21,6 +21,10 @@ with a :class:`~edgedfl.routing.codes.LatentCode`. For a batch of prompts:
    same, see :mod:`edgedfl.export.module`). Rows of one batch may use
    different experts.
 
+Devices: the codes live on the model's device, and every entry point moves the
+prompt tensors it is given there (:mod:`edgedfl.model.placement`); a
+:class:`Route` lives on the model's device too (``to_numpy`` brings it home).
+
 The route is computed once from the prompt and kept for every generated token
 (the hook's weights stay fixed for the whole ``generate`` call). As an
 independent reference for one-hot routes, :meth:`RoutedModel.peft_logits` runs
@@ -45,6 +49,7 @@ import numpy as np
 from edgedfl.adapters.model import slot_name
 from edgedfl.errors import AdapterError, ConfigError
 from edgedfl.model.batching import collate_prompts
+from edgedfl.model.placement import model_device
 from edgedfl.routing.codes import LatentCode, stack_codes
 from edgedfl.routing.config import MODES, RouterConfig
 
@@ -55,7 +60,7 @@ class _StopForward(Exception):
 
 @dataclasses.dataclass
 class Route:
-    """The route of a batch: weights (B, K), top-1 expert (B,), distances (B, K) or None."""
+    """The route of a batch: weights (B, K), top-1 expert (B,), distances (B, K) or None; on the model's device."""
 
     weights: Any  # torch (B, K) float32
     experts: Any  # torch (B,) int64
@@ -110,8 +115,9 @@ class RoutedModel:
             raise AdapterError(f"latent codes must have dimension {dim} (modules x rank), got "
                                f"{sorted({c.dim for c in self.codes})}")
         means, factors = stack_codes(self.codes, self.config.ridge)
-        self.code_means = torch.from_numpy(means).float()  # (K, D)
-        self.code_factors = torch.from_numpy(factors).float()  # (K, D, D)
+        device = model_device(adapted.peft_model)  # the codes meet the model's states there
+        self.code_means = torch.from_numpy(means).float().to(device)  # (K, D)
+        self.code_factors = torch.from_numpy(factors).float().to(device)  # (K, D, D)
         self._stacks: tuple[tuple[Any, ...], dict[str, tuple[Any, Any]]] | None = None
 
     @property
@@ -121,6 +127,11 @@ class RoutedModel:
     @property
     def peft_model(self) -> Any:
         return self.adapted.peft_model
+
+    def _on_model(self, *tensors: Any) -> tuple[Any, ...]:
+        """``tensors`` on the model's device (no-ops where they already are; None stays None)."""
+        device = model_device(self.peft_model)
+        return tuple(None if t is None else t.to(device) for t in tensors)
 
     # -- router ------------------------------------------------------------------
 
@@ -149,18 +160,20 @@ class RoutedModel:
         batch, k = int(input_ids.shape[0]), self.num_experts
         if mode not in MODES:
             raise ConfigError(f"routing mode {mode!r}: choose from {MODES}")
+        input_ids, attention_mask = self._on_model(input_ids, attention_mask)
+        device = input_ids.device
         dist = None
         if mode == "implicit":
             dist = self.distances(input_ids, attention_mask)  # (B, K)
             weights = weights_from_distances(dist, self.config.top_k, self.config.temperature)
         elif mode == "merge":
-            weights = torch.ones(batch, k)  # (B, K)
+            weights = torch.ones(batch, k, device=device)  # (B, K)
         elif mode == "none":
-            weights = torch.zeros(batch, k)  # (B, K)
+            weights = torch.zeros(batch, k, device=device)  # (B, K)
         else:
             rows = _slots_for(mode, slots, batch, k)
-            weights = torch.nn.functional.one_hot(torch.tensor(rows), k).float()  # (B, K)
-        experts = weights.argmax(-1) if mode != "none" else torch.full((batch,), -1)
+            weights = torch.nn.functional.one_hot(torch.tensor(rows, device=device), k).float()  # (B, K)
+        experts = weights.argmax(-1) if mode != "none" else torch.full((batch,), -1, device=device)
         return Route(weights, experts, dist)
 
     # -- applying a route ----------------------------------------------------------
@@ -201,7 +214,7 @@ class RoutedModel:
                 x = args[0]  # (B, T, d_in)
                 if x.shape[0] != w_rep.shape[0]:
                     raise AdapterError(f"route has {w_rep.shape[0]} rows, the batch {x.shape[0]}")
-                h = (x.to(a.dtype) @ a.T) * w_rep.to(a.dtype)  # (B, T, K*r)
+                h = (x.to(a.dtype) @ a.T) * w_rep.to(device=a.device, dtype=a.dtype)  # (B, T, K*r)
                 return output + (h @ b.T).to(output.dtype)  # (B, T, d_out)
 
             return hook
@@ -219,6 +232,7 @@ class RoutedModel:
         self, input_ids: Any, attention_mask: Any, mode: str = "implicit", slots: int | Sequence[int] | None = None
     ) -> tuple[Any, Route]:
         """(logits (B, T, V), route) of one routed forward."""
+        input_ids, attention_mask = self._on_model(input_ids, attention_mask)
         route = self.route(input_ids, attention_mask, mode, slots)
         with self.applied(route.weights):
             out = self.peft_model(input_ids=input_ids, attention_mask=attention_mask,
@@ -229,6 +243,7 @@ class RoutedModel:
         """Reference: peft's own mixed-batch forward, expert ``experts[b]`` on row b (top-1 routes only)."""
         torch = self._torch
         names = [slot_name(int(k)) if int(k) >= 0 else "__base__" for k in experts]
+        input_ids, attention_mask = self._on_model(input_ids, attention_mask)
         self.peft_model.eval()
         with torch.no_grad():
             return self.peft_model(input_ids=input_ids, attention_mask=attention_mask, adapter_names=names,
@@ -246,6 +261,7 @@ class RoutedModel:
         eos_token_id: int | None = None,
     ) -> tuple[Any, Route]:
         """Greedy generation (new tokens (B, N)) with the route chosen once from the prompt."""
+        input_ids, attention_mask = self._on_model(input_ids, attention_mask)
         route = self.route(input_ids, attention_mask, mode, slots)
         with self.applied(route.weights):
             out = self.peft_model.generate(
@@ -270,7 +286,7 @@ class RoutedModel:
             batch["input_ids"], batch["attention_mask"], mode, slots, max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
-        return tokenizer.batch_decode(new, skip_special_tokens=True), route
+        return tokenizer.batch_decode(new.cpu(), skip_special_tokens=True), route
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -282,9 +298,13 @@ def pooled_state(adapted: Any, config: RouterConfig, modules: Sequence[str], inp
 
     Layer 0 of a Llama-style model reads ``input_layernorm(embed_tokens(ids))``
     directly (no forward at all); other layers, or other architectures, run a
-    partial forward that stops at the routing module.
+    partial forward that stops at the routing module. The prompt tensors are moved to the model's device.
     """
     import torch
+
+    device = model_device(adapted.peft_model)
+    input_ids = input_ids.to(device)
+    attention_mask = None if attention_mask is None else attention_mask.to(device)
 
     if config.layer == 0:
         direct = _layer0_state(adapted, input_ids)

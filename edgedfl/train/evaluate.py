@@ -8,11 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from edgedfl.data.examples import Example, normalise_answer
+from edgedfl.model.placement import model_device, to_device
 from edgedfl.train.batching import collate_prompts, collate_train
-
-
-def _device(model: Any) -> Any:
-    return next(model.parameters()).device
 
 
 def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, max_length: int) -> float:
@@ -23,8 +20,7 @@ def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], bat
     model.eval()
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
-            batch = collate_train(tokenizer, examples[i : i + batch_size], max_length)
-            batch = {k: v.to(_device(model)) for k, v in batch.items()}
+            batch = to_device(collate_train(tokenizer, examples[i : i + batch_size], max_length), model_device(model))
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             shift_logits = logits[:, :-1].float()  # (B, T-1, V)
             shift_labels = batch["labels"][:, 1:]  # (B, T-1)
@@ -47,8 +43,7 @@ def generate_answers(
     model.eval()
     with torch.no_grad():
         for i in range(0, len(prompts), batch_size):
-            batch = collate_prompts(tokenizer, prompts[i : i + batch_size], max_length)
-            batch = {k: v.to(_device(model)) for k, v in batch.items()}
+            batch = to_device(collate_prompts(tokenizer, prompts[i : i + batch_size], max_length), model_device(model))
             gen = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,

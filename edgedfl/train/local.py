@@ -27,6 +27,7 @@ from edgedfl.data.sources import load_examples
 from edgedfl.devices import DeviceConfig
 from edgedfl.errors import ConfigError
 from edgedfl.model.loading import load_model
+from edgedfl.model.placement import model_device
 from edgedfl.model.quantize import quantize_model
 from edgedfl.train.batching import collate_prompts
 from edgedfl.train.trainer import TrainConfig, Trainer
@@ -61,7 +62,7 @@ def build_model(cfg: LocalRunConfig) -> tuple[Any, Any, str]:
     """(adapted model, tokenizer, quantization backend used)."""
     profile = cfg.device_profile()
     base, tok = load_model(cfg.model, seed=cfg.adapter.seed)
-    base, backend = quantize_model(base, cfg.quant, profile)
+    base, backend = quantize_model(base, cfg.quant, profile, cfg.device)
     adapted = attach_adapter(base, cfg.adapter)
     adapted.activate(cfg.slot)
     return adapted, tok, backend
@@ -108,7 +109,8 @@ def run_local(cfg: LocalRunConfig, out_dir: str | os.PathLike[str], *, evaluate_
     if adapted.spec.sparse and cfg.n_calibration:
         calibrate(adapted, tok, [e.prompt for e in train[: cfg.n_calibration]], cfg.slot, cfg.train.max_length)
     trainer = Trainer(adapted, tok, train, cfg.train, eval_examples=test, checkpoint_dir=str(out / "ckpt"))
-    metrics: dict[str, Any] = {"model": cfg.model, "quant": backend, "method": adapted.method, "slot": cfg.slot}
+    metrics: dict[str, Any] = {"model": cfg.model, "quant": backend, "device": str(model_device(adapted.peft_model)),
+                               "method": adapted.method, "slot": cfg.slot}
     if evaluate_before and test and trainer.checkpoints and trainer.checkpoints.latest() is None:
         metrics["eval_before"] = trainer.evaluate()
     metrics.update(trainer.train())

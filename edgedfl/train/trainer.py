@@ -21,6 +21,7 @@ import numpy as np
 
 from edgedfl.data.examples import Example
 from edgedfl.errors import AdapterError, CheckpointError, DataError
+from edgedfl.model.placement import model_device, to_device
 from edgedfl.train.batching import collate_train
 from edgedfl.train.checkpoint import CheckpointManager
 from edgedfl.train.config import TrainConfig
@@ -60,7 +61,6 @@ class Trainer:
         #: JSON-able state of the caller (e.g. the node's round), saved and restored with the checkpoint
         self.extra: dict[str, Any] = {}
         params = adapted.trainable_parameters()
-        self._device = next(iter(params)).device if params else "cpu"
         if not params:
             raise DataError("the adapter has no trainable parameters")
         lr = self.config.lr or self.adapted.spec.default_lr  # 0: the method's tuned default
@@ -98,7 +98,7 @@ class Trainer:
         total = 0.0
         for _ in range(self.config.grad_accum):
             batch = collate_train(self.tokenizer, self._next_batch(), self.config.max_length)
-            batch = {k: v.to(self._device) for k, v in batch.items()}
+            batch = to_device(batch, model_device(self.model))
             loss = self.model(**batch).loss / self.config.grad_accum
             loss.backward()
             total += float(loss.detach())

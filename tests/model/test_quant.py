@@ -1,4 +1,7 @@
-"""Quantized bases: the dispatcher, and LoRA gradients after an eval pass on every CPU backend."""
+"""Quantized bases: the dispatcher, and LoRA gradients after an eval pass on every CPU backend.
+
+The CPU cases ask for the CPU (``device="cpu"``): on a machine with a GPU, ``auto`` would
+move bitsandbytes to CUDA, and these tests are about the CPU kernels."""
 
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ CPU_BACKENDS = [b for b in ("none", "torchao-int8", "torchao-int4", "bnb-nf4", "
 @pytest.mark.parametrize("method", ["solora", "lora"])
 def test_lora_gradients_nonzero_after_an_eval_pass(backend, method):
     tok = tiny_tokenizer()
-    base, name = quantize.quantize_model(tiny_model(), backend)
+    base, name = quantize.quantize_model(tiny_model(), backend, device="cpu")
     assert name == backend
+    assert all(p.device.type == "cpu" for p in base.parameters())
     adapted = attach_adapter(base, AdapterConfig(method=method, rank=4))
     batch = collate_train(tok, [Example("Question: 2+2?\nAnswer:", " 4", "arith")] * 2, 64)
     # eval-mode no-grad forward first: this is what breaks bnb 4-bit on AVX512-BF16 CPUs
@@ -47,9 +51,10 @@ def test_bnb_guard_is_applied_to_every_4bit_layer():
         pytest.skip("bitsandbytes not installed")
     import bitsandbytes as bnb
 
-    base, _ = quantize.quantize_model(tiny_model(), "bnb-nf4")
+    base, _ = quantize.quantize_model(tiny_model(), "bnb-nf4", device="cpu")
     layers = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and all(m.support_avx512bf16_for_cpu is False for m in layers)
+    assert all(m.weight.device.type == "cpu" for m in layers)
 
 
 def test_dispatcher_picks_profile_default_and_errors_clearly(monkeypatch):
@@ -60,18 +65,30 @@ def test_dispatcher_picks_profile_default_and_errors_clearly(monkeypatch):
     with pytest.raises(ConfigError, match="unknown backend"):
         quantize.choose_backend("gptq")
     missing = quantize.QuantBackend("bnb-nf4", "x", "edgedfl_no_such_package", "pip install 'edgedfl[bnb]'",
-                                    lambda m: m)
+                                    lambda m, device: m)
     monkeypatch.setitem(quantize.BACKENDS, "bnb-nf4", missing)
     with pytest.raises(BackendUnavailable, match=r"pip install 'edgedfl\[bnb\]'"):
         quantize.choose_backend("bnb-nf4")
 
 
+def test_device_cpu_keeps_every_backend_on_the_cpu_when_a_gpu_is_visible(monkeypatch):
+    """A GPU that torch would see (faked here) changes nothing once the device is 'cpu'."""
+    from edgedfl.model import placement
+
+    monkeypatch.setattr(placement, "cuda_available", lambda: True)
+    # the jetson profile's CUDA default falls back as on a CPU-only host
+    assert quantize.choose_backend("auto", PROFILES["jetson"], device="cpu") == "torchao-int8"
+    for backend in [b for b in CPU_BACKENDS if b == "none" or b.startswith("bnb")]:
+        base, name = quantize.quantize_model(tiny_model(), backend, PROFILES["jetson"], device="cpu")
+        assert name == backend and all(p.device.type == "cpu" for p in base.parameters()), backend
+
+
 @pytest.mark.cuda
 def test_bnb_nf4_on_cuda_trains():
     if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
+        pytest.skip("needs a CUDA GPU: torch.cuda.is_available() is False")
     tok = tiny_tokenizer()
-    base, _ = quantize.quantize_model(tiny_model().cuda(), "bnb-nf4")
+    base, _ = quantize.quantize_model(tiny_model(), "bnb-nf4", device="cuda")
     adapted = attach_adapter(base, AdapterConfig(rank=4))
     batch = {k: v.cuda() for k, v in collate_train(tok, [Example("Q: 1+1?\nA:", " 2", "arith")] * 2, 32).items()}
     adapted.peft_model(**batch).loss.backward()
