@@ -15,7 +15,8 @@ from edgedfl.aggregation.config import ROBUST
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=4, help="number of devices")
-    p.add_argument("--tasks", default="2", help="a count (first tasks of the built-in suite) or names, comma-separated")
+    p.add_argument("--tasks", default="2", help="a count (first tasks of the built-in suite), or task sources, "
+                   "comma-separated: built-in names, JSONL files (TRAIN.jsonl:TEST.jsonl for a file per split), hf:NAME")
     p.add_argument("--swarm-config", default=None, metavar="FILE",
                    help="a SwarmConfig JSON (every shared setting, with its adapter/train/aggregation/protocol "
                         "parts); the flags below override it")
