@@ -6,7 +6,8 @@ from the first ``n_calibration`` training prompts of its own run.
 
 The base is always rebuilt unquantized (``quant="none"``), whatever the runs
 trained on: exporters need plain float weights, and an ONNX model is
-quantized by ONNX Runtime's own tools afterwards (``--int8``).
+quantized by ONNX Runtime's own tools afterwards (``--int8``). The device
+setting is this machine's (``auto``), not the training machine's.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[Any, Any, Any, list[Any],
     run = Path(run_dir)
     cfg = LocalRunConfig.load(run / "run_config.json")
     cfg.quant = "none"
+    cfg.device = "auto"  # the training machine's device setting; this machine picks its own (export runs on the host)
     adapted, tok, _ = build_model(cfg)
     train, _ = load_data(cfg)
     trainer = Trainer(adapted, tok, train, cfg.train, checkpoint_dir=str(run / "ckpt"))

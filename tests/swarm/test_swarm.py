@@ -137,9 +137,8 @@ def _emulate(out: Path) -> tuple[subprocess.CompletedProcess, float]:
 
 
 def test_emulate_cli_is_quick_valid_and_deterministic(tmp_path):
-    first, secs = _emulate(tmp_path / "a")
+    first, _ = _emulate(tmp_path / "a")
     assert first.returncode == 0, first.stderr[-2000:]
-    assert secs < 60, f"edgedfl emulate took {secs:.0f} s"
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert {"method", "devices", "tasks", "seed", "rounds", "final"} <= set(report)
     assert report["method"] == "solora" and report["devices"] == 4 and report["seed"] == 3
@@ -162,6 +161,34 @@ def test_emulate_cli_is_quick_valid_and_deterministic(tmp_path):
     assert [r["bytes_sent"] for r in again["rounds"]] == [r["bytes_sent"] for r in report["rounds"]]
     assert [r["accuracy"] for r in again["rounds"]] == [r["accuracy"] for r in report["rounds"]]
     assert [r["loss"] for r in again["rounds"]] == [r["loss"] for r in report["rounds"]]
+
+
+def test_emulate_cli_takes_a_users_jsonl_beside_a_built_in_task(tmp_path):
+    # Prepare: the user's file, named by a path relative to where the command runs
+    rows = [{"prompt": f"Is {i} even?\nAnswer:", "completion": " yes" if i % 2 == 0 else " no", "task": "parity"}
+            for i in range(120)]
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    # Execute
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgedfl.cli", "emulate", "--devices", "4", "--tasks", "arith,mine.jsonl",
+         "--model", "tiny", "--rounds", "1", "--local-steps", "2", "--n-train", "16", "--n-eval", "4",
+         "--out", "run", "--quiet"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+
+    # Assert: the file is a task like the built-in one: its devices, its column, its slot, its majority rate
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    path = str(tmp_path / "mine.jsonl")
+    assert report["tasks"] == ["arith", path] and report["task_names"][path] == "mine"
+    assert [d["task"] for _, d in sorted(report["per_device"].items())] == ["arith", path, "arith", path]
+    assert set(report["rounds"][-1]["accuracy"]) == {"arith", path}
+    assert 0.3 < report["majority_rate"][path] < 0.7
+    assert "mine" in proc.stdout.splitlines()[1] and "major" in proc.stdout
+    node = json.loads((tmp_path / "run" / "dev01" / "node_config.json").read_text())
+    assert node["data"] == path and node["swarm"]["max_slots"] == 2
 
 
 @pytest.mark.root
