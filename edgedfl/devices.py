@@ -93,9 +93,9 @@ class DeviceConfig(ConfigBase):
                                      "file or hf:<dataset>")
     profile: str = option("", help="device profile: phone, jetson, laptop; empty = detect this machine")
     quant: str = option("auto", help="quantization backend of the base, or 'auto' for the profile's default")
-    device: str = option("auto", help="where the model runs: 'cpu', 'cuda' (or 'cuda:N'), or 'auto': CUDA when "
-                                      "torch sees a GPU and the profile (jetson) or the backend (bnb-*) wants one, "
-                                      "else the CPU")
+    device: str = option("auto", help="where the model runs: 'cpu' (even bnb-* with a GPU visible), 'cuda' (or "
+                                      "'cuda:N'), or 'auto': CUDA when torch sees a GPU and the base is bnb-* or "
+                                      "unquantized on a CUDA profile (jetson), else the CPU (torchao-* included)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -14,8 +14,8 @@ def add_local_arguments(p: argparse.ArgumentParser, *, model: str = "smollm2", s
     p.add_argument("--quant", default=None, help="auto, none, torchao-int8, torchao-int4, bnb-nf4, bnb-int8")
     p.add_argument("--profile", default=None, help="device profile: phone, jetson, laptop (default: detect)")
     p.add_argument("--device", default=None,
-                   help="where the model runs: auto (default: CUDA if the profile or a bnb backend wants it and "
-                        "torch sees a GPU), cpu (even bitsandbytes, with a GPU visible), cuda or cuda:N")
+                   help="where the model runs: auto (default: CUDA when torch sees a GPU and the base is bnb-* "
+                        "or unquantized on the jetson profile), cpu (even bnb-* with a GPU visible), cuda, cuda:N")
     p.add_argument("--data", default=None, help="built-in task (topic, yesno, arith, strtf), a JSONL file or hf:<dataset>")
     p.add_argument("--eval-data", default=None, help="evaluation source (default: the task's test split)")
     p.add_argument("--n-train", type=int, default=None, help="training examples (0 = all)")

@@ -18,9 +18,11 @@ Only the decoder's ``nn.Linear`` layers are quantized; embeddings, norms and
 peft afterwards, so every base that peft's LoRA supports trains.
 
 Where the model runs is the ``device`` setting (``auto``, ``cpu``, ``cuda``;
-:func:`edgedfl.model.placement.resolve_device`). ``auto`` takes CUDA when
-torch sees a GPU and the profile (jetson) or the backend (bnb-*) wants one;
-``cpu`` keeps even bitsandbytes on the CPU of a machine with a GPU.
+:func:`edgedfl.model.placement.resolve_device`). When torch sees a GPU,
+``auto`` takes it for bitsandbytes (its kernels' home) and for an
+unquantized base on a profile that expects CUDA (jetson); torchao's
+weight-only kernels, the CPU fallback, stay on the CPU unless ``cuda`` is
+asked for. ``cpu`` keeps even bitsandbytes on the CPU of a machine with a GPU.
 :func:`quantize_model` places the model there and quantizes it there.
 
 bitsandbytes on CPUs with AVX512-BF16: after an eval-mode forward a
@@ -53,8 +55,9 @@ class QuantBackend:
     install_hint: str
     #: ``apply(model, device)``: quantize ``model`` in place for ``device``; returns it, wholly on ``device``
     apply: Callable[[Any, str], Any]
-    #: device ``auto`` places the model on CUDA for this backend whenever torch sees a GPU
-    prefers_cuda: bool = False
+    #: where device ``auto`` puts a model of this backend when torch sees a GPU: "cuda", "cpu", or
+    #: "profile" (CUDA if the device profile expects it)
+    auto_device: str = "profile"
 
 
 def _linear_filter(module: Any, fqn: str) -> bool:
@@ -148,18 +151,20 @@ def guard_bnb_cpu(model: Any) -> int:
 BACKENDS: dict[str, QuantBackend] = {
     "none": QuantBackend("none", "full-precision weights", None, "", place_model),
     "torchao-int8": QuantBackend(
-        "torchao-int8", "torchao int8 weight-only", "torchao", "pip install torchao==0.18.0", _torchao(_torchao_int8)
+        "torchao-int8", "torchao int8 weight-only", "torchao", "pip install torchao==0.18.0", _torchao(_torchao_int8),
+        auto_device="cpu",
     ),
     "torchao-int4": QuantBackend(
-        "torchao-int4", "torchao int4 weight-only", "torchao", "pip install torchao==0.18.0", _torchao(_torchao_int4)
+        "torchao-int4", "torchao int4 weight-only", "torchao", "pip install torchao==0.18.0", _torchao(_torchao_int4),
+        auto_device="cpu",
     ),
     "bnb-nf4": QuantBackend(
         "bnb-nf4", "bitsandbytes 4-bit NF4", "bitsandbytes", "pip install 'edgedfl[bnb]'", _bnb("nf4"),
-        prefers_cuda=True,
+        auto_device="cuda",
     ),
     "bnb-int8": QuantBackend(
         "bnb-int8", "bitsandbytes LLM.int8", "bitsandbytes", "pip install 'edgedfl[bnb]'", _bnb("int8"),
-        prefers_cuda=True,
+        auto_device="cuda",
     ),
 }
 
@@ -215,7 +220,7 @@ def quantize_model(
     profile = profile or detect_profile()
     name = choose_backend(backend, profile, device)
     chosen = BACKENDS[name]
-    where = resolve_device(device, want_cuda=profile.accelerator == "cuda" or chosen.prefers_cuda,
-                           current=model_device(model))
+    want_cuda = chosen.auto_device == "cuda" or (chosen.auto_device == "profile" and profile.accelerator == "cuda")
+    where = resolve_device(device, want_cuda=want_cuda, current=model_device(model))
     log.info("quantizing base with %s on %s", name, where)
     return chosen.apply(model, where), name

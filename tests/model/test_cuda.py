@@ -83,11 +83,6 @@ def _ok(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout
 
 
-def _profile_quant() -> str:
-    """What the jetson profile's ``auto`` picks on a CUDA host."""
-    return "bnb-nf4" if quantize.is_available("bnb-nf4") else "torchao-int8"
-
-
 # -- bitsandbytes ----------------------------------------------------------------------------
 
 
@@ -252,16 +247,19 @@ def test_signature_calibration_masks_routing_and_evaluation_on_cuda_match_the_cp
 # -- the real commands -----------------------------------------------------------------------
 
 
-def test_edgedfl_train_on_cuda_trains_checkpoints_resumes_and_exports(tmp_path: Path):
+@pytest.mark.parametrize(("quant", "expected"), [("auto", "bnb-nf4"), ("none", "none")])
+def test_edgedfl_train_on_cuda_trains_checkpoints_resumes_and_exports(tmp_path: Path, quant: str, expected: str):
+    if expected.startswith("bnb"):
+        _require_bnb()  # the jetson profile's own backend on CUDA
     run = tmp_path / "run"
-    cmd = ["train", "--model", "tiny", "--profile", "jetson", "--device", "cuda", "--data", "arith",
+    cmd = ["train", "--model", "tiny", "--profile", "jetson", "--device", "cuda", "--quant", quant, "--data", "arith",
            "--n-train", "64", "--n-eval", "8", "--steps", "6", "--batch-size", "4", "--checkpoint-every", "3",
            "--no-progress", "--out", str(run)]
 
     first = json.loads(_ok(_edgedfl(*cmd)))
     again = json.loads(_ok(_edgedfl(*cmd)))  # the same command resumes from the last checkpoint
 
-    assert first["device"].startswith("cuda") and first["quant"] == _profile_quant()
+    assert first["device"].startswith("cuda") and first["quant"] == expected
     assert first["steps"] == 6 and math.isfinite(first["train_loss"])
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((run / "run_config.json").read_text())["device"] == "cuda"
@@ -271,6 +269,7 @@ def test_edgedfl_train_on_cuda_trains_checkpoints_resumes_and_exports(tmp_path: 
 
 
 def test_edgedfl_emulate_two_jetson_devices_on_cuda_finish_with_a_report(tmp_path: Path):
+    _require_bnb()  # device auto puts a jetson node on the GPU with its bnb-nf4 base
     out = tmp_path / "emu"
 
     _ok(_edgedfl("emulate", "--model", "tiny", "--profiles", "jetson", "--devices", "2", "--tasks", "arith,strtf",
@@ -284,7 +283,7 @@ def test_edgedfl_emulate_two_jetson_devices_on_cuda_finish_with_a_report(tmp_pat
     for node in ("dev00", "dev01"):
         final = json.loads((out / node / "final.json").read_text())
         assert final["device"].startswith("cuda"), final.get("device")
-        assert final["quant"] == _profile_quant()
+        assert final["quant"] == "bnb-nf4"
 
 
 # -- the doctor --------------------------------------------------------------------------------

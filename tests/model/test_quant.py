@@ -81,6 +81,10 @@ def test_device_cpu_keeps_every_backend_on_the_cpu_when_a_gpu_is_visible(monkeyp
     for backend in [b for b in CPU_BACKENDS if b == "none" or b.startswith("bnb")]:
         base, name = quantize.quantize_model(tiny_model(), backend, PROFILES["jetson"], device="cpu")
         assert name == backend and all(p.device.type == "cpu" for p in base.parameters()), backend
+    # auto keeps torchao's weight-only kernels (the CPU fallback) on the CPU too
+    if "torchao-int8" in CPU_BACKENDS:
+        base, _ = quantize.quantize_model(tiny_model(), "torchao-int8", PROFILES["jetson"], device="auto")
+        assert all(p.device.type == "cpu" for p in base.parameters())
 
 
 @pytest.mark.cuda
