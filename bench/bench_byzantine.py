@@ -71,14 +71,19 @@ def main() -> None:
     p.add_argument("--work", default="runs/byzantine-work")
     p.add_argument("--out", default="bench/results/byzantine")
     p.add_argument("--defences", default="all", help="'all', or 'defaults' for the defaults' rows alone")
+    p.add_argument("--auto-clip", type=float, default=None,
+                   help="the clipping factor of the defaults' rows (default: AggregationConfig's)")
     args = p.parse_args()
     work, out = Path(args.work), Path(args.out)
+    if args.auto_clip is not None:  # the defaults with another clipping factor, under its own name
+        DEFENCES.pop("defaults (clipping on)")
+        DEFENCES[f"auto_clip {args.auto_clip:g}"] = AggregationConfig(auto_clip=args.auto_clip)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
     t_all = time.monotonic()
     for attack_name, attack in ATTACKS.items():
         for defence_name, aggregation in DEFENCES.items():
-            if args.defences == "defaults" and aggregation != AggregationConfig():
+            if args.defences == "defaults" and aggregation.robust == "mean" and not aggregation.auto_clip:
                 continue
             key = f"{attack_name} | {defence_name}"
             run = work / f"{list(ATTACKS).index(attack_name)}-{list(DEFENCES).index(defence_name)}"
@@ -101,7 +106,8 @@ def _write(out: Path, args: argparse.Namespace, rows: dict[str, dict[str, Any]],
     clean = {r["defence"]: r for r in rows.values() if r["attack"] == "clean"}
     command = (f"python bench/bench_byzantine.py --model {args.model} --tasks {args.tasks} --rounds {args.rounds} "
                f"--local-steps {args.local_steps} --n-train {args.n_train} --n-eval {args.n_eval} --out {args.out}"
-               + (f" --defences {args.defences} --work {args.work}" if args.defences != "all" else ""))
+               + (f" --defences {args.defences} --work {args.work}" if args.defences != "all" else "")
+               + (f" --auto-clip {args.auto_clip:g}" if args.auto_clip is not None else ""))
     about = ("Six devices, one task, one cluster, degree 5; `dev05` corrupts what it sends every round. Honest "
              "devices' final-round accuracy and loss (mean over the five). Points vs the clean run of the same "
              "aggregation.")
