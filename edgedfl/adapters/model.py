@@ -72,6 +72,10 @@ class AdaptedModel:
         self.layers: dict[str, Any] = self._find_layers()
         if not self.layers:
             raise AdapterError(f"no layer matches target_modules={config.target_modules}")
+        missing = [t for t in config.target_modules if not any(n.rsplit(".", 1)[-1] == t for n in self.layers)]
+        if missing:  # e.g. a fused qkv_proj (phi3): q/k/v_proj match nothing and only o_proj would train
+            log.warning("target_modules %s match no layer of this model; adapted: %s", missing,
+                        sorted({n.rsplit(".", 1)[-1] for n in self.layers}))
         #: slot -> layer -> bool tensor (d_out, r), for the gradient hooks; sparse methods only
         self.masks: dict[int, dict[str, Any]] = {}
         #: slot -> layer -> density actually used

@@ -144,3 +144,11 @@ def test_config_errors_name_field_and_value():
         AdapterConfig(density=1.5)
     with pytest.raises(ConfigError, match="method='dora'"):
         AdapterConfig(method="dora")
+
+
+def test_a_target_that_matches_no_layer_is_named_not_silently_skipped(caplog):
+    # a fused projection (phi3's qkv_proj) leaves q/k/v_proj matching nothing: only o_proj would train
+    with caplog.at_level("WARNING", logger="edgedfl.adapters"):
+        adapted = attach_adapter(tiny_model(seed=0), AdapterConfig(target_modules=["qkv_proj", "o_proj"]))
+    assert {name.rsplit(".", 1)[-1] for name in adapted.layers} == {"o_proj"}
+    assert "['qkv_proj'] match no layer" in caplog.text
