@@ -5,7 +5,8 @@ other five (degree 5), and ``dev05`` attacks every round: it sends its update
 scaled by 100, sign-flipped, or replaced by Gaussian noise (it keeps training
 honestly itself; only what it sends is corrupted: ``NodeConfig.attack``).
 Each attack runs twice, side by side in this one process: with the defaults
-(Metropolis mean, clipping on: ``auto_clip`` 3) and with the plain mean and no
+(Metropolis mean, clipping on: ``auto_clip`` 1.5 since bench/results/byzantine-clip1.md; the rows of
+byzantine.md and byzantine-eval33.md were measured with 3) and with the plain mean and no
 clipping; and a clean run of each. The honest devices' final accuracy and loss
 are what is compared (the attacker is left out).
 
