@@ -107,6 +107,9 @@ def setup_logging(verbose: int) -> None:
     progress bars go to :func:`log_path`. ``-v`` shows everything (and info), ``-vv`` debug."""
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
     root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_edgedfl_cli", False)]:  # main() called again in-process
+        root.removeHandler(old)
+        old.close()
     root.setLevel(logging.WARNING - 10 * min(verbose, 2))
     logging.getLogger("edgedfl").setLevel(min(root.level, logging.INFO))  # edgedfl's info lines reach the file
     term = logging.StreamHandler()
@@ -121,6 +124,7 @@ def setup_logging(verbose: int) -> None:
             _route_torch_logs()
         elif not any(isinstance(f, _AfterTorchImport) for f in sys.meta_path):
             sys.meta_path.insert(0, _AfterTorchImport())
+    term._edgedfl_cli = True  # type: ignore[attr-defined]
     root.addHandler(term)
     try:
         path = log_path()
@@ -129,6 +133,7 @@ def setup_logging(verbose: int) -> None:
     except OSError:
         pass  # no writable home: the terminal alone
     else:
+        file._edgedfl_cli = True  # type: ignore[attr-defined]
         file.setLevel(logging.INFO)
         file.setFormatter(fmt)
         root.addHandler(file)
