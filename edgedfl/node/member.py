@@ -249,8 +249,7 @@ class SwarmMember:
     def reject(self, exc: Exception, sender: str) -> None:
         """A peer's message that got past the wire but cannot be used: counted, logged, never raised."""
         assert self.protocol is not None
-        self.protocol.rejects[type(exc).__name__] += 1
-        self.protocol.rejects_by_sender[sender] += 1
+        self.protocol.count_reject(exc, sender)
         log.warning("%s: refused what %s sent: %s", self.me, sender, exc)
 
     # -- the whole life -----------------------------------------------------------------

@@ -75,13 +75,17 @@ class Receiving(Sending):
             self.resend_due()
         return n
 
-    def _reject(self, exc: Exception, topic: str) -> None:
+    def count_reject(self, exc: Exception, sender: str) -> None:
+        """Count a refused message by its kind and by the sender it claims (the one place both counters move)."""
         self.rejects[type(exc).__name__] += 1
+        self.rejects_by_sender[sender] += 1
+
+    def _reject(self, exc: Exception, topic: str) -> None:
         try:
             sender = self.topics.parse(topic).node or "?"
         except ValueError:
             sender = "?"
-        self.rejects_by_sender[sender] += 1
+        self.count_reject(exc, sender)
         log.debug("%s: rejected message on %s: %s", self.node, topic, exc)
 
     def _handle(self, msg: Message) -> None:
