@@ -37,6 +37,7 @@ class Metrics:
 
     accuracy: float
     loss: float
+    hits: str = ""  # per example in order, "1" exact match / "0" not; "" where a learner does not say
 
 
 @dataclasses.dataclass(frozen=True)

@@ -455,6 +455,8 @@ class SwarmMember:
             "bytes_sent": self.link.bytes_by_round.get(r, 0), "wall_s": time.monotonic() - t0,
             "train_s": train_s, "waited_s": got.waited_s,
         }
+        if metrics.hits:  # prompt by prompt, so two runs on the same prompts compare paired
+            row["hits"] = metrics.hits
         self.learner.save(self.place_state(r))
         self._append_row(row)
         self._set_status("round done", round=r, accuracy=row["accuracy"])

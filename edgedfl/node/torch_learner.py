@@ -126,7 +126,7 @@ class TorchLearner(Learner):
     def evaluate(self, examples: Sequence[Example]) -> Metrics:
         m = evaluate(self.adapted.peft_model, self.tok, examples, batch_size=EVAL_BATCH,
                      max_length=self.swarm.max_length, max_new_tokens=MAX_NEW_TOKENS)
-        return Metrics(m["exact_match"], m["loss"])
+        return Metrics(m["exact_match"], m["loss"], m["hits"])
 
     # -- the end ------------------------------------------------------------------------
 

@@ -66,19 +66,26 @@ def evaluate(
     max_new_tokens: int = 8,
     with_loss: bool = True,
 ) -> dict[str, Any]:
-    """Plain-dict metrics: ``loss``, ``exact_match``, ``per_task`` {task: accuracy}, ``n``."""
+    """Plain-dict metrics: ``loss``, ``exact_match``, ``per_task`` {task: accuracy}, ``n``, and ``hits``.
+
+    ``hits`` is one character per example, in order: ``1`` for an exact match,
+    ``0`` otherwise (two runs scored on the same prompts compare prompt by prompt).
+    """
     answers = generate_answers(
         model, tokenizer, [e.prompt for e in examples],
         batch_size=batch_size, max_length=max_length, max_new_tokens=max_new_tokens,
     )
     hits: dict[str, list[int]] = defaultdict(list)
+    each: list[int] = []
     for ex, ans in zip(examples, answers):
-        hits[ex.task].append(int(normalise_answer(ans) == normalise_answer(ex.completion)))
+        each.append(int(normalise_answer(ans) == normalise_answer(ex.completion)))
+        hits[ex.task].append(each[-1])
     all_hits = [h for v in hits.values() for h in v]
     metrics: dict[str, Any] = {
         "n": len(examples),
         "exact_match": sum(all_hits) / max(len(all_hits), 1),
         "per_task": {t: sum(v) / len(v) for t, v in sorted(hits.items())},
+        "hits": "".join(map(str, each)),
     }
     if with_loss:
         loss = completion_loss(model, tokenizer, examples, batch_size, max_length)
