@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,28 @@ def slot_name(slot: int) -> str:
     return f"slot{slot}"
 
 
+def resolve_targets(model: Any, targets: Sequence[str]) -> list[str]:
+    """``targets`` for this model: a name no linear layer has, whose fused projection it has, becomes that one.
+
+    phi3 computes q, k and v in one ``qkv_proj`` and gate and up in one
+    ``gate_up_proj``: the default targets (q/k/v/o) adapt ``qkv_proj`` and
+    ``o_proj`` there, the same places as on a Llama. Order is kept, repeats dropped.
+    """
+    from torch import nn
+
+    from edgedfl.routing.config import FUSED_INTO
+
+    leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    out: list[str] = []
+    for t in targets:
+        name = FUSED_INTO[t] if t not in leaves and FUSED_INTO.get(t) in leaves else t
+        if name not in out:
+            out.append(name)
+    if out != list(targets):
+        log.info("target_modules %s -> %s on this model (fused projections)", list(targets), out)
+    return out
+
+
 class AdaptedModel:
     """A base model with ``num_slots`` LoRA expert slots of one method."""
 
@@ -57,10 +79,12 @@ class AdaptedModel:
         #: the method object: what trains, what travels
         self.spec = config.spec
         self._torch = torch
+        #: what peft adapts: the configured names, each fused projection standing in for its parts (phi3)
+        self.target_modules = resolve_targets(base_model, config.target_modules)
         lora_cfg = LoraConfig(
             r=config.rank,
             lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft accepts float alpha
-            target_modules=list(config.target_modules),
+            target_modules=self.target_modules,
             lora_dropout=config.dropout,
             bias="none",
             task_type="CAUSAL_LM",
@@ -72,7 +96,7 @@ class AdaptedModel:
         self.layers: dict[str, Any] = self._find_layers()
         if not self.layers:
             raise AdapterError(f"no layer matches target_modules={config.target_modules}")
-        missing = [t for t in config.target_modules if not any(n.rsplit(".", 1)[-1] == t for n in self.layers)]
+        missing = [t for t in self.target_modules if not any(n.rsplit(".", 1)[-1] == t for n in self.layers)]
         if missing:  # e.g. a fused qkv_proj (phi3): q/k/v_proj match nothing and only o_proj would train
             log.warning("target_modules %s match no layer of this model; adapted: %s", missing,
                         sorted({n.rsplit(".", 1)[-1] for n in self.layers}))

@@ -169,7 +169,8 @@ class FeaturesProgram(nn.Module):
 
 #: adapted projection -> (fused module of RoutedLlama, position inside it)
 _FUSED = {"q_proj": ("qkv", 0), "k_proj": ("qkv", 1), "v_proj": ("qkv", 2), "o_proj": ("o_proj", 0),
-          "gate_proj": ("gate_up", 0), "up_proj": ("gate_up", 1), "down_proj": ("down_proj", 0)}
+          "gate_proj": ("gate_up", 0), "up_proj": ("gate_up", 1), "down_proj": ("down_proj", 0),
+          "qkv_proj": ("qkv", 0), "gate_up_proj": ("gate_up", 0)}
 
 
 class InferProgram(nn.Module):

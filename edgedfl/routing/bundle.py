@@ -88,7 +88,7 @@ def load_bundle(
 
     from edgedfl.adapters import AdapterConfig, attach_adapter
     from edgedfl.model.loading import load_model
-    from edgedfl.routing.router import RoutedModel
+    from edgedfl.routing.router import RoutedModel, routing_module_names
 
     meta = read_meta(path)
     adapter_cfg = AdapterConfig.from_dict(meta["adapter"])
@@ -96,7 +96,7 @@ def load_bundle(
     base, tok = load_model(model or meta["model"], seed=adapter_cfg.seed)
     adapted = attach_adapter(base, adapter_cfg)
     adapted.load_state_tensors(load_file(str(Path(path) / EXPERTS_FILE)))
-    dim = len(router_cfg.modules) * adapter_cfg.rank
+    dim = len(routing_module_names(adapted, router_cfg)) * adapter_cfg.rank
     codes = load_codes(path, adapter_cfg.num_slots, dim)
     names: Sequence[str] = [e["name"] for e in sorted(meta["experts"], key=lambda e: e["slot"])]
     return RoutedModel(adapted, codes, router_cfg, names), tok, meta

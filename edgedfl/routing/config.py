@@ -12,7 +12,10 @@ import dataclasses
 from edgedfl.config import ConfigBase, check, option
 
 #: the adapted modules whose input is a decoder layer's (normed) attention input
-ROUTING_MODULES = ("q_proj", "k_proj", "v_proj")
+ROUTING_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj")
+#: a projection some families fuse with others into one layer (phi3): where a router or adapter finds it
+FUSED_INTO = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+              "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
 POOLINGS = ("mean", "last")
 MODES = ("implicit", "oracle", "merge", "single", "none")
 
@@ -28,7 +31,7 @@ class RouterConfig(ConfigBase):
     modules: list[str] = option(
         help="adapted modules of the routing layer whose A project the pooled state (they share the "
         "layer's normed attention input; each adds rank r dimensions to the latent code)",
-        factory=lambda: list(ROUTING_MODULES),
+        factory=lambda: list(ROUTING_MODULES[:3]),
     )
     pooling: str = option("mean", help="pool the prompt's hidden states by 'mean' over real tokens or 'last' token")
     ridge: float = option(

@@ -51,7 +51,7 @@ from edgedfl.errors import AdapterError, ConfigError
 from edgedfl.model.batching import collate_prompts
 from edgedfl.model.placement import model_device
 from edgedfl.routing.codes import LatentCode, stack_codes
-from edgedfl.routing.config import MODES, RouterConfig
+from edgedfl.routing.config import FUSED_INTO, MODES, RouterConfig
 
 
 class _StopForward(Exception):
@@ -68,17 +68,26 @@ class Route:
 
 
 def routing_module_names(adapted: Any, config: RouterConfig) -> list[str]:
-    """The adapted-layer names (keys of ``adapted.layers``) the router projects through."""
-    names = []
+    """The adapted-layer names (keys of ``adapted.layers``) the router projects through.
+
+    On a model whose attention input goes through one fused ``qkv_proj`` (phi3),
+    ``q_proj``/``k_proj``/``v_proj`` name that projection: the default modules
+    route there too, with one rank-r block instead of three.
+    """
+    names: list[str] = []
     for module in config.modules:
         pattern = re.compile(rf"(^|\.)layers\.{config.layer}\.self_attn\.{module}$")
         found = [n for n in adapted.layers if pattern.search(n)]
+        if not found and module in FUSED_INTO:
+            fused = re.compile(rf"(^|\.)layers\.{config.layer}\.self_attn\.{FUSED_INTO[module]}$")
+            found = [n for n in adapted.layers if fused.search(n)]
         if len(found) != 1:
             raise AdapterError(
                 f"routing module {module!r} of layer {config.layer} is not an adapted layer "
                 f"(found {found}); adapt it (target_modules) or change RouterConfig.modules"
             )
-        names.append(found[0])
+        if found[0] not in names:
+            names.append(found[0])
     return names
 
 
