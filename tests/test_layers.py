@@ -19,7 +19,7 @@ LAYERS = {
     "transport": 2, "brokers": 2, "netlab": 2, "model": 2, "adapters": 2,
     "protocol": 3, "train": 3, "aggregation": 3, "routing": 3, "export": 3, "infer": 3, "android": 3,
     "node": 4, "doctor": 4, "experts": 4,
-    "emulation": 5, "bench": 5, "cli": 5,
+    "emulation": 5, "bench": 5, "cli": 5, "dashboard": 5,
 }
 
 

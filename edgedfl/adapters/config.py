@@ -10,6 +10,9 @@ from edgedfl.errors import ConfigError
 
 DENSITY_PROXIES = ("erank", "energy", "uniform")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+#: a projection some families fuse with others into one layer (phi3): where a target (or a routing module) is found
+FUSED_INTO = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+              "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
 
 
 @dataclasses.dataclass

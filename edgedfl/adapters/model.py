@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgedfl.adapters import solora
-from edgedfl.adapters.config import AdapterConfig
+from edgedfl.adapters.config import FUSED_INTO, AdapterConfig
 from edgedfl.adapters.solora import b_key
 from edgedfl.errors import AdapterError
 from edgedfl.model.placement import model_device, to_device, to_numpy
@@ -54,8 +54,6 @@ def resolve_targets(model: Any, targets: Sequence[str]) -> list[str]:
     ``o_proj`` there, the same places as on a Llama. Order is kept, repeats dropped.
     """
     from torch import nn
-
-    from edgedfl.routing.config import FUSED_INTO
 
     leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     out: list[str] = []

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("keys", "device keys and a swarm's key ring: new, show, list, add"),
     "swarm": ("swarm", "list or clear a swarm's retained messages on a broker (hellos, experts, presence)"),
     "doctor": ("doctor", "report what this device can do (CUDA, memory, quantization, broker) and its profile"),
+    "dashboard": ("dashboard", "a local web page for a live swarm (--broker, --swarm) or a finished run (--run)"),
 }
 
 

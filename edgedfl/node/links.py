@@ -5,6 +5,12 @@ Counted: every payload byte published (our envelopes, chunk headers, acks,
 hellos) plus the topic, per round label the node sets. Not counted: MQTT's own
 fixed headers and TCP/IP, which are the same for every method.
 
+Per neighbour (for the live dashboard, :mod:`edgedfl.wire.metrics`): bytes
+received on each peer's update topics, and bytes of this device's update
+topics attributed to each peer in :attr:`CountingTransport.audience` (the
+receivers the member addressed). Hellos, experts and acks go to everyone and
+count only in the totals.
+
 Application-level shaping sleeps ``len * 8 / rate`` plus the latency before
 each publish; as root the emulator shapes links for real instead (network
 namespaces, tc tbf), and the rate here stays 0.
@@ -19,6 +25,12 @@ from collections import defaultdict
 from edgedfl.transport.base import Message, Transport
 
 
+def _is_update_topic(topic: str) -> bool:
+    """``edgedfl/<swarm>/update/<slot>/<node>``: the neighbour exchange (updates, masks, round-0 statistics)."""
+    parts = topic.split("/")
+    return len(parts) == 5 and parts[2] == "update"
+
+
 class CountingTransport(Transport):
     """Delegates to ``inner``; counts published bytes under the current round label."""
 
@@ -30,6 +42,13 @@ class CountingTransport(Transport):
         self.round = 0
         self.bytes_by_round: dict[int, int] = defaultdict(int)
         self.messages_by_round: dict[int, int] = defaultdict(int)
+        #: peers this device's update-topic publishes are addressed to now (the member sets it)
+        self.audience: tuple[str, ...] = ()
+        #: peer -> update-topic bytes sent to it / received from it
+        self.sent_to: dict[str, int] = defaultdict(int)
+        self.received_from: dict[str, int] = defaultdict(int)
+        #: every byte received (payload + topic), all topics
+        self.received_bytes = 0
         self._lock = threading.Lock()
 
     def _account(self, topic: str, payload: bytes) -> None:
@@ -37,6 +56,9 @@ class CountingTransport(Transport):
         with self._lock:
             self.bytes_by_round[self.round] += n
             self.messages_by_round[self.round] += 1
+            if _is_update_topic(topic):
+                for peer in self.audience:
+                    self.sent_to[peer] += n
         delay = self.latency_s + (n * 8 / self.rate_bps if self.rate_bps > 0 else 0.0)
         if delay > 0:
             time.sleep(delay)
@@ -57,7 +79,14 @@ class CountingTransport(Transport):
         self.inner.unsubscribe(pattern)
 
     def receive(self, timeout: float | None = None) -> Message | None:
-        return self.inner.receive(timeout)
+        msg = self.inner.receive(timeout)
+        if msg is not None:
+            n = len(msg.payload) + len(msg.topic.encode())
+            with self._lock:
+                self.received_bytes += n
+                if _is_update_topic(msg.topic):
+                    self.received_from[msg.topic.rsplit("/", 1)[-1]] += n
+        return msg
 
     def close(self) -> None:
         self.inner.close()

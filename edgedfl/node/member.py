@@ -43,9 +43,10 @@ from edgedfl.errors import AggregationError, DataError, QuorumNotReached, Topolo
 from edgedfl.node.config import NodeConfig, SwarmConfig
 from edgedfl.node.learner import Learner, Metrics, Route
 from edgedfl.node.links import CountingTransport
+from edgedfl.node.metrics import MetricsReporter
 from edgedfl.protocol.endpoint import NeighbourProtocol
 from edgedfl.routing.codes import LatentCode
-from edgedfl.topology import ClusterConfig, cluster, flat_clustering, metropolis_weights, neighbour_graph
+from edgedfl.topology import cluster, flat_clustering, metropolis_weights, neighbour_graph
 from edgedfl.topology.clustering import Clustering
 from edgedfl.topology.graph import present_weights
 from edgedfl.transport.url import transport_from_url
@@ -173,6 +174,10 @@ class SwarmMember:
         self.cluster_code: LatentCode | None = None
         self.train_examples: list[Example] = []
         self.test_examples: list[Example] = []
+        #: the signed status on the broker for dashboards (from :meth:`connect`)
+        self.metrics: MetricsReporter | None = None
+        #: the final evaluation's implicit routing: task -> slot -> prompts that slot's expert answered
+        self.routing_counts: dict[str, dict[int, int]] = {}
 
     # -- status for the live view -------------------------------------------------------
 
@@ -183,6 +188,8 @@ class SwarmMember:
             # every byte this device sent, across restarts: a restarted process starts from these
             write_json(self.state / "bytes.json", {str(r): b for r, b in self.link.bytes_by_round.items()})
         write_json(self.state / "status.json", self.status)
+        if self.metrics is not None:
+            self.metrics.publish()
 
     def _append_row(self, row: dict[str, Any]) -> None:
         with open(self.state / "rounds.jsonl", "a") as f:
@@ -212,6 +219,7 @@ class SwarmMember:
                                           update_spec=self.update_spec, settings=self.swarm.digest(),
                                           signer=signer, keyring=keyring, tofu=admission == "tofu")
         self.protocol.start()
+        self.metrics = MetricsReporter(self)
 
     def _follow_all_slots(self, on: bool) -> None:
         """During the join every slot is followed: a cluster mate may send its calibration
@@ -310,10 +318,12 @@ class SwarmMember:
         assert self.protocol is not None
         prompts = [e.prompt for e in self.train_examples[: self.swarm.n_signature]]
         signature = self.learner.signature(prompts)
+        spread = self.learner.signature_spread()
         profile = self.cfg.device_profile()
         self.protocol.publish_hello(
             {"profile": profile.name, "link_rate_bps": self.cfg.link_rate_bps or profile.link_rate_bps,
-             **self.learner.hello_profile()}, signature,
+             **({"signature_spread": spread} if spread is not None else {}), **self.learner.hello_profile()},
+            signature,
         )
         return signature
 
@@ -335,7 +345,9 @@ class SwarmMember:
                                           f"{own_signature.shape}, or not finite"), p)
         if self.swarm.topology == "flat" or not self.method.clusters:
             return flat_clustering(sorted(sigs))
-        return cluster(sigs, ClusterConfig(max_clusters=self.swarm.slots_limit, seed=self.swarm.seed))
+        spreads = {p: info.profile.get("signature_spread") for p, info in self.protocol.peers.items() if p in sigs}
+        spreads[self.me] = self.learner.signature_spread()
+        return cluster(sigs, self.swarm.cluster_config(), spreads={p: v for p, v in spreads.items() if v is not None})
 
     def place(self, clustering: Clustering) -> None:
         """Take this member's place in ``clustering``: slot, neighbours, weights; train and follow the slot.
@@ -391,6 +403,7 @@ class SwarmMember:
             tensors[f"{layer}.energy"] = np.array([st.total_energy, st.n_tokens], dtype=np.float32)
         members = [m for m in self.clustering.members(self.slot) if m != self.me]
         self.link.round = CALIBRATION_ROUND
+        self.link.audience = tuple(members)
         self.protocol.publish_update(CALIBRATION_ROUND, self.slot, tensors, receivers=members, precision="fp32")
         try:
             got = self.protocol.collect_round(
@@ -471,6 +484,8 @@ class SwarmMember:
         """
         assert self.protocol is not None
         sent = corrupt(own, self.cfg.attack, seed=(self.swarm.seed, r)) if self.cfg.attack else own
+        if self.link is not None:
+            self.link.audience = tuple(self.neighbours)
         self.protocol.publish_update(r, self.slot, sent, receivers=self.neighbours, masks=masks,
                                      precision=self.swarm.precision)  # type: ignore[arg-type]
         self._after_publish(r)
@@ -635,11 +650,16 @@ class SwarmMember:
                     continue
                 route: Route = task_slot[t] if mode == "oracle" else mode  # type: ignore[assignment]
                 got = self.learner.answer([e.prompt for e in exs], route)
+                if mode == "implicit" and got.experts is not None:
+                    counts = self.routing_counts.setdefault(t, {})
+                    for e in got.experts:
+                        counts[int(e)] = counts.get(int(e), 0) + 1
                 if mode == "implicit" and t in task_slot and got.experts is not None:
                     hits += sum(int(e == task_slot[t]) for e in got.experts)
                     total += len(exs)
                 out["modes"][mode][t] = _accuracy(got.texts, exs)
         out["routing_accuracy"] = hits / total if total else None
+        out["routing"] = {t: {str(k): n for k, n in sorted(c.items())} for t, c in self.routing_counts.items()}
         return out
 
 

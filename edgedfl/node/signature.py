@@ -10,6 +10,7 @@ import numpy as np
 
 from edgedfl.model.placement import model_device, to_device, to_numpy
 from edgedfl.topology import project_signature
+from edgedfl.topology.signatures import signature_spread
 from edgedfl.train.batching import collate_prompts
 
 
@@ -19,11 +20,15 @@ def pooled_hidden(adapted: Any, tok: Any, prompts: Sequence[str], *, max_length:
 
     rows = []
     device = model_device(adapted.peft_model)
+    causal = adapted.peft_model.base_model.model
+    body = getattr(causal, "model", None)  # the decoder without its LM head: no logits over the vocabulary
     with torch.no_grad(), adapted.peft_model.disable_adapter():
         for i in range(0, len(prompts), batch_size):
             batch = to_device(collate_prompts(tok, prompts[i : i + batch_size], max_length), device)
-            out = adapted.peft_model(**batch, output_hidden_states=True)
-            h = out.hidden_states[-1].float()  # (B, T, H)
+            if body is not None:
+                h = body(**batch).last_hidden_state.float()  # (B, T, H), after the final norm
+            else:
+                h = adapted.peft_model(**batch, output_hidden_states=True).hidden_states[-1].float()  # (B, T, H)
             m = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
             rows.append(to_numpy((h * m).sum(1) / m.sum(1)))  # (B, H)
     adapted.activate(adapted.active_slot)  # leaving disable_adapter() re-enables A's gradient
@@ -32,3 +37,10 @@ def pooled_hidden(adapted: Any, tok: Any, prompts: Sequence[str], *, max_length:
 
 def task_signature(adapted: Any, tok: Any, prompts: Sequence[str], *, seed: int, max_length: int) -> np.ndarray:
     return project_signature(pooled_hidden(adapted, tok, prompts, max_length=max_length), seed)
+
+
+def signature_and_spread(adapted: Any, tok: Any, prompts: Sequence[str], *, seed: int,
+                         max_length: int) -> tuple[np.ndarray, float]:
+    """The task signature and its expected same-task distance (:func:`~edgedfl.topology.signatures.signature_spread`)."""
+    pooled = pooled_hidden(adapted, tok, prompts, max_length=max_length)
+    return project_signature(pooled, seed), signature_spread(pooled, seed)

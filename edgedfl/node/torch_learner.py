@@ -24,7 +24,7 @@ from edgedfl.model.placement import model_device, to_numpy
 from edgedfl.model.quantize import quantize_model
 from edgedfl.node.config import NodeConfig
 from edgedfl.node.learner import Answers, Learner, Metrics, Route
-from edgedfl.node.signature import task_signature
+from edgedfl.node.signature import signature_and_spread
 from edgedfl.routing import LatentCode, RouterConfig
 from edgedfl.routing.calibrate import compute_code
 from edgedfl.routing.router import RoutedModel
@@ -70,8 +70,12 @@ class TorchLearner(Learner):
         self.train_examples = list(train_examples)
 
     def signature(self, prompts: Sequence[str]) -> np.ndarray:
-        return task_signature(self.adapted, self.tok, list(prompts), seed=self.swarm.seed,
-                              max_length=self.swarm.max_length)
+        sig, self._spread = signature_and_spread(self.adapted, self.tok, list(prompts), seed=self.swarm.seed,
+                                                 max_length=self.swarm.max_length)
+        return sig
+
+    def signature_spread(self) -> float | None:
+        return getattr(self, "_spread", None)
 
     def place(self, slot: int) -> None:
         self.slot = slot

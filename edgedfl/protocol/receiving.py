@@ -49,6 +49,9 @@ log = logging.getLogger("edgedfl.protocol")
 
 from edgedfl.protocol.sending import Sending
 
+#: numeric fields of a hello's profile and their ranges: link rate (bits/s), expected same-task signature distance
+HELLO_NUMBERS = {"link_rate_bps": (0.0, 1e12), "signature_spread": (0.0, 2.0)}
+
 
 class Receiving(Sending):
     """Receiving: decode, validate, dedupe and apply once; acks and error envelopes."""
@@ -96,6 +99,8 @@ class Receiving(Sending):
             return
         if parsed.node == self.node:
             return  # our own presence / hello / update / acks, echoed back
+        if parsed.kind == "metrics":
+            return  # a device's status for dashboards: not the protocol's to read (a broker may deliver it anyway)
         if parsed.kind == "update":
             assert parsed.slot is not None and parsed.node is not None
             self._on_update_chunk(msg, parsed.node, parsed.slot)
@@ -189,6 +194,11 @@ class Receiving(Sending):
             raise MalformedMessage(f"hello profile is not JSON: {exc}") from None
         if not isinstance(profile, dict):
             raise MalformedMessage("hello profile must be a JSON object")
+        for key, (low, high) in HELLO_NUMBERS.items():  # what receivers compute with must be a number in range
+            if key in profile:
+                v = profile[key]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+                    raise MalformedMessage(f"hello profile {key}={v!r}: must be a number in [{low}, {high}]")
         info = self._peer(env.sender)
         info.profile = profile
         info.signature = np.array(sig, dtype=np.float32)

@@ -7,6 +7,7 @@ The topic tree of one swarm (DESIGN.md, "Protocol sketch")::
     edgedfl/<swarm>/update/<slot>/<node>   one round's sparse B, in chunks
     edgedfl/<swarm>/expert/<slot>/<node>   retained; <node>'s copy of its cluster's finished expert
     edgedfl/<swarm>/ack/<node>             end-to-end acks *sent by* <node>
+    edgedfl/<swarm>/metrics/<node>         retained; <node>'s status for dashboards (nodes never read it)
 
 Every topic a node publishes on ends in its own name, so a broker ACL "write
 ``edgedfl/<swarm>/+/<node>``, ``edgedfl/<swarm>/update/+/<node>`` and
@@ -30,7 +31,7 @@ from edgedfl.errors import ConfigError, InvalidTopic
 __all__ = ["KINDS", "ParsedTopic", "Topics", "validate_name"]
 
 ROOT = "edgedfl"
-KINDS = ("presence", "hello", "update", "expert", "ack")
+KINDS = ("presence", "hello", "update", "expert", "ack", "metrics")
 #: Largest slot number in a topic (slots are small ints; this bounds the parser).
 MAX_SLOT = 2**31 - 1
 
@@ -84,6 +85,9 @@ class Topics:
     def ack(self, node: str) -> str:
         return f"{self.base}/ack/{validate_name(node)}"
 
+    def metrics(self, node: str) -> str:
+        return f"{self.base}/metrics/{validate_name(node)}"
+
     # -- subscription filters ------------------------------------------------------
 
     def all_presence(self) -> str:
@@ -102,6 +106,9 @@ class Topics:
     def all_acks(self) -> str:
         return f"{self.base}/ack/+"
 
+    def all_metrics(self) -> str:
+        return f"{self.base}/metrics/+"
+
     def everything(self) -> str:
         return f"{self.base}/#"
 
@@ -115,7 +122,7 @@ class Topics:
         parts = topic[len(prefix) :].split("/")
         kind = parts[0]
         try:
-            if kind in ("presence", "hello", "ack") and len(parts) == 2:
+            if kind in ("presence", "hello", "ack", "metrics") and len(parts) == 2:
                 return ParsedTopic(kind, node=validate_name(parts[1]))
             if kind in ("update", "expert") and len(parts) == 3:
                 return ParsedTopic(kind, node=validate_name(parts[2]), slot=self._parse_slot(parts[1]))

@@ -13,9 +13,6 @@ from edgedfl.config import ConfigBase, check, option
 
 #: the adapted modules whose input is a decoder layer's (normed) attention input
 ROUTING_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj")
-#: a projection some families fuse with others into one layer (phi3): where a router or adapter finds it
-FUSED_INTO = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
-              "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
 POOLINGS = ("mean", "last")
 MODES = ("implicit", "oracle", "merge", "single", "none")
 

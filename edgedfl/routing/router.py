@@ -46,12 +46,13 @@ from typing import Any
 
 import numpy as np
 
+from edgedfl.adapters.config import FUSED_INTO
 from edgedfl.adapters.model import slot_name
 from edgedfl.errors import AdapterError, ConfigError
 from edgedfl.model.batching import collate_prompts
 from edgedfl.model.placement import model_device
 from edgedfl.routing.codes import LatentCode, stack_codes
-from edgedfl.routing.config import FUSED_INTO, MODES, RouterConfig
+from edgedfl.routing.config import MODES, RouterConfig
 
 
 class _StopForward(Exception):

@@ -92,6 +92,12 @@ class ClusterConfig(ConfigBase):
         help="never separate groups whose average cosine distance is below this (sampling noise of one "
         "task); with fewer than 3 nodes it alone decides whether two nodes split",
     )
+    spread_factor: float = option(
+        4.0,
+        help="never separate groups closer than this many times the median spread of their nodes (each "
+        "device's expected same-task distance, measured on its own prompts and announced in its hello); "
+        "0: the fixed min_split_distance alone",
+    )
     seed: int = option(0, help="swarm seed; used by method='kmeans' for its k-means++ start")
 
     def __post_init__(self) -> None:
@@ -109,6 +115,7 @@ class ClusterConfig(ConfigBase):
         check(-1 <= self.min_silhouette <= 1, name, "min_silhouette", self.min_silhouette, "must be in [-1, 1]")
         check(0 <= self.min_split_distance <= 2, name, "min_split_distance", self.min_split_distance,
               "must be a cosine distance in [0, 2]")
+        check(self.spread_factor >= 0, name, "spread_factor", self.spread_factor, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,6 +340,15 @@ def _spherical_kmeans(unit: np.ndarray, k: int, seed: int) -> list[list[int]]:
     return sorted(([int(i) for i in np.flatnonzero(labels == j)] for j in np.unique(labels)), key=min)
 
 
+def _spread_of(spreads: Mapping[str, float] | None, node: str) -> float:
+    """A node's announced spread as a float in [0, 2], or nan (unknown, malformed or out of range)."""
+    try:
+        v = float((spreads or {}).get(node, float("nan")))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+    return round(v, _DECIMALS) if 0.0 <= v <= 2.0 else float("nan")
+
+
 def _min_between(d: np.ndarray, clusters: list[list[int]]) -> float:
     """Smallest average distance between two of ``clusters`` (inf for one cluster)."""
     best = float("inf")
@@ -342,17 +358,25 @@ def _min_between(d: np.ndarray, clusters: list[list[int]]) -> float:
     return round(best, _DECIMALS)
 
 
+def _floor(config: ClusterConfig, spreads: np.ndarray, group: list[int]) -> float:
+    """The split floor of ``group``: the fixed one, or ``spread_factor`` x its nodes' median spread if larger."""
+    known = spreads[group]
+    known = known[np.isfinite(known)]
+    if config.spread_factor <= 0 or known.size == 0:
+        return config.min_split_distance
+    return round(max(config.min_split_distance, config.spread_factor * float(np.median(known))), _DECIMALS)
+
+
 def _best_split(
-    d: np.ndarray, unit: np.ndarray, config: ClusterConfig, max_k: int
+    d: np.ndarray, unit: np.ndarray, config: ClusterConfig, max_k: int, floor: float
 ) -> tuple[float, list[list[int]]] | None:
     """The best cut of these points into 2..max_k groups by silhouette, or None when none qualifies.
 
     ``d`` (m, m) and ``unit`` (m, dim) are restricted to the points considered;
     returned groups index into them. A cut qualifies when its groups are at least
-    ``min_split_distance`` apart and its silhouette reaches ``min_silhouette``.
+    ``floor`` apart and its silhouette reaches ``min_silhouette``.
     """
     m = d.shape[0]
-    floor = config.min_split_distance
     if m < 3 or max_k < 2:
         return None
     if config.method == "agglomerative":
@@ -378,17 +402,22 @@ def _best_split(
     return best if best is not None and best[0] >= config.min_silhouette else None
 
 
-def cluster(signatures: Mapping[str, np.ndarray], config: ClusterConfig | None = None) -> Clustering:
+def cluster(signatures: Mapping[str, np.ndarray], config: ClusterConfig | None = None,
+            spreads: Mapping[str, float] | None = None) -> Clustering:
     """Group nodes by task signature; every node computing this on the same hellos gets the same result.
 
     ``signatures``: node id -> signature (dim,) (normalised or not; cosine
-    distance is scale-free). Returns a canonical :class:`Clustering` (slot 0
-    holds the smallest node id). Raises :class:`TopologyError` on empty,
-    mismatched, zero or non-finite signatures.
+    distance is scale-free). ``spreads``: node id -> its expected same-task
+    distance (:func:`~edgedfl.topology.signatures.signature_spread`, from its
+    hello); a node without one (or a non-finite or negative one) is left out of
+    the median. Returns a canonical :class:`Clustering` (slot 0 holds the
+    smallest node id). Raises :class:`TopologyError` on empty, mismatched, zero
+    or non-finite signatures.
     """
     config = config or ClusterConfig()
     ids, s = _validated(signatures)
     n = len(ids)
+    spread = np.array([_spread_of(spreads, i) for i in ids])  # (n,), nan where unknown
     d = np.round(distance_matrix(s), _DECIMALS)  # (n, n)
     unit = s / np.linalg.norm(s, axis=1, keepdims=True)  # (n, dim)
 
@@ -405,7 +434,7 @@ def cluster(signatures: Mapping[str, np.ndarray], config: ClusterConfig | None =
         return result(_cut(n, merges, min(max(k, 1), config.max_clusters)))
     if n == 2:
         # no silhouette with two points: the floor alone decides
-        split = d[0, 1] >= config.min_split_distance and d[0, 1] > 0
+        split = d[0, 1] >= _floor(config, spread, [0, 1]) and d[0, 1] > 0
         return result([[0], [1]] if split else [[0, 1]])
 
     # Top-down: the best cut of everyone, then the best cut inside each cluster,
@@ -419,7 +448,7 @@ def cluster(signatures: Mapping[str, np.ndarray], config: ClusterConfig | None =
         changed = False
         for pos, group in enumerate(clusters):
             sub = _best_split(d[np.ix_(group, group)], unit[group], config,
-                              config.max_clusters - len(clusters) + 1)
+                              config.max_clusters - len(clusters) + 1, _floor(config, spread, group))
             if sub is not None:
                 parts = [[group[i] for i in part] for part in sub[1]]
                 clusters = sorted(clusters[:pos] + parts + clusters[pos + 1:], key=min)

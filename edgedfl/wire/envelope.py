@@ -62,7 +62,7 @@ MAGIC = b"EDFL"
 PREAMBLE_BYTES = 10
 FLAG_SIGNED = 0x01
 
-KINDS = frozenset({"presence", "hello", "update", "expert", "ack", "mask", "error"})
+KINDS = frozenset({"presence", "hello", "update", "expert", "ack", "mask", "error", "metrics"})
 #: Largest value of round / slot / seq: a signed 64-bit integer, so Java's ``long`` holds it.
 MAX_INT = 2**63 - 1
 

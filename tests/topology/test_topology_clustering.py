@@ -277,7 +277,7 @@ def test_close_pair_of_tasks_is_split_inside_its_group() -> None:
     tasks_of = {f"n{i}": i % 4 for i in range(12)}
     s = np.stack([sigs[k] for k in sorted(sigs)])  # (12, 64)
     top = _best_split(np.round(distance_matrix(s), 9), s / np.linalg.norm(s, axis=1, keepdims=True),
-                      ClusterConfig(), 8)
+                      ClusterConfig(), 8, ClusterConfig().min_split_distance)
     assert top is not None and len(top[1]) == 3  # the top level alone would merge tasks 0 and 1
     assert found_groups(cluster(sigs)) == groups_by_task(tasks_of)
     assert cluster(sigs, ClusterConfig(max_clusters=3)).num_clusters == 3

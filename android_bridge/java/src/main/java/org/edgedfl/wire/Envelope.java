@@ -35,7 +35,7 @@ public final class Envelope {
     public static final int FLAG_SIGNED = 0x01;
     /** Bytes before the JSON header: magic, version, flags, header length. */
     public static final int PREAMBLE_BYTES = 10;
-    public static final Set<String> KINDS = Set.of("presence", "hello", "update", "expert", "ack", "mask", "error");
+    public static final Set<String> KINDS = Set.of("presence", "hello", "update", "expert", "ack", "mask", "error", "metrics");
     private static final byte[] MAGIC = {'E', 'D', 'F', 'L'};
     private static final Pattern IDENT = Pattern.compile("[A-Za-z0-9._-]{1,128}");
     private static final Pattern HEX64 = Pattern.compile("[0-9a-f]{64}");
