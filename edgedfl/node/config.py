@@ -71,13 +71,17 @@ class SwarmConfig(ConfigBase):
     random_masks: bool = option(False, help="ablation: random mask positions instead of spectrum-based")
     max_slots: int = option(0, help="most clusters (expert slots) the swarm forms; 0: the number of distinct tasks "
                                     "in the emulator, 4 for a node on its own (DEFAULT_SLOTS)")
-    split_spread: float = option(
-        4.0, help="clustering: two groups of devices split only when further apart than this many times their "
-        "median signature spread (each device's expected same-task distance, measured on its own prompts and "
-        "sent in its hello): the floor follows the model and the data; 0 leaves min_split alone",
+    min_split: float = option(
+        0.01, help="clustering: groups of devices closer than this cosine distance never split (prompt-sampling "
+        "noise of one task). Checked on two real models (bench/results/clustering.md): same-task devices lie "
+        "up to 0.0104 (SmolLM2) and 0.0173 (Gemma 3 270M) apart, the closest two tasks 0.0202 and 0.0355",
     )
-    min_split: float = option(0.0, help="clustering: a fixed floor on the cosine distance between groups that split "
-                                        "(also what decides for devices whose hello has no spread)")
+    split_spread: float = option(
+        0.0, help="clustering: also never split groups closer than this many times their median signature spread "
+        "(0 = off: per-task spreads differ tenfold on one model, so a floor relative to them fails; "
+        "bench/results/clustering.md). The spreads themselves are always used: a lone device's within-task "
+        "distance is its spread",
+    )
     rounds: int = option(3, help="federated rounds")
     local_steps: int = option(10, help="optimizer steps per round")
     precision: str = option("fp16", help=f"value precision on the wire: {', '.join(PRECISIONS)}")

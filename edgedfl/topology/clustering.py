@@ -93,7 +93,7 @@ class ClusterConfig(ConfigBase):
         "task); with fewer than 3 nodes it alone decides whether two nodes split",
     )
     spread_factor: float = option(
-        4.0,
+        0.0,
         help="never separate groups closer than this many times the median spread of their nodes (each "
         "device's expected same-task distance, measured on its own prompts and announced in its hello); "
         "0: the fixed min_split_distance alone",
@@ -278,18 +278,20 @@ def _cut(n: int, merges: list[tuple[list[int], list[int], float]], k: int) -> li
     return sorted(clusters, key=min)
 
 
-def silhouette(d: np.ndarray, labels: np.ndarray) -> float:
+def silhouette(d: np.ndarray, labels: np.ndarray, spreads: np.ndarray | None = None) -> float:
     """Mean silhouette of ``labels`` (n,) under distances ``d`` (n, n), rounded to the comparison grid.
 
-    A singleton has no within-cluster distance; instead of scoring it 0 (the
-    usual convention, which makes two lone devices with different tasks look
-    better merged) it is given the median within-cluster distance of the
-    other points of this cut: "as tight as the other tasks' groups". If every
-    cluster is a singleton the score is 0.
+    A singleton has no within-cluster distance. With ``spreads`` (n,) (each
+    node's expected same-task distance, nan where unknown) a lone node's is its
+    spread: "as far as a second device of its task would be". Otherwise (the
+    usual convention, scoring it 0, makes two lone devices with different
+    tasks look better merged) it is given the median within-cluster distance of
+    the other points of this cut: "as tight as the other tasks' groups". If no
+    point has a within-cluster distance either way the score is 0.
     """
     n = d.shape[0]
     uniq = np.unique(labels)
-    if len(uniq) < 2 or len(uniq) >= n:
+    if len(uniq) < 2:
         return 0.0
     sizes = {u: int((labels == u).sum()) for u in uniq}
     within = np.full(n, np.nan)  # (n,) mean distance to the rest of the own cluster
@@ -298,9 +300,14 @@ def silhouette(d: np.ndarray, labels: np.ndarray) -> float:
         own = labels == labels[i]  # (n,)
         if sizes[labels[i]] > 1:
             within[i] = d[i, own].sum() / (sizes[labels[i]] - 1)  # d[i, i] == 0
+        elif spreads is not None and np.isfinite(spreads[i]):
+            within[i] = spreads[i]
         between[i] = min(d[i, labels == u].mean() for u in uniq if u != labels[i])
-    typical = float(np.median(within[~np.isnan(within)]))
-    a = np.where(np.isnan(within), typical, within)  # (n,)
+    known = ~np.isnan(within)
+    if not known.any():
+        return 0.0
+    typical = float(np.median(within[known]))
+    a = np.where(known, within, typical)  # (n,)
     denom = np.maximum(a, between)  # (n,)
     scores = np.where(denom > 0, (between - a) / np.where(denom > 0, denom, 1.0), 0.0)  # (n,)
     return round(float(scores.mean()), _DECIMALS)
@@ -368,7 +375,8 @@ def _floor(config: ClusterConfig, spreads: np.ndarray, group: list[int]) -> floa
 
 
 def _best_split(
-    d: np.ndarray, unit: np.ndarray, config: ClusterConfig, max_k: int, floor: float
+    d: np.ndarray, unit: np.ndarray, config: ClusterConfig, max_k: int, floor: float,
+    spreads: np.ndarray | None = None,
 ) -> tuple[float, list[list[int]]] | None:
     """The best cut of these points into 2..max_k groups by silhouette, or None when none qualifies.
 
@@ -377,7 +385,7 @@ def _best_split(
     ``floor`` apart and its silhouette reaches ``min_silhouette``.
     """
     m = d.shape[0]
-    if m < 3 or max_k < 2:
+    if m < (2 if spreads is not None and bool(np.isfinite(spreads).all()) else 3) or max_k < 2:
         return None
     if config.method == "agglomerative":
         merges = _average_linkage(d)
@@ -392,11 +400,13 @@ def _best_split(
             return clusters if len(clusters) == k and _min_between(d, clusters) >= floor else None
 
     best: tuple[float, list[list[int]]] | None = None
-    for k in range(2, min(max_k, m - 1) + 1):
+    # every point alone is a cut worth scoring only when each has its own within-task scale (a spread)
+    alone = spreads is not None and bool(np.isfinite(spreads).all())
+    for k in range(2, min(max_k, m if alone else m - 1) + 1):
         clusters_k = candidate(k)
         if clusters_k is None:
             continue
-        score = silhouette(d, _labels(m, clusters_k))
+        score = silhouette(d, _labels(m, clusters_k), spreads)
         if best is None or score > best[0]:  # strict: ties keep the smaller K
             best = (score, clusters_k)
     return best if best is not None and best[0] >= config.min_silhouette else None
@@ -422,7 +432,7 @@ def cluster(signatures: Mapping[str, np.ndarray], config: ClusterConfig | None =
     unit = s / np.linalg.norm(s, axis=1, keepdims=True)  # (n, dim)
 
     def result(clusters: list[list[int]]) -> Clustering:
-        score = silhouette(d, _labels(n, clusters)) if 1 < len(clusters) < n else None
+        score = silhouette(d, _labels(n, clusters), spread) if 1 < len(clusters) < n else None
         return Clustering.from_clusters(([ids[i] for i in c] for c in clusters), score)
 
     if n == 1 or config.max_clusters == 1:
@@ -432,8 +442,8 @@ def cluster(signatures: Mapping[str, np.ndarray], config: ClusterConfig | None =
         merges = _average_linkage(d)
         k = n - sum(1 for _, _, h in merges if h <= config.distance_threshold)
         return result(_cut(n, merges, min(max(k, 1), config.max_clusters)))
-    if n == 2:
-        # no silhouette with two points: the floor alone decides
+    if n == 2 and not np.isfinite(spread).all():
+        # no silhouette with two points and no spreads: the floor alone decides
         split = d[0, 1] >= _floor(config, spread, [0, 1]) and d[0, 1] > 0
         return result([[0], [1]] if split else [[0, 1]])
 
@@ -448,7 +458,8 @@ def cluster(signatures: Mapping[str, np.ndarray], config: ClusterConfig | None =
         changed = False
         for pos, group in enumerate(clusters):
             sub = _best_split(d[np.ix_(group, group)], unit[group], config,
-                              config.max_clusters - len(clusters) + 1, _floor(config, spread, group))
+                              config.max_clusters - len(clusters) + 1, _floor(config, spread, group),
+                              spread[group] if np.isfinite(spread[group]).any() else None)
             if sub is not None:
                 parts = [[group[i] for i in part] for part in sub[1]]
                 clusters = sorted(clusters[:pos] + parts + clusters[pos + 1:], key=min)

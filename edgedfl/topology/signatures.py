@@ -68,22 +68,28 @@ def project_signature(pooled: np.ndarray, seed: int, dim: int = DEFAULT_DIM) -> 
     return normalise(sig)
 
 
-def signature_spread(pooled: np.ndarray, seed: int, dim: int = DEFAULT_DIM) -> float:
+def signature_spread(pooled: np.ndarray, seed: int, dim: int = DEFAULT_DIM, splits: int = 16) -> float:
     """How far apart two devices of this task are expected to be, from this device's own prompts alone.
 
-    The prompts are split in two halves (even and odd rows) and the cosine
-    distance between the halves' signatures is halved: a half holds n/2 prompts,
-    so the squared gap between two halves' means is about twice that between two
-    devices' means over n prompts each, and a small cosine distance is half a
-    squared gap of unit vectors. The clustering scales its split floor by it, so
-    the floor follows the model and the data instead of a constant tuned on one
-    model. 0.0 with fewer than 2 prompts (nothing to measure).
+    The prompts are split in two random halves (``splits`` times, seeded) and
+    the mean cosine distance between the halves' signatures is halved: a half
+    holds n/2 prompts, so the squared gap between two halves' means is about
+    twice that between two devices' means over n prompts each, and a small
+    cosine distance is half a squared gap of unit vectors. The clustering uses
+    it as a lone device's within-task distance and scales its split floor by
+    it, so neither follows a constant tuned on one model. 0.0 with fewer than 2
+    prompts (nothing to measure).
     """
     x = np.asarray(pooled, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         return 0.0
-    a, b = project_signature(x[0::2], seed, dim), project_signature(x[1::2], seed, dim)
-    return signature_distance(a, b) / 2.0
+    rng = _rng("signature-spread", seed, x.shape[0])
+    n, gaps = x.shape[0], []
+    for _ in range(splits):
+        order = rng.permutation(n)
+        a, b = project_signature(x[order[: n // 2]], seed, dim), project_signature(x[order[n // 2 :]], seed, dim)
+        gaps.append(signature_distance(a, b))
+    return float(np.mean(gaps)) / 2.0
 
 
 def normalise(signature: np.ndarray) -> np.ndarray:
