@@ -391,3 +391,16 @@ def test_every_receiver_chooses_the_same_expert_whatever_the_arrival_order(swarm
     _expert(b, 0, 5, 3.0)
     pump([b, first, second], lambda: first.experts[0].round == 5 == second.experts[0].round)
     assert first.experts[0].sender == second.experts[0].sender == "b"
+
+
+@pytest.mark.parametrize("profile", [{"signature_spread": "wide"}, {"signature_spread": 7.0},
+                                     {"link_rate_bps": -1}, {"link_rate_bps": True}])
+def test_a_hello_whose_numbers_are_not_numbers_in_range_is_refused_and_counted(swarm: Swarm, profile: dict) -> None:
+    a, b = swarm.node("a"), swarm.node("b")
+    a.publish_hello(profile, np.ones(4, np.float32))
+    pump([a, b], lambda: sum(b.rejects.values()) > 0)
+    assert b.rejects.get("MalformedMessage") == 1
+    assert "a" not in b.peers or b.peers["a"].signature is None  # nothing of it was taken
+    a.publish_hello({"signature_spread": 0.003, "link_rate_bps": 1e8}, np.ones(4, np.float32))  # a good one is
+    pump([a, b], lambda: "a" in b.peers and b.peers["a"].signature is not None)
+    assert b.peers["a"].profile["signature_spread"] == 0.003
