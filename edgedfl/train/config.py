@@ -28,6 +28,10 @@ class TrainConfig(ConfigBase):
     keep_checkpoints: int = option(2, help="complete checkpoints kept on disk")
     eval_batch_size: int = option(16, help="examples per evaluation batch")
     max_new_tokens: int = option(8, help="greedy tokens generated for exact-match evaluation")
+    loss_logits: str = option(
+        "labelled", help="'labelled': the LM head only at positions that carry a label (the same loss, a faster "
+        "step: bench/results/train.md); 'all': the model's own loss over full logits",
+    )
     seed: int = option(0, help="data order and RNG seed")
     progress: bool = option(True, help="show a progress bar")
 
@@ -43,4 +47,5 @@ class TrainConfig(ConfigBase):
         check(self.max_steps > 0 or self.time_budget_s > 0, n, "max_steps", self.max_steps,
               "give a step or a time budget")
         check(self.max_length >= 8, n, "max_length", self.max_length, "must be >= 8")
+        check(self.loss_logits in ("labelled", "all"), n, "loss_logits", self.loss_logits, "'labelled' or 'all'")
         check(self.checkpoint_every >= 0, n, "checkpoint_every", self.checkpoint_every, "must be >= 0")

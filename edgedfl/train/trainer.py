@@ -26,6 +26,7 @@ from edgedfl.train.batching import collate_train
 from edgedfl.train.checkpoint import CheckpointManager
 from edgedfl.train.config import TrainConfig
 from edgedfl.train.evaluate import evaluate
+from edgedfl.train.loss import labelled_loss
 
 log = logging.getLogger("edgedfl.train")
 
@@ -99,7 +100,10 @@ class Trainer:
         for _ in range(self.config.grad_accum):
             batch = collate_train(self.tokenizer, self._next_batch(), self.config.max_length)
             batch = to_device(batch, model_device(self.model))
-            loss = self.model(**batch).loss / self.config.grad_accum
+            loss = labelled_loss(self.model, batch) if self.config.loss_logits == "labelled" else None
+            if loss is None:
+                loss = self.model(**batch).loss
+            loss = loss / self.config.grad_accum
             loss.backward()
             total += float(loss.detach())
         if self.config.max_grad_norm > 0:
