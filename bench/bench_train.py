@@ -13,10 +13,10 @@ ratio too. (Linux keeps a process's peak resident set across exec, so a child's
 
 Variants: ``peft-lora fp32`` (the reference: ``get_peft_model`` and
 ``model(**batch).loss``); ``edgedfl <method> <quant>`` (the Trainer's own
-step: an AdaptedModel on a base quantized by that backend, CPU); and
-``edgedfl solora none, loss-only logits`` (the same model, the LM head applied
-only at positions that carry a label: what a step would cost without logits
-nobody needs).
+step: an AdaptedModel on a base quantized by that backend, CPU, the LM head
+applied only at positions that carry a label, ``TrainConfig.loss_logits``
+'labelled', the default); and ``edgedfl solora none, full logits`` (the same
+model with the model's own loss over every position's logits, 'all').
 
     python bench/bench_train.py --out bench/results/train
 """
@@ -33,9 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ["peft-lora fp32", "edgedfl solora none", "edgedfl solora none, loss-only logits", "edgedfl lora none",
+VARIANTS = ["peft-lora fp32", "edgedfl solora none", "edgedfl solora none, full logits", "edgedfl lora none",
             "edgedfl solora torchao-int8", "edgedfl solora torchao-int4", "edgedfl solora bnb-nf4"]
-IGNORE = -100
 
 
 def _batch(tok: Any, n: int, tokens: int) -> dict[str, Any]:
@@ -76,6 +75,7 @@ def _build(variant: str, model: str, rank: int, lr: float) -> tuple[Any, Any]:
     from edgedfl.data.sources import load_examples
     from edgedfl.model.quantize import quantize_model
     from edgedfl.train.config import TrainConfig
+    from edgedfl.train.loss import labelled_loss
     from edgedfl.train.trainer import Trainer
 
     _, method, quant = variant.split(",")[0].split()
@@ -83,30 +83,13 @@ def _build(variant: str, model: str, rank: int, lr: float) -> tuple[Any, Any]:
     adapted = attach_adapter(base, AdapterConfig(method=method, rank=rank))
     trainer = Trainer(adapted, tok, load_examples("topic", "train", n=8), TrainConfig(lr=lr, max_length=64))
     model_ = adapted.peft_model
-    if "loss-only logits" not in variant:
+    full = "full logits" in variant
 
-        def edgedfl_step(batch: dict[str, Any]) -> float:
-            model_.train()
-            loss = model_(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(adapted.trainable_parameters(), 1.0)
-            trainer.optimizer.step()
-            trainer.optimizer.zero_grad(set_to_none=True)
-            if adapted.spec.sparse:
-                adapted.apply_masks(adapted.active_slot)
-            return float(loss.detach())
-
-        return edgedfl_step, tok
-    causal = model_.base_model.model
-    body, head = causal.model, causal.lm_head
-
-    def loss_only_step(batch: dict[str, Any]) -> float:
+    def edgedfl_step(batch: dict[str, Any]) -> float:  # Trainer.train_step on a fixed batch
         model_.train()
-        hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        labels = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
-        keep = labels != IGNORE  # (B, T-1)
-        logits = head(hidden[:, :-1][keep])  # (N, V): only where a label is
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels[keep])
+        loss = None if full else labelled_loss(model_, batch)
+        if loss is None:
+            loss = model_(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(adapted.trainable_parameters(), 1.0)
         trainer.optimizer.step()
@@ -115,7 +98,7 @@ def _build(variant: str, model: str, rank: int, lr: float) -> tuple[Any, Any]:
             adapted.apply_masks(adapted.active_slot)
         return float(loss.detach())
 
-    return loss_only_step, tok
+    return edgedfl_step, tok
 
 
 def _rss_kb() -> int:
