@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: training settings, ``edgedfl.train.config``: a dataclass, which the phone reads like every device.)
 FORBIDDEN = ("transformers", "peft", "edgedfl.model", "edgedfl.adapters.model", "edgedfl.train.trainer",
              "edgedfl.train.evaluate", "edgedfl.train.local", "edgedfl.train.batching", "edgedfl.train.checkpoint",
+             "edgedfl.train.loss",
              "edgedfl.node.node", "edgedfl.node.torch_learner", "edgedfl.android.export", "edgedfl.android.programs")
 
 
