@@ -28,9 +28,7 @@ from typing import Any
 
 from edgedfl.errors import (
     InvalidTopic,
-    KeyChanged,
     MalformedMessage,
-    SignatureError,
     StaleRound,
     UnknownSigner,
     WireError,
@@ -39,7 +37,7 @@ from edgedfl.protocol.topics import Topics
 from edgedfl.wire.envelope import Envelope, decode_envelope
 from edgedfl.wire.limits import DEFAULT_LIMITS, Limits
 from edgedfl.wire.metrics import DeviceMetrics, decode_metrics
-from edgedfl.wire.signing import KeyRing, key_fingerprint
+from edgedfl.wire.signing import KeyRing
 
 __all__ = ["ADMISSIONS", "SwarmView", "task_label"]
 
@@ -183,20 +181,7 @@ class SwarmView:
         env = decode_envelope(payload, limits=self.limits)  # integrity only; the ring verifies next
         if env.key_id is None or env.sender != node:
             return  # unsigned or misaddressed: the ring refuses it
-        try:
-            key = bytes.fromhex(env.meta.get("key", ""))
-        except ValueError:
-            raise MalformedMessage(f"hello of {node!r}: meta key is not hex") from None
-        if len(key) != 32 or key_fingerprint(key) != env.key_id:
-            raise SignatureError(f"hello of {node!r}: its key does not match its key id {env.key_id!r}")
-        pinned = self.keyring.key_of(node)
-        if pinned is not None and pinned != env.key_id:
-            raise KeyChanged(f"node {node!r} is pinned to key {pinned!r}, not {env.key_id!r}")
-        if pinned is None:
-            owners = self.keyring.senders(env.key_id)
-            if env.key_id in self.keyring and owners is not None and node not in owners:
-                raise KeyChanged(f"key {env.key_id!r} is pinned to {sorted(owners)}, not {node!r}")
-            self.keyring.add(env.key_id, key, senders=[node])
+        self.keyring.pin(node, env.meta.get("key", ""), env.key_id)
 
     def _on_hello(self, env: Envelope) -> None:
         try:

@@ -12,11 +12,9 @@ import numpy as np
 
 from edgedfl.errors import (
     DuplicateMessage,
-    KeyChanged,
     MalformedMessage,
     NotAMember,
     SettingsMismatch,
-    SignatureError,
     StaleRound,
     UnknownMask,
     WireError,
@@ -42,7 +40,6 @@ from edgedfl.wire.codec import (
 )
 from edgedfl.wire.envelope import Envelope, decode_envelope, encode_envelope
 from edgedfl.wire.expert import decode_expert
-from edgedfl.wire.signing import key_fingerprint
 
 log = logging.getLogger("edgedfl.protocol")
 
@@ -153,26 +150,11 @@ class Receiving(Sending):
         env = decode_envelope(payload, limits=self.limits)  # integrity only; the ring verifies next
         if env.key_id is None or env.sender != node:
             return  # unsigned or misaddressed: the ring refuses it
-        key_hex = env.meta.get("key", "")
-        try:
-            key = bytes.fromhex(key_hex)
-        except ValueError:
-            raise MalformedMessage(f"hello of {node!r}: meta key is not hex") from None
-        if len(key) != 32 or key_fingerprint(key) != env.key_id:
-            raise SignatureError(f"hello of {node!r}: its key does not match its key id {env.key_id!r}")
-        pinned = self.keyring.key_of(node)
-        if pinned is not None and pinned != env.key_id:
-            raise KeyChanged(f"node {node!r} pinned to key {pinned!r} now signs with {env.key_id!r}: refused")
-        if pinned is None:
-            owners = self.keyring.senders(env.key_id)
-            if env.key_id in self.keyring and owners is not None and node not in owners:
-                raise KeyChanged(f"key {env.key_id!r} is pinned to {sorted(owners)}, not {node!r}")
-            self.keyring.add(env.key_id, key, senders=[node])
-            if self._pins_path is not None:
-                self._pins_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self._pins_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self.keyring.entries(), sort_keys=True))
-                tmp.replace(self._pins_path)
+        if self.keyring.pin(node, env.meta.get("key", ""), env.key_id) and self._pins_path is not None:
+            self._pins_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._pins_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.keyring.entries(), sort_keys=True))
+            tmp.replace(self._pins_path)
 
     def _check_settings(self, env: Envelope) -> None:
         """A hello or expert made under other settings (a stale retained message of another run) is refused.

@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from edgedfl.errors import ConfigError, SignatureError, UnknownSigner, WireError
+from edgedfl.errors import ConfigError, KeyChanged, MalformedMessage, SignatureError, UnknownSigner, WireError
 
 SIGNATURE_BYTES = 64
 _KEY_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -149,6 +149,30 @@ class KeyRing:
             if allowed is not None and sender in allowed:
                 return key_id
         return None
+
+    def pin(self, sender: str, key_hex: str, key_id: str) -> bool:
+        """Trust on first use: pin ``sender`` to the public key its hello names; True if newly pinned.
+
+        ``key_hex`` must be a 32-byte Ed25519 key whose fingerprint is ``key_id``.
+        A sender already pinned to another key, or a key pinned to other
+        senders, raises :class:`KeyChanged`; the signature is the caller's to verify next.
+        """
+        try:
+            key = bytes.fromhex(key_hex)
+        except ValueError:
+            raise MalformedMessage(f"hello of {sender!r}: meta key is not hex") from None
+        if len(key) != 32 or key_fingerprint(key) != key_id:
+            raise SignatureError(f"hello of {sender!r}: its key does not match its key id {key_id!r}")
+        pinned = self.key_of(sender)
+        if pinned is not None and pinned != key_id:
+            raise KeyChanged(f"node {sender!r} pinned to key {pinned!r} now signs with {key_id!r}: refused")
+        if pinned is not None:
+            return False
+        owners = self.senders(key_id)
+        if key_id in self and owners is not None and sender not in owners:
+            raise KeyChanged(f"key {key_id!r} is pinned to {sorted(owners)}, not {sender!r}")
+        self.add(key_id, key, senders=[sender])
+        return True
 
     def entries(self) -> dict[str, dict[str, object]]:
         """``key_id -> {"public": hex, "senders": [...]}``, the key ring file's form."""
