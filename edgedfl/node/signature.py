@@ -35,10 +35,6 @@ def pooled_hidden(adapted: Any, tok: Any, prompts: Sequence[str], *, max_length:
     return np.concatenate(rows).astype(np.float64)
 
 
-def task_signature(adapted: Any, tok: Any, prompts: Sequence[str], *, seed: int, max_length: int) -> np.ndarray:
-    return project_signature(pooled_hidden(adapted, tok, prompts, max_length=max_length), seed)
-
-
 def signature_and_spread(adapted: Any, tok: Any, prompts: Sequence[str], *, seed: int,
                          max_length: int) -> tuple[np.ndarray, float]:
     """The task signature and its expected same-task distance (:func:`~edgedfl.topology.signatures.signature_spread`)."""

@@ -168,7 +168,7 @@ def _close(got: Any, want: Any, what: str) -> None:
 def device_parity(device: str) -> None:
     """Signature, calibration, masks, codes, routes, routed logits and evaluation on ``device``
     against the CPU. Every input handed in is built on the host: the code under test moves it."""
-    from edgedfl.node.signature import task_signature
+    from edgedfl.node.signature import signature_and_spread
     from edgedfl.routing.calibrate import compute_codes
     from edgedfl.routing.config import RouterConfig
     from edgedfl.routing.router import RoutedModel
@@ -181,9 +181,11 @@ def device_parity(device: str) -> None:
     prompts = LETTERS + DIGITS
 
     # task signature (what a node says in its hello)
-    sig = task_signature(dev, tok, prompts, seed=0, max_length=64)
+    sig, spread = signature_and_spread(dev, tok, prompts, seed=0, max_length=64)
     assert isinstance(sig, np.ndarray)
-    _close(sig, task_signature(cpu, tok, prompts, seed=0, max_length=64), "signature")
+    cpu_sig, cpu_spread = signature_and_spread(cpu, tok, prompts, seed=0, max_length=64)
+    _close(sig, cpu_sig, "signature")
+    _close(np.array([spread]), np.array([cpu_spread]), "signature spread")
 
     # calibration statistics and the masks derived from them
     def batches() -> list[dict[str, Any]]:
