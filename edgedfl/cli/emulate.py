@@ -172,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
     write_plots(report, report_path, graph_edges(out))
     print(format_table(report))
     print(f"report: {report_path}")
+    bundles = sorted(out.glob("*/experts/experts.json"))
+    if bundles:  # every device holds the swarm's experts; one bundle is what a user exports
+        print(f"experts: {bundles[0].parent} (edgedfl export onnx --experts {bundles[0].parent} --out model.onnx)")
     if "dash" in held:  # the finished run, from its directory, until Ctrl-C (or --dashboard-hold)
         dash = held["dash"]
         dash.view.load_run(out)  # every device's last status, also one the broker had not delivered yet

@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from edgedfl.data.sources import task_label
 from edgedfl.errors import (
     InvalidTopic,
     MalformedMessage,
@@ -44,17 +45,6 @@ __all__ = ["ADMISSIONS", "SwarmView", "task_label"]
 log = logging.getLogger("edgedfl.dashboard")
 
 ADMISSIONS = ("tofu", "keyring", "open")
-
-
-def task_label(source: str | None) -> str:
-    """A short name for a task source (``/x/mine.jsonl`` -> ``mine``, ``hf:org/set`` -> ``set``)."""
-    if not source:
-        return "?"
-    if source.startswith("hf:"):
-        return source[3:].rsplit("/", 1)[-1]
-    if "/" in source or source.endswith(".jsonl"):
-        return Path(source.split(":", 1)[0]).stem
-    return source
 
 
 def _clean(x: Any) -> Any:

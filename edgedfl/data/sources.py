@@ -49,6 +49,18 @@ def file_parts(source: str) -> tuple[Path, Path | None]:
     return Path(source), None
 
 
+def task_label(source: str | None) -> str:
+    """A short name for a task source: a built-in name as it is, a file by its stem (``/x/mine.jsonl`` ->
+    ``mine``), a dataset by its last part (``hf:org/set`` -> ``set``); ``?`` for none."""
+    if not source:
+        return "?"
+    if source.startswith(HF_PREFIX):
+        return source[len(HF_PREFIX):].rsplit("/", 1)[-1]
+    if "/" in source or source.endswith(".jsonl"):
+        return Path(source.split(":", 1)[0]).stem
+    return source
+
+
 def check_source(source: str) -> str:
     """``source`` if it names a built-in task, an ``hf:`` dataset or existing file(s); :class:`DataError` otherwise."""
     if source in TASKS or source.startswith(HF_PREFIX):

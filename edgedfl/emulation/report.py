@@ -22,18 +22,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from edgedfl.data.sources import task_label
+
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
-
-
-def task_label(source: str) -> str:
-    """A short name for a task source: a built-in name as it is, a file by its stem (``/x/mine.jsonl`` -> mine)."""
-    if source.startswith("hf:"):
-        return source[3:].rsplit("/", 1)[-1]
-    if "/" in source or source.endswith(".jsonl"):
-        return Path(source.split(":", 1)[0]).stem
-    return source
 
 
 def majority_rates(tasks: list[str], seed: int) -> dict[str, float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -123,6 +124,11 @@ class Learner(abc.ABC):
     @abc.abstractmethod
     def set_routing(self, codes: Sequence[LatentCode]) -> None:
         """A latent code per slot, for ``implicit`` routing."""
+
+    def save_experts(self, path: Path, names: Sequence[str]) -> Path | None:
+        """Write every expert this device holds, with the codes of the last :meth:`set_routing`, as an
+        expert bundle (what ``edgedfl export onnx --experts`` reads); None where a learner cannot."""
+        return None
 
     @abc.abstractmethod
     def answer(self, prompts: Sequence[str], route: Route) -> Answers:

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -37,7 +38,7 @@ import numpy as np
 from edgedfl.adapters.methods import AdapterMethod
 from edgedfl.adapters.solora import LayerStats
 from edgedfl.data.examples import Example, normalise_answer
-from edgedfl.data.sources import load_examples
+from edgedfl.data.sources import load_examples, task_label
 from edgedfl.data.tasks import TASKS
 from edgedfl.errors import AggregationError, DataError, QuorumNotReached, TopologyError, WireError
 from edgedfl.node.config import NodeConfig, SwarmConfig
@@ -54,6 +55,9 @@ from edgedfl.wire.signing import load_or_create_signer, read_keyring
 from edgedfl.wire.validate import TensorSpec, validate_tensors
 
 log = logging.getLogger("edgedfl.node")
+
+#: an expert's name in the bundle a device writes (task labels outside this stay "slot<k>")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 #: the round number of the calibration exchange (training rounds count from 1)
 CALIBRATION_ROUND = 0
@@ -621,6 +625,21 @@ class SwarmMember:
 
     # -- the final evaluation ------------------------------------------------------------
 
+    def save_experts(self, task_slot: Mapping[str, int]) -> str | None:
+        """Write the experts this device holds to ``<state>/experts`` (an expert bundle, named by task);
+        the path, or None where the learner cannot (a phone) or the disk refused (logged, the run goes on)."""
+        names = [f"slot{k}" for k in range(self.swarm.num_slots)]
+        for task, slot in sorted(task_slot.items(), key=lambda kv: kv[1]):
+            label = task_label(task) if task else ""  # a peer's claim: kept only if it is a plain short name
+            if _NAME.fullmatch(label) and label not in names:
+                names[slot] = label
+        try:
+            path = self.learner.save_experts(self.state / "experts", names)
+        except OSError as exc:
+            log.warning("%s: could not write the expert bundle: %s", self.me, exc)
+            return None
+        return str(path) if path is not None else None
+
     def final_eval(self, loaded: dict[int, int]) -> dict[str, Any]:
         """Every device answers the mixed test set of ``eval_tasks`` with all the experts it holds.
 
@@ -643,6 +662,7 @@ class SwarmMember:
             return out
         codes, task_slot = self.routing_table(loaded)
         self.learner.set_routing(codes)
+        out["expert_bundle"] = self.save_experts(task_slot)
         hits = total = 0
         for t, exs in test.items():
             for mode in modes:

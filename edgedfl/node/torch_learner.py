@@ -137,6 +137,13 @@ class TorchLearner(Learner):
     def set_routing(self, codes: Sequence[LatentCode]) -> None:
         self.routed = RoutedModel(self.adapted, list(codes), self.router_config)
 
+    def save_experts(self, path: Path, names: Sequence[str]) -> Path | None:
+        assert self.routed is not None, "set_routing first"
+        from edgedfl.routing.bundle import save_bundle
+
+        self.routed.names = list(names)
+        return save_bundle(path, self.routed, self.swarm.model)
+
     def answer(self, prompts: Sequence[str], route: Route) -> Answers:
         if route == "own":  # one adapter: the plain peft model with the own slot
             self.adapted.activate(self.slot)

@@ -59,6 +59,24 @@ def test_four_nodes_two_tasks_over_mosquitto_find_the_clusters_and_improve(tmp_p
         # each device ends up holding the other cluster's finished expert too
         other = 1 - finals[node]["slot"]
         assert str(other) in {str(k) for k in finals[node]["experts"]}
+    # the swarm's output on disk: every device wrote the experts it holds as a bundle, named by task,
+    # which routes test prompts to the same experts as the device did in its final evaluation
+    from edgedfl.data.tasks import load_task
+    from edgedfl.routing.bundle import load_bundle
+
+    for node in ("dev00", "dev01"):
+        bundle = finals[node]["final"]["expert_bundle"]
+        assert bundle == str(tmp_path / node / "experts")
+        routed, tok, meta = load_bundle(bundle)
+        assert routed.names[slots["dev00"]] == "arith" and routed.names[slots["dev01"]] == "strtf"
+        assert meta["model"] == "tiny"
+        device_hits = finals[node]["final"]["routing_accuracy"]
+        prompts = {t: [e.prompt for e in load_task(t, "test", n=16, seed=0)] for t in ("arith", "strtf")}
+        hits = 0
+        for t, ps in prompts.items():
+            _, chosen = routed.generate_text(tok, ps, "implicit", None, max_new_tokens=1, max_length=96)
+            hits += sum(int(e) == slots["dev00" if t == "arith" else "dev01"] for e in chosen.experts.reshape(-1))
+        assert hits / 32 >= min(device_hits, 0.9) - 0.1, (hits, device_hits)
 
 
 def test_a_node_killed_mid_round_restarts_resumes_and_catches_up(tmp_path, mosquitto):
@@ -151,6 +169,10 @@ def test_emulate_cli_is_quick_valid_and_deterministic(tmp_path):
     assert final["total_bytes"] == sum(r["bytes_sent"] for r in report["rounds"])
     for png in ("report_accuracy.png", "report_bytes.png", "report_clusters.png"):
         assert (tmp_path / "a" / png).stat().st_size > 1000
+    # the CLI names the swarm's expert bundle and the command that exports it
+    line = next(x for x in first.stdout.splitlines() if x.startswith("experts: "))
+    assert f"--experts {tmp_path / 'a' / 'dev00' / 'experts'} " in line
+    assert (tmp_path / "a" / "dev00" / "experts" / "experts.json").is_file()
 
     second, _ = _emulate(tmp_path / "b")
     assert second.returncode == 0, second.stderr[-2000:]
