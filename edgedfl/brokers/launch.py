@@ -71,6 +71,18 @@ def _wait_listening(host: str, port: int, deadline: float, alive: Any = None) ->
     return False
 
 
+def raise_open_files(wanted: int | None = None) -> int:
+    """Raise this process's soft limit on open files to ``wanted`` (default: the hard limit); the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if wanted is None else (min(wanted, hard) if hard != resource.RLIM_INFINITY else wanted)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
 def mosquitto_available(binary: str = "mosquitto") -> bool:
     """Whether the Mosquitto broker binary is installed (``apt-get install mosquitto``)."""
     return shutil.which(binary) is not None or os.path.exists(f"/usr/sbin/{binary}")
@@ -142,6 +154,7 @@ class MosquittoBroker(_BrokerLife):
         binary: str = "mosquitto",
         start_timeout: float = 10.0,
         extra_conf: Iterable[str] = (),
+        max_open_files: int | None = None,
     ) -> None:
         if message_size_limit < 0:
             raise ConfigError(f"MosquittoBroker.message_size_limit={message_size_limit}: must be >= 0")
@@ -170,6 +183,8 @@ class MosquittoBroker(_BrokerLife):
         self.plain_listener = plain_listener
         self.start_timeout = start_timeout
         self.extra_conf = list(extra_conf)
+        #: raise Mosquitto's open-file limit to this (capped at the hard limit): a connection is a file
+        self.max_open_files = max_open_files
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -239,6 +254,8 @@ class MosquittoBroker(_BrokerLife):
         if self.running:
             return self
         self.conf_path.write_text(self.config_text())
+        if self.max_open_files:  # the child inherits this process's limit
+            raise_open_files(self.max_open_files)
         with open(self.workdir / "mosquitto.stderr", "ab") as err:
             self._proc = subprocess.Popen(
                 [self.binary, "-c", str(self.conf_path)],

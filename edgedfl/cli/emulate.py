@@ -61,6 +61,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "oracle, merge")
     p.add_argument("--android", type=int, default=0,
                    help="the last N devices are phone stand-ins on an exported ExecuTorch bundle (needs executorch)")
+    p.add_argument("--per-host", type=int, default=1, metavar="K",
+                   help="devices per process: K > 1 packs K devices into a device host over one shared base "
+                        "(each keeps its own adapters, optimizer, key and MQTT session); default 1")
+    p.add_argument("--engine", default="process", choices=["process", "ray"],
+                   help="process (default): device processes or hosts on this machine; ray: device hosts as Ray "
+                        "actors (pip install 'edgedfl[ray]')")
+    p.add_argument("--ray-address", default="", help="--engine ray: the cluster to join (auto or HOST:PORT; "
+                                                     "default: a local Ray started for the run)")
+    p.add_argument("--host-cpus", type=float, default=1.0, help="--engine ray: CPUs per device host (default 1)")
+    p.add_argument("--host-gpus", type=float, default=0.0, help="--engine ray: GPU fraction per device host")
+    p.add_argument("--host-memory-mb", type=int, default=0, help="--engine ray: memory reserved per device host")
     p.add_argument("--quiet", action="store_true", help="no live progress view")
     p.add_argument("--dashboard", action="store_true",
                    help="serve the live dashboard (a local web page) next to the broker and print its URL "
@@ -92,10 +103,34 @@ def swarm_from_args(args: argparse.Namespace) -> Any:
     return SwarmConfig.from_dict(data)
 
 
-def _live(rows: list[dict[str, Any]], state: dict[str, Any]) -> None:
-    line = "  ".join(f"{r['node']}:{r.get('state', '?')[:10]}@r{r.get('round', 0)}" for r in rows)
+#: above this many devices the live line counts devices per state and round instead of naming each
+LIVE_PER_DEVICE = 12
+
+
+def live_line(rows: list[dict[str, Any]], elapsed: float, rounds: int) -> str:
+    """The live progress line: a token per device for a few devices; for a fleet, counts per state and per
+    round, the bytes and a bar over the rounds (the slowest device's progress)."""
     total = sum(int(r.get("bytes", 0)) for r in rows)
-    text = f"[{time.monotonic() - state['t0']:6.0f}s] {line}  {total / 1e6:.2f} MB"
+    if len(rows) <= LIVE_PER_DEVICE:
+        line = "  ".join(f"{r['node']}:{r.get('state', '?')[:10]}@r{r.get('round', 0)}" for r in rows)
+        return f"[{elapsed:6.0f}s] {line}  {total / 1e6:.2f} MB"
+    states: dict[str, int] = {}
+    by_round: dict[int, int] = {}
+    for r in rows:
+        states[str(r.get("state", "?"))] = states.get(str(r.get("state", "?")), 0) + 1
+        by_round[int(r.get("round", 0))] = by_round.get(int(r.get("round", 0)), 0) + 1
+    done = sum(n for s, n in states.items() if s == "done")
+    slowest = min((int(r.get("round", 0)) for r in rows if r.get("state") != "done"), default=rounds)
+    width = 20
+    filled = round(width * (slowest if done < len(rows) else rounds) / max(rounds, 1))
+    bar = "#" * filled + "." * (width - filled)
+    st = " ".join(f"{s}:{n}" for s, n in sorted(states.items(), key=lambda kv: -kv[1]))
+    rd = " ".join(f"r{k}:{n}" for k, n in sorted(by_round.items()))
+    return f"[{elapsed:6.0f}s] {len(rows)} devices [{bar}] {st} | {rd} | {total / 1e6:.2f} MB"
+
+
+def _live(rows: list[dict[str, Any]], state: dict[str, Any]) -> None:
+    text = live_line(rows, time.monotonic() - state["t0"], int(state.get("rounds", 0)))
     if text != state.get("last"):
         if sys.stdout.isatty():
             print("\r" + text[:200], end="", flush=True)
@@ -143,7 +178,9 @@ def run(args: argparse.Namespace) -> int:
     tasks = resolve_tasks(args.tasks)
     cfg = FleetConfig(devices=args.devices, tasks=tasks, profiles=args.profiles.split(","),
                       shape_links=args.shape_links, broker=args.broker, swarm=swarm,
-                      android=args.android, secure=args.secure)
+                      android=args.android, secure=args.secure, per_host=args.per_host, engine=args.engine,
+                      ray_address=args.ray_address, host_cpus=args.host_cpus, host_gpus=args.host_gpus,
+                      host_memory_mb=args.host_memory_mb)
     out = Path(args.out)
     clear_run_dir(out, overwrite=args.overwrite)
     fleet = Fleet(cfg, out)
@@ -153,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # the finally below stops every device process
 
     signal.signal(signal.SIGTERM, _terminate)
-    state = {"t0": time.monotonic()}
+    state: dict[str, Any] = {"t0": time.monotonic(), "rounds": swarm.rounds}
     held: dict[str, Any] = {}
     on_broker = (lambda f: _start_dashboard(f, args, out, held)) if args.dashboard else None
     try:

@@ -29,6 +29,10 @@ from edgedfl.node.config import NodeConfig, SwarmConfig
 
 log = logging.getLogger("edgedfl.emulation")
 
+ENGINES = ("process", "ray")
+#: above this many devices the emulator starts Mosquitto rather than the embedded broker
+LARGE_FLEET = 64
+
 
 class EmulationError(EdgeDFLError, RuntimeError):
     """A device process failed; the message carries the end of its log."""
@@ -59,6 +63,16 @@ class FleetConfig(ConfigBase):
                                       "own topics (in <out>/secure/)")
     max_restarts: int = option(3, help="a device process that dies is restarted (it resumes from its checkpoint) "
                                        "up to this many times; then the run fails")
+    per_host: int = option(1, help="devices per process: 1 runs each device in a process of its own (its own copy "
+                                   "of the base); K > 1 packs K devices into one device host over one shared, "
+                                   "frozen base (each keeps its own adapters, optimizer, RNG, key and MQTT session)")
+    engine: str = option("process", help="'process': device processes (or hosts) on this machine; 'ray': device "
+                                         "hosts as Ray actors, on this machine or on the cluster at ray_address")
+    ray_address: str = option("", help="engine 'ray': the cluster to join ('' starts a local one; 'auto' or "
+                                       "host:port joins a running one)")
+    host_cpus: float = option(1.0, help="engine 'ray': CPUs reserved per device host (also its torch threads)")
+    host_gpus: float = option(0.0, help="engine 'ray': GPU fraction reserved per device host")
+    host_memory_mb: int = option(0, help="engine 'ray': memory reserved per device host (0: none reserved)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,6 +90,16 @@ class FleetConfig(ConfigBase):
                 check(False, n, "tasks", self.tasks, str(exc))
         for p in self.profiles:
             check(p in PROFILES, n, "profiles", self.profiles, f"unknown profile {p!r}")
+        check(self.per_host >= 1, n, "per_host", self.per_host, "must be >= 1")
+        check(self.engine in ENGINES, n, "engine", self.engine, f"choose from {ENGINES}")
+        check(not (self.engine == "ray" and self.shape_links), n, "shape_links", self.shape_links,
+              "links are shaped on one machine only; drop --shape-links with --engine ray")
+        check(not (self.per_host > 1 and self.shape_links), n, "shape_links", self.shape_links,
+              "shaped links put each device in a network namespace of its own: use per_host 1")
+        check(not (self.engine == "ray" and self.android), n, "android", self.android,
+              "phone stand-ins run as processes of their own; use engine 'process'")
+        check(self.host_cpus > 0 and self.host_gpus >= 0 and self.host_memory_mb >= 0, n, "host_cpus",
+              self.host_cpus, "host resources must be positive (cpus) and >= 0 (gpus, memory)")
 
 
 #: what a run writes at the top of its directory (the devices write into dev*/ folders with a node_config.json)
@@ -173,8 +197,11 @@ class Fleet:
         self.lab: Any = None
         #: "netns" (real links), "application" or "none"
         self.shaping = "none"
-        #: node id -> exit codes of its processes that died (each was restarted)
-        self.crashes: dict[str, list[int]] = {}
+        #: node id -> exit codes of its processes that died (each was restarted); a hosted device's error text
+        self.crashes: dict[str, list[int | str]] = {}
+        #: host id -> its devices (per_host > 1 or engine 'ray')
+        self.hosts: dict[str, list[NodeConfig]] = {}
+        self.ray: Any = None
 
     def start(self, on_broker: Callable[[Fleet], None] | None = None) -> None:
         """The broker, the devices' configs and keys, then every device process.
@@ -193,6 +220,8 @@ class Fleet:
                 self._start_lab()
         if self.cfg.secure:
             self._start_secure()
+        elif self.lab is None and not self.broker_url and self._wants_mosquitto():
+            self._start_mosquitto()
         elif self.lab is None and not self.broker_url:
             from edgedfl.brokers.launch import EmbeddedBroker
 
@@ -207,8 +236,52 @@ class Fleet:
         if on_broker is not None:
             on_broker(self)
         # stand-ins first: their bundles are exported before any node starts its join deadline
-        for node in sorted(self.nodes, key=lambda nd: nd.node_id not in self.android_ids):
+        order = sorted(self.nodes, key=lambda nd: nd.node_id not in self.android_ids)
+        if self.cfg.engine == "ray":
+            from edgedfl.emulation.ray_engine import RayHosts
+
+            self.ray = RayHosts(self.cfg, self.run_dir)
+            self.write_configs(order)
+            self.hosts = self.groups(order)
+            self.ray.start(self.hosts)
+            return
+        singles = [nd for nd in order if self.cfg.per_host == 1 or nd.node_id in self.android_ids]
+        for node in singles:
             self.spawn(node)
+        for key, group in self.groups([nd for nd in order if nd not in singles]).items():
+            self.spawn_host(key, group)
+
+    def groups(self, nodes: list[NodeConfig]) -> dict[str, list[NodeConfig]]:
+        """Device hosts of ``per_host`` devices each, in node order: host id -> its devices."""
+        k = self.cfg.per_host
+        return {f"host{i // k:02d}": nodes[i : i + k] for i in range(0, len(nodes), k)}
+
+    def _wants_mosquitto(self) -> bool:
+        """Ray fleets and large ones get a Mosquitto of their own (the embedded broker is for a few devices)."""
+        from edgedfl.brokers.launch import mosquitto_available
+
+        big = self.cfg.engine == "ray" or self.cfg.devices > LARGE_FLEET
+        if big and not mosquitto_available():
+            if self.cfg.engine == "ray":
+                raise EmulationError("engine 'ray' starts a Mosquitto broker: install mosquitto or pass --broker")
+            return False
+        return big
+
+    def _start_mosquitto(self) -> None:
+        """Mosquitto in <run>/broker with its open-file limit raised (a device is a connection); on every
+        interface when the fleet spans a Ray cluster, so devices on other machines reach it."""
+        from edgedfl.brokers.launch import MosquittoBroker
+
+        remote = self.cfg.engine == "ray" and bool(self.cfg.ray_address)
+        self._broker = MosquittoBroker(host="0.0.0.0" if remote else "127.0.0.1", workdir=self.run_dir / "broker",
+                                       persistence=False, max_queued_messages=100_000,
+                                       max_open_files=4 * self.cfg.devices + 1024).start()
+        self.broker_url = self._broker.url
+        if remote:  # the address the other machines use: this machine's, as Ray sees it
+            from edgedfl.emulation.ray_engine import import_ray
+
+            ip = import_ray().util.get_node_ip_address()
+            self.broker_url = self.broker_url.replace("0.0.0.0", ip, 1)
 
     def _start_secure(self) -> None:
         """A Mosquitto with one mTLS listener, a password per device and the swarm's ACL; each device its URL."""
@@ -286,7 +359,36 @@ class Fleet:
         else:
             self.procs[node.node_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
+    @staticmethod
+    def write_configs(nodes: list[NodeConfig], **overrides: Any) -> list[str]:
+        """Each device's node_config.json in its state dir (what it runs with; the report reads them)."""
+        paths = []
+        for node in nodes:
+            node = dataclasses.replace(node, **overrides) if overrides else node
+            paths.append(str(node.save(Path(node.state_dir) / "node_config.json")))
+        return paths
+
+    def spawn_host(self, key: str, nodes: list[NodeConfig], **overrides: Any) -> None:
+        """One device host process (``python -m edgedfl.emulation.host``) running ``nodes`` over a shared base."""
+        self.hosts[key] = nodes
+        paths = self.write_configs(nodes, **overrides)
+        folder = self.run_dir / "hosts" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, EDGEDFL_THREADS=os.environ.get("EDGEDFL_THREADS", "1"), HF_HUB_OFFLINE="1")
+        log = open(folder / "host.log", "ab")  # noqa: SIM115 - owned by the child process
+        cmd = [sys.executable, "-m", "edgedfl.emulation.host", "--configs", *paths,
+               "--max-restarts", str(self.cfg.max_restarts), "--folder", str(folder)]
+        self.procs[key] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def log_of(self, key: str) -> Path:
+        """The log of a device process (its node.log) or of a device host (hosts/<key>/host.log)."""
+        return self.run_dir / "hosts" / key / "host.log" if key in self.hosts else self.run_dir / key / "node.log"
+
     def status(self) -> list[dict[str, Any]]:
+        if self.ray is not None:
+            live = self.ray.status()
+            if live is not None:
+                return live
         rows = []
         for node in self.nodes:
             try:
@@ -298,6 +400,10 @@ class Fleet:
     def wait(self, on_tick: Callable[[list[dict[str, Any]]], None] | None = None, *,
              allow_failures: frozenset[str] = frozenset()) -> None:
         deadline = time.monotonic() + self.cfg.timeout_s
+        if self.ray is not None:
+            self.ray.wait(on_tick, self.status, deadline)
+            self._gather_host_crashes()
+            return
         while True:
             if on_tick:
                 on_tick(self.status())
@@ -310,9 +416,10 @@ class Fleet:
                     running.append(n)
             if failed:
                 self.stop()
-                tail = (Path(self.run_dir / failed[0] / "node.log").read_text(errors="replace"))[-2000:]
+                tail = self.log_of(failed[0]).read_text(errors="replace")[-2000:]
                 raise EmulationError(f"device {failed[0]} exited with {self.procs[failed[0]].returncode}:\n{tail}")
             if not running:
+                self._gather_host_crashes()
                 return
             if time.monotonic() > deadline:
                 self.stop()
@@ -326,8 +433,21 @@ class Fleet:
         log.warning("device %s exited with %s; restarting it (%d of %d)", node_id, code,
                     len(self.crashes[node_id]), self.cfg.max_restarts)
         (self.run_dir / "crashes.json").write_text(json.dumps(self.crashes, sort_keys=True))
+        if node_id in self.hosts:  # a host process died: all its devices start again and resume
+            self.spawn_host(node_id, self.hosts[node_id], crash_after_round=0)
+            return
         node = next(nd for nd in self.nodes if nd.node_id == node_id)
         self.spawn(node, crash_after_round=0)  # an injected crash happens once
+
+    def _gather_host_crashes(self) -> None:
+        """Devices a host restarted itself (hosts/<id>/crashes.json) join the run's crashes.json."""
+        found = False
+        for path in sorted((self.run_dir / "hosts").glob("*/crashes.json")):
+            for node, errors in json.loads(path.read_text()).items():
+                self.crashes.setdefault(node, []).extend(errors)
+                found = True
+        if found:
+            (self.run_dir / "crashes.json").write_text(json.dumps(self.crashes, sort_keys=True))
 
     def run(self, on_tick: Callable[[list[dict[str, Any]]], None] | None = None, *,
             on_start: Callable[[Fleet], None] | None = None,
@@ -356,6 +476,8 @@ class Fleet:
                             topology=s.topology, model=s.model, wall_s=time.monotonic() - t0)
 
     def stop(self) -> None:
+        if self.ray is not None:
+            self.ray.stop()
         for p in self.procs.values():
             if p.poll() is None:
                 p.kill()

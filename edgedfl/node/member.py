@@ -521,7 +521,21 @@ class SwarmMember:
         """Right after the round's update is out (tests kill a member here)."""
         self._set_status("collecting", round=r)
         if self.cfg.crash_after_round == r:
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.crash()
+
+    def crash(self) -> None:
+        """An injected crash (``crash_after_round``): the process dies as a killed device would."""
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def drop_link(self) -> None:
+        """Leave as a crashed device does: the link drops with no DISCONNECT (the broker publishes the last
+        will), the protocol's stores are closed; what the outbox holds stays for the next start. Idempotent."""
+        inner = getattr(self.link, "inner", None)
+        abort = getattr(inner, "abort", None)
+        if callable(abort):
+            abort()
+        if self.protocol is not None:
+            self.protocol.close(leave=False, close_transport=abort is None)
 
     # -- checkpoints -------------------------------------------------------------------
 
