@@ -10,9 +10,18 @@ Decisions (and why):
   has no random initialisation, so "the same inputs give the same output" holds
   by construction rather than by a shared seed, and it makes no assumption on
   cluster shape or size (a task held by 1 device and one held by 7 are both
-  fine). n is the number of devices in a swarm (tens), so the O(n^3) textbook
-  algorithm is instant and easy to read. Spherical k-means with a seeded
-  k-means++ start (``method="kmeans"``) is kept for comparison.
+  fine). Spherical k-means with a seeded k-means++ start (``method="kmeans"``)
+  is kept for comparison.
+* **Fast enough for 1,000 devices, exactly the textbook result.** The linkage
+  keeps a matrix of average distances between the active clusters, updated by
+  Lance-Williams (O(n^2) overall instead of the O(n^3) recomputed means), and
+  silhouette works on blocks of the distance matrix. Heights and silhouettes
+  are bit for bit those of the plain definitions (a fresh mean of the original
+  distances, per-row sums): where a running average could round to a
+  different 1e-9 grid point, the mean is recomputed the plain way (see
+  :func:`_average_linkage`). Every device of one process computes the same
+  clustering from the same hellos, so :func:`cluster` remembers its last
+  results, keyed by the exact input bytes.
 * **K by silhouette, top-down, with a floor.** The dendrogram of all nodes
   is cut at every K in 2..max_clusters; the cut with the highest mean
   silhouette wins (ties: the smaller K) if it reaches ``min_silhouette``, else
@@ -54,7 +63,9 @@ Decisions (and why):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -67,6 +78,12 @@ CLUSTER_METHODS = ("agglomerative", "kmeans")
 
 #: distances are compared on this grid, so float noise across devices cannot reorder merges
 _DECIMALS = 9
+#: linkage: pairs whose running average is within this of the smallest compete for the next merge
+#: (the pair with the smallest rounded height is within 1e-9 plus float noise of it)
+_CANDIDATES = 2e-9
+#: linkage: a running average this close (in grid cells) to a rounding boundary is recomputed exactly;
+#: 0.05 cells = 5e-11, far above the drift of a running average (about 3 ulp per merge: < 1e-12 at n = 1,000)
+_GRID_MARGIN = 0.05
 
 
 @dataclasses.dataclass
@@ -223,6 +240,39 @@ class Clustering:
         return Clustering(tuple((s, m) for s, m in kept if m), self.silhouette)
 
 
+class _Memo:
+    """A small thread-safe LRU of clusterings keyed by their exact inputs (process-wide, bounded)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, Clustering] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Clustering | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: Hashable, value: Clustering) -> Clustering:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+#: :func:`cluster` results by exact inputs (sorted ids, signature and spread bytes, config): a few
+#: swarms' worth, each entry about n * dim * 8 bytes of key
+_CLUSTER_MEMO = _Memo(16)
+
+
 # -- clustering -------------------------------------------------------------------
 
 
@@ -247,35 +297,105 @@ def _validated(signatures: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndar
 def _average_linkage(d: np.ndarray) -> list[tuple[list[int], list[int], float]]:
     """UPGMA merges ``(cluster_a, cluster_b, height)`` in order; indices are positions in sorted ids.
 
-    Ties on the (rounded) height go to the pair with the smallest (min index a,
-    min index b), i.e. the smallest node ids: deterministic.
+    The height of a merge is ``round(mean of the original distances between
+    the two clusters, 9)``; the next merge is the pair with the smallest
+    (height, min index a, min index b), i.e. ties go to the smallest node ids:
+    deterministic.
+
+    A cluster lives in the row of its smallest index, so the tie-break key of
+    rows x < y is (height, x, y). ``avg`` (n, n) holds the average distance of
+    every two active clusters, kept by the Lance-Williams update (the
+    size-weighted mean of the two merged rows), and ``nearest`` (n,) each
+    row's minimum: O(n) work per merge in the usual case instead of a mean per
+    pair. A running average can differ from a fresh mean in its last bits
+    (< 1e-12 at n = 1,000), so it is only trusted where it sits well inside
+    one cell of the 1e-9 grid (``_GRID_MARGIN``); otherwise the height is the
+    fresh mean, computed as the definition does. Every pair within
+    ``_CANDIDATES`` of the smallest average competes: the pair with the
+    smallest rounded height always lies within 1e-9 of it.
     """
-    active: list[list[int]] = [[i] for i in range(d.shape[0])]
+    n = d.shape[0]
+    members: list[list[int]] = [[i] for i in range(n)]  # row -> its cluster's sorted indices (if active)
+    size = np.ones(n)  # (n,)
+    avg = np.array(d, dtype=np.float64)  # (n, n); inf on the diagonal and for merged-away rows
+    np.fill_diagonal(avg, np.inf)
+    nearest = avg.min(axis=1) if n > 1 else np.full(n, np.inf)  # (n,)
     merges: list[tuple[list[int], list[int], float]] = []
-    while len(active) > 1:
-        best: tuple[float, int, int, int, int] | None = None
-        for x in range(len(active)):
-            for y in range(x + 1, len(active)):
-                h = round(float(d[np.ix_(active[x], active[y])].mean()), _DECIMALS)
-                a, b = sorted((min(active[x]), min(active[y])))
-                key = (h, a, b, x, y)
-                if best is None or key[:3] < best[:3]:
-                    best = key
-        assert best is not None
-        h, _, _, x, y = best
-        merges.append((active[x], active[y], h))
-        merged = sorted(active[x] + active[y])
-        active = [c for k, c in enumerate(active) if k not in (x, y)] + [merged]
-        active.sort(key=min)
+    for _ in range(n - 1):
+        x, y, height = _next_merge(d, avg, nearest, members)
+        merges.append((members[x], members[y], height))
+        # Lance-Williams: the merged cluster's average distance to k is the size-weighted mean of x's and y's
+        merged = (size[x] * avg[x] + size[y] * avg[y]) / (size[x] + size[y])  # (n,); inf at x, y, merged rows
+        was_x, was_y = avg[:, x].copy(), avg[:, y].copy()  # (n,)
+        avg[x], avg[:, x] = merged, merged
+        avg[y], avg[:, y] = np.inf, np.inf
+        members[x], members[y] = sorted(members[x] + members[y]), []
+        size[x] += size[y]
+        # Only columns x (now the merged cluster) and y (gone) changed. A row whose minimum may have been
+        # at x or y is searched again, unless the merged cluster is at least as close; any other row keeps
+        # its minimum or has come closer to x.
+        stale = ((nearest == was_x) | (nearest == was_y)) & (merged > nearest) & np.isfinite(nearest)  # (n,)
+        stale[x] = stale[y] = False
+        nearest = np.minimum(nearest, merged)
+        nearest[stale] = avg[stale].min(axis=1)
+        nearest[x], nearest[y] = merged.min(), np.inf
     return merges
 
 
+def _next_merge(
+    d: np.ndarray, avg: np.ndarray, nearest: np.ndarray, members: list[list[int]]
+) -> tuple[int, int, float]:
+    """The next UPGMA merge ``(x, y, height)``, rows x < y: the smallest (rounded height, x, y).
+
+    ``avg`` (n, n) holds running averages, ``nearest`` (n,) their row minima.
+    Only pairs within ``_CANDIDATES`` of the smallest average can hold the
+    smallest rounded height. Their grid cells (height = cell * 1e-9) come from
+    the running average, except near a rounding boundary where the fresh mean
+    of the original distances decides, exactly as the definition computes it.
+    Rows are visited in ascending order, so the scan stops as soon as a row
+    reaches the lowest cell any pair can have (many equal distances: O(n)).
+    """
+    lowest = float(nearest.min())
+    limit = lowest + _CANDIDATES
+    floor_cell = np.floor(lowest * 10.0**_DECIMALS + 0.5 - _GRID_MARGIN)  # no pair rounds below this
+    best: tuple[float, int, int, float] | None = None  # (cell, x, y, height)
+    for x in np.flatnonzero(nearest <= limit):
+        ys = x + 1 + np.flatnonzero(avg[x, x + 1:] <= limit)  # (p,) ascending
+        if not ys.size:
+            continue
+        grid = avg[x, ys] * 10.0**_DECIMALS  # (p,)
+        cells = np.floor(grid + 0.5)  # (p,)
+        heights: dict[int, float] = {}
+        for f in np.flatnonzero(np.abs(grid - np.floor(grid) - 0.5) < _GRID_MARGIN):
+            heights[int(f)] = h = round(float(d[np.ix_(members[x], members[ys[f]])].mean()), _DECIMALS)
+            cells[f] = np.rint(h * 10.0**_DECIMALS)
+        t = int(np.argmin(cells))  # the first minimum: the smallest y
+        if best is None or cells[t] < best[0]:
+            height = heights[t] if t in heights else round(float(avg[x, ys[t]]), _DECIMALS)
+            best = (float(cells[t]), int(x), int(ys[t]), height)
+        if best[0] <= floor_cell:
+            break
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
 def _cut(n: int, merges: list[tuple[list[int], list[int], float]], k: int) -> list[list[int]]:
-    """The K clusters left after the first n-K merges."""
-    clusters: list[list[int]] = [[i] for i in range(n)]
+    """The K clusters left after the first n-K merges, each sorted, ordered by their smallest index."""
+    root = list(range(n))  # union-find over indices; a cluster's root is its smallest index
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
     for a, b, _ in merges[: n - k]:
-        clusters = [c for c in clusters if c != a and c != b] + [sorted(a + b)]
-    return sorted(clusters, key=min)
+        ra, rb = find(a[0]), find(b[0])
+        root[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):  # ascending, so every group comes out sorted
+        groups.setdefault(find(i), []).append(i)
+    return sorted(groups.values(), key=lambda c: c[0])
 
 
 def silhouette(d: np.ndarray, labels: np.ndarray, spreads: np.ndarray | None = None) -> float:
@@ -293,16 +413,23 @@ def silhouette(d: np.ndarray, labels: np.ndarray, spreads: np.ndarray | None = N
     uniq = np.unique(labels)
     if len(uniq) < 2:
         return 0.0
-    sizes = {u: int((labels == u).sum()) for u in uniq}
+    where = [np.flatnonzero(labels == u) for u in uniq]  # each cluster's points, ascending
     within = np.full(n, np.nan)  # (n,) mean distance to the rest of the own cluster
-    between = np.zeros(n)  # (n,) mean distance to the nearest other cluster
-    for i in range(n):
-        own = labels == labels[i]  # (n,)
-        if sizes[labels[i]] > 1:
-            within[i] = d[i, own].sum() / (sizes[labels[i]] - 1)  # d[i, i] == 0
-        elif spreads is not None and np.isfinite(spreads[i]):
-            within[i] = spreads[i]
-        between[i] = min(d[i, labels == u].mean() for u in uniq if u != labels[i])
+    to_cluster = np.empty((n, len(uniq)))  # (n, K) mean distance to each other cluster (inf: own)
+    for k, rows in enumerate(where):
+        for u, cols in enumerate(where):
+            # one block of d per pair of clusters; a row sum of a block adds the same numbers in the
+            # same order (numpy's pairwise sum along a contiguous row) as d[i, mask].sum() did per point
+            block = d[np.ix_(rows, cols)]  # (|k|, |u|)
+            if u != k:
+                to_cluster[rows, u] = block.mean(axis=1)
+                continue
+            to_cluster[rows, u] = np.inf
+            if len(rows) > 1:
+                within[rows] = block.sum(axis=1) / (len(rows) - 1)  # d[i, i] == 0
+            elif spreads is not None and np.isfinite(spreads[rows[0]]):
+                within[rows] = spreads[rows[0]]
+    between = to_cluster.min(axis=1)  # (n,) mean distance to the nearest other cluster
     known = ~np.isnan(within)
     if not known.any():
         return 0.0
@@ -423,11 +550,25 @@ def cluster(signatures: Mapping[str, np.ndarray], config: ClusterConfig | None =
     the median. Returns a canonical :class:`Clustering` (slot 0 holds the
     smallest node id). Raises :class:`TopologyError` on empty, mismatched, zero
     or non-finite signatures.
+
+    Results are remembered per process (see :data:`_CLUSTER_MEMO`): the devices
+    a host simulates all cluster the same hellos, and the answer is the same.
     """
     config = config or ClusterConfig()
     ids, s = _validated(signatures)
-    n = len(ids)
     spread = np.array([_spread_of(spreads, i) for i in ids])  # (n,), nan where unknown
+    # the result depends on nothing else: the exact bytes make the key (a float that differs in its
+    # last bit, or -0.0 for 0.0, is a different key and is simply computed again)
+    key = (tuple(ids), s.shape, s.tobytes(), spread.tobytes(), tuple(sorted(config.to_dict().items())))
+    found = _CLUSTER_MEMO.get(key)
+    if found is None:
+        found = _CLUSTER_MEMO.put(key, _cluster(ids, s, spread, config))
+    return found
+
+
+def _cluster(ids: list[str], s: np.ndarray, spread: np.ndarray, config: ClusterConfig) -> Clustering:
+    """:func:`cluster` on validated inputs: sorted ``ids``, signatures ``s`` (n, dim), spreads (n,) or nan."""
+    n = len(ids)
     d = np.round(distance_matrix(s), _DECIMALS)  # (n, n)
     unit = s / np.linalg.norm(s, axis=1, keepdims=True)  # (n, dim)
 
@@ -453,18 +594,26 @@ def cluster(signatures: Mapping[str, np.ndarray], config: ClusterConfig | None =
     # arithmetic look like one group at the top level); looking inside each
     # group finds them. Clusters are visited in order of smallest node id.
     clusters: list[list[int]] = [list(range(n))]
+    # A group that did not split is not tried again: with fewer slots left it is offered a subset of
+    # the same cuts (each K's cut does not depend on max_k), whose best score is no higher. Same
+    # result as trying it again, without recomputing its linkage and silhouettes.
+    settled: set[tuple[int, ...]] = set()
     changed = True
     while changed and len(clusters) < config.max_clusters:
         changed = False
         for pos, group in enumerate(clusters):
+            if tuple(group) in settled:
+                continue
             sub = _best_split(d[np.ix_(group, group)], unit[group], config,
                               config.max_clusters - len(clusters) + 1, _floor(config, spread, group),
                               spread[group] if np.isfinite(spread[group]).any() else None)
-            if sub is not None:
-                parts = [[group[i] for i in part] for part in sub[1]]
-                clusters = sorted(clusters[:pos] + parts + clusters[pos + 1:], key=min)
-                changed = True
-                break
+            if sub is None:
+                settled.add(tuple(group))
+                continue
+            parts = [[group[i] for i in part] for part in sub[1]]
+            clusters = sorted(clusters[:pos] + parts + clusters[pos + 1:], key=min)
+            changed = True
+            break
     return result(clusters)
 
 

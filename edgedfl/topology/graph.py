@@ -31,7 +31,10 @@ Decisions:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
+
+import numpy as np
 
 from edgedfl.errors import TopologyError
 from edgedfl.topology.clustering import Clustering
@@ -57,11 +60,21 @@ class NeighbourGraph:
         if list(self.edges) != sorted(set(self.edges)):
             raise TopologyError("graph edges must be sorted and distinct")
 
+    @functools.cached_property
+    def _adjacency(self) -> dict[str, tuple[str, ...]]:
+        """node -> its sorted neighbours, built once (a graph of 1,000 nodes is asked for all of them)."""
+        adjacent: dict[str, list[str]] = {n: [] for n in self.nodes}
+        for a, b in self.edges:
+            adjacent[a].append(b)
+            adjacent[b].append(a)
+        return {n: tuple(sorted(peers)) for n, peers in adjacent.items()}
+
     def neighbours(self, node: str) -> tuple[str, ...]:
         """Sorted neighbours of ``node`` (not itself)."""
-        if node not in self.nodes:
-            raise TopologyError(f"node {node!r} is not in this graph")
-        return tuple(sorted([b for a, b in self.edges if a == node] + [a for a, b in self.edges if b == node]))
+        try:
+            return self._adjacency[node]
+        except (KeyError, TypeError):
+            raise TopologyError(f"node {node!r} is not in this graph") from None
 
     def degree(self, node: str) -> int:
         return len(self.neighbours(node))
@@ -109,13 +122,98 @@ def neighbour_graph(
     if degree is not None and degree < 1:
         raise TopologyError(f"degree must be >= 1 or None, got {degree}")
     quality = quality or {}
+    score = _scores(nodes, quality, unknown)
+    if score is None:
+        return _neighbour_graph_by_sorting(nodes, quality, degree, unknown)
+    n = len(nodes)
+    # Each member ranks the others by (best score first, nearest in the ring of sorted ids, next id after
+    # it). The last two keys depend only on the offset k = (j - i) % n: ring order 1, n-1, 2, n-2, ...
+    # Laying every row out in that order, a stable sort on the score alone gives the same ranking as
+    # sorting on the whole key, all rows at once.
+    offsets = np.array(sorted(range(1, n), key=lambda k: (min(k, n - k), k)), dtype=np.int64)  # (n-1,)
+    others = (np.arange(n)[:, None] + offsets[None, :]) % n  # (n, n-1): row i's peers in tie order
+    order = np.argsort(-np.take_along_axis(score, others, axis=1), axis=1, kind="stable")  # (n, n-1)
+    chosen = np.take_along_axis(others, order if degree is None else order[:, :degree], axis=1)  # (n, c)
+    mine = np.broadcast_to(np.arange(n)[:, None], chosen.shape)  # (n, c)
+    pairs = np.unique(np.minimum(mine, chosen) * n + np.maximum(mine, chosen))  # (e,) i * n + j, i < j
+    edges = [(int(p) // n, int(p) % n) for p in pairs]
+    root = list(range(n))  # union-find over positions
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    parts = n
+    for i, j in edges:
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            root[max(ri, rj)] = min(ri, rj)
+            parts -= 1
+    if parts > 1:
+        # Connectivity repair. Adding the best link (highest score, then smallest ids) between two
+        # components, again and again, is Kruskal's algorithm on the links sorted by that key: a link
+        # it passes over lies inside one component, and stays inside one as components grow.
+        comp = np.array([find(i) for i in range(n)])  # (n,)
+        a, b = np.triu_indices(n, 1)  # (n(n-1)/2,) every pair i < j
+        across = comp[a] != comp[b]
+        a, b = a[across], b[across]
+        for t in np.lexsort((b, a, -score[a, b])):
+            ri, rj = find(int(a[t])), find(int(b[t]))
+            if ri != rj:
+                root[max(ri, rj)] = min(ri, rj)
+                edges.append((int(a[t]), int(b[t])))
+                parts -= 1
+                if parts == 1:
+                    break
+    return NeighbourGraph(nodes, tuple(sorted((nodes[i], nodes[j]) for i, j in edges)))
+
+
+def _scores(nodes: tuple[str, ...], quality: LinkQuality, unknown: float) -> np.ndarray | None:
+    """:func:`link_score` of every pair of ``nodes`` (n, n) (diagonal 0), or None if one is NaN.
+
+    NaN scores are left to :func:`_neighbour_graph_by_sorting`: Python's sort and min place a NaN
+    by where it happens to be, which only the same sequence of comparisons reproduces. Likewise an
+    int ``unknown`` that a float cannot hold (Python compares ints and floats exactly).
+    """
+    n = len(nodes)
+    at = {node: i for i, node in enumerate(nodes)}
+    rows: list[int] = []
+    cols: list[int] = []
+    values: list[float] = []
+    for pair, value in quality.items():
+        if isinstance(pair, tuple) and len(pair) == 2:  # other keys are never looked up
+            i, j = at.get(pair[0]), at.get(pair[1])
+            if i is not None and j is not None and i != j:
+                rows.append(i)
+                cols.append(j)
+                values.append(float(value))
+    measured = np.full((n, n), np.nan)  # (n, n) a -> b as published, nan: not measured
+    measured[rows, cols] = values
+    known = np.zeros((n, n), dtype=bool)  # (n, n)
+    known[rows, cols] = True
+    if np.isnan(measured[known]).any() or float(unknown) != unknown:
+        return None
+    # the worse direction if both are measured, else the measured one, else `unknown`
+    score = np.where(known & known.T, np.minimum(measured, measured.T),
+                     np.where(known, measured, np.where(known.T, measured.T, float(unknown))))  # (n, n)
+    np.fill_diagonal(score, 0.0)
+    return None if np.isnan(score).any() else score
+
+
+def _neighbour_graph_by_sorting(
+    nodes: tuple[str, ...], quality: LinkQuality, degree: int | None, unknown: float
+) -> NeighbourGraph:
+    """:func:`neighbour_graph` by the definition (O(n^2 log n) per call); kept for NaN link scores."""
     edges: set[tuple[str, str]] = set()
     n = len(nodes)
+    at = {node: i for i, node in enumerate(nodes)}
     for i, a in enumerate(nodes):
         # best score first; equal scores -> nearest in the ring of sorted ids, then the next id after a
         ranked = sorted(
             (b for b in nodes if b != a),
-            key=lambda b: (-link_score(quality, a, b, unknown), _ring(i, nodes.index(b), n), (nodes.index(b) - i) % n),
+            key=lambda b: (-link_score(quality, a, b, unknown), _ring(i, at[b], n), (at[b] - i) % n),
         )
         for b in ranked if degree is None else ranked[:degree]:
             edges.add((min(a, b), max(a, b)))
@@ -159,6 +257,7 @@ def metropolis_weights(graph: NeighbourGraph) -> dict[str, dict[str, float]]:
     deg = {n: graph.degree(n) for n in graph.nodes}
     weights: dict[str, dict[str, float]] = {}
     for i in graph.nodes:
+        # sorted neighbours: the self weight sums them in the same order on every device
         row = {j: 1.0 / (1 + max(deg[i], deg[j])) for j in graph.neighbours(i)}
         row[i] = 1.0 - sum(row.values())
         weights[i] = dict(sorted(row.items()))
