@@ -134,7 +134,7 @@ def _topics(cfg: AndroidExportConfig) -> dict[str, str]:
     return {
         "presence": t.presence(cfg.node), "hello": t.hello(cfg.node),
         "update": f"{t.base}/update/<slot>/<node>", "expert": f"{t.base}/expert/<slot>/<node>",
-        "ack": f"{t.base}/ack/<node>",
+        "ack": f"{t.base}/ack/<to>/<node>",
     }
 
 

@@ -450,7 +450,7 @@ def acl_text(swarm: str, node_ids: Iterable[str], *, admins: Iterable[str] = ())
     """The Mosquitto ACL of a swarm: each node (MQTT username = node id) writes only its own topics.
 
     Per DESIGN.md's protocol sketch a node may write ``presence/<node>``,
-    ``hello/<node>``, ``update/+/<node>``, ``ack/<node>``, ``expert/+/<node>`` and
+    ``hello/<node>``, ``update/+/<node>``, ``ack/+/<node>``, ``expert/+/<node>`` and
     ``metrics/<node>`` (its status for dashboards), and read everything under
     ``edgedfl/<swarm>/``. ``admins`` may read and write the whole swarm (a monitor, the emulator).
     """
@@ -468,7 +468,7 @@ def acl_text(swarm: str, node_ids: Iterable[str], *, admins: Iterable[str] = ())
             f"topic write {root}/presence/{node}",
             f"topic write {root}/hello/{node}",
             f"topic write {root}/update/+/{node}",
-            f"topic write {root}/ack/{node}",
+            f"topic write {root}/ack/+/{node}",
             f"topic write {root}/expert/+/{node}",
             f"topic write {root}/metrics/{node}",
             "",

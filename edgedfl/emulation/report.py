@@ -226,7 +226,13 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{report['majority_rate'][t]:.2f}: it learned nothing a constant answer would not")
     if f.get("routing_accuracy") is not None:
         lines.append(f"routing accuracy (implicit, held-out mixed prompts): {f['routing_accuracy']:.3f}")
+    clusters: Any = f["clusters"]
+    if len(clusters) > 12:  # a fleet: the size of each cluster, not every device's slot
+        sizes: dict[int, int] = defaultdict(int)
+        for slot in clusters.values():
+            sizes[int(slot)] += 1
+        clusters = ", ".join(f"slot {s}: {k} devices" for s, k in sorted(sizes.items()))
     lines.append(f"final ({f.get('inference_setup')}): average accuracy {f['avg_accuracy']:.3f}; {f['total_bytes'] / 1e6:.3f} MB in all "
                  f"(join {report['join_bytes'] / 1e6:.3f} MB), {f['bytes_per_device_per_round'] / 1e3:.1f} kB per "
-                 f"device per round; clusters {f['clusters']}; {f['wall_s']:.0f} s")
+                 f"device per round; clusters {clusters}; {f['wall_s']:.0f} s")
     return "\n".join(lines)

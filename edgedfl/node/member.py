@@ -197,7 +197,7 @@ class SwarmMember:
 
     def _append_row(self, row: dict[str, Any]) -> None:
         with open(self.state / "rounds.jsonl", "a") as f:
-            f.write(json.dumps({**row, **self.learner.tags()}, sort_keys=True) + "\n")
+            f.write(json.dumps({**row, **self.learner.tags(), "time": time.time()}, sort_keys=True) + "\n")
 
     # -- set-up and connecting -----------------------------------------------------------
 
@@ -292,6 +292,8 @@ class SwarmMember:
             self._follow_all_slots(False)
             self.evaluate_before()
         assert self.clustering is not None
+        # from round 1 on, only the neighbours' updates are ours to average: subscribe to theirs alone
+        self.protocol.follow_senders(self.slot, self.neighbours)
         self._set_status("ready", slot=self.slot, clusters=self.clustering.to_dict())
         rows = [self.run_round(r) for r in range(done + 1, self.swarm.rounds + 1)]
         self._set_status("collecting experts")

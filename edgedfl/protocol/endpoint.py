@@ -93,10 +93,11 @@ class NeighbourProtocol(Rounds):
     def start(self) -> None:
         """Subscribe, announce presence, and re-send whatever the outbox still holds (after a restart)."""
         t = self.topics
-        for pattern in (t.all_presence(), t.all_hello(), t.all_experts(), t.all_acks()):
+        for pattern in (t.all_presence(), t.all_hello(), t.all_experts(), t.acks_to(self.node)):
             self.transport.subscribe(pattern, qos=self.config.qos)
         for slot in sorted(self._slots):
-            self.transport.subscribe(t.slot_updates(slot), qos=self.config.qos)
+            for pattern in self.update_filters(slot):
+                self.transport.subscribe(pattern, qos=self.config.qos)
         self._started = True
         self.announce()
         self._resend(self.outbox.pending())

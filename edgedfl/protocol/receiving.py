@@ -121,6 +121,8 @@ class Receiving(Sending):
             elif parsed.kind == "expert" and env.kind == "expert":
                 self._on_expert(env, parsed.slot)
             elif parsed.kind == "ack" and env.kind in ("ack", "error"):
+                if parsed.to != self.node:
+                    return  # addressed to another node (delivered by a wider subscription): not ours to read
                 self._on_ack(env)
             else:
                 raise MalformedMessage(f"a {env.kind!r} envelope on {msg.topic!r}")
@@ -271,7 +273,7 @@ class Receiving(Sending):
             err = Envelope.for_error(self.swarm, self.node, text, round=rnd, slot=slot, seq=seq, meta=meta)
             payload = encode_envelope(err, self.signer)
         # A lost ack is repaired by the sender's next re-send, which we ack again.
-        self._try_publish(self.topics.ack(self.node), payload)
+        self._try_publish(self.topics.ack(to, self.node), payload)
 
     def _on_update_chunk(self, msg: Message, sender: str, slot: int) -> None:
         try:
@@ -286,7 +288,12 @@ class Receiving(Sending):
             # here, and its last chunk re-sends our answer, which repairs a lost ack.
             if header.index == header.count - 1:
                 self.rejects["DuplicateMessage"] += 1
-                self._send_ack(sender, done.mid, done.env, done.status, done.error)
+                # A sender re-sends only after ack_timeout_s without an ack; a copy sooner than half of
+                # that is the broker's (overlapping subscriptions, a QoS 1 redelivery): our ack is on its
+                # way, and a second one would only cost bytes.
+                if self._clock() - self._answered_at.get(key, float("-inf")) >= self.config.ack_timeout_s / 2:
+                    self._answered_at[key] = self._clock()
+                    self._send_ack(sender, done.mid, done.env, done.status, done.error)
             return
         try:
             data = self._assembler.add(msg.payload, source=msg.topic)
@@ -302,8 +309,10 @@ class Receiving(Sending):
         answer = self._on_message(data, sender, slot, msg.topic)
         if answer is not None:
             self._done[key] = answer
+            self._answered_at[key] = self._clock()
             while len(self._done) > REMEMBER_DONE:
-                self._done.popitem(last=False)
+                old, _ = self._done.popitem(last=False)
+                self._answered_at.pop(old, None)
             self._send_ack(sender, answer.mid, answer.env, answer.status, answer.error)
 
     def _on_message(self, data: bytes, sender: str, slot: int, topic: str) -> Answer | None:

@@ -88,6 +88,8 @@ class EndpointState:
                 self.keyring.add(key_id, bytes.fromhex(entry["public"]), senders=entry.get("senders"))
         self._clock = clock
         self._slots: set[int] = set()
+        #: slot -> the only senders whose updates are subscribed to (absent: the slot's wildcard)
+        self._only_from: dict[int, frozenset[str]] = {}
         for s in slots:
             self._slots.add(s)
         self._assembler = Reassembler(
@@ -100,6 +102,8 @@ class EndpointState:
             clock=clock,
         )
         self._done: OrderedDict[tuple[str, bytes], Answer] = OrderedDict()
+        #: when each answer in _done was last sent (a broker's duplicate soon after is not answered again)
+        self._answered_at: dict[tuple[str, bytes], float] = {}
         #: masks of sparse updates this node holds (reloaded from the ledger on start-up)
         self.masks = MaskRegistry()
         for rec in self.ledger.applied(kind="mask"):
@@ -140,21 +144,50 @@ class EndpointState:
         """The highest round this node has begun (persisted in the ledger)."""
         return self.ledger.current_round
 
-    def follow_slot(self, slot: int) -> None:
-        """Receive updates of ``slot`` (this node's cluster). Idempotent."""
+    def update_filters(self, slot: int) -> list[str]:
+        """The subscriptions that receive ``slot``'s updates now: the slot's wildcard, or one per sender."""
         if slot not in self._slots:
-            self._slots.add(slot)
-            if self._started:
-                self.transport.subscribe(self.topics.slot_updates(slot), qos=self.config.qos)
+            return []
+        senders = self._only_from.get(slot)
+        if senders is None:
+            return [self.topics.slot_updates(slot)]
+        return [self.topics.update(slot, s) for s in sorted(senders)]
 
-    def unfollow_slot(self, slot: int) -> None:
-        if slot in self._slots:
-            self._slots.discard(slot)
-            if self._started:
+    def _refilter(self, slot: int, before: list[str]) -> None:
+        if not self._started:
+            return
+        after = self.update_filters(slot)
+        for f in after:
+            if f not in before:
+                self.transport.subscribe(f, qos=self.config.qos)
+        for f in before:
+            if f not in after:
                 try:
-                    self.transport.unsubscribe(self.topics.slot_updates(slot))
+                    self.transport.unsubscribe(f)
                 except NotImplementedError:
                     pass
+
+    def follow_slot(self, slot: int) -> None:
+        """Receive every sender's updates of ``slot`` (this node's cluster). Idempotent."""
+        before = self.update_filters(slot)
+        self._slots.add(slot)
+        self._only_from.pop(slot, None)
+        self._refilter(slot, before)
+
+    def follow_senders(self, slot: int, senders: Iterable[str]) -> None:
+        """Receive ``slot``'s updates from ``senders`` only (the neighbours): a subscription per sender
+        instead of the slot's wildcard, so the broker does not hand every cluster mate's update to every
+        member (in a cluster of m, m x degree deliveries a round instead of m x m)."""
+        before = self.update_filters(slot)
+        self._slots.add(slot)
+        self._only_from[slot] = frozenset(senders)
+        self._refilter(slot, before)
+
+    def unfollow_slot(self, slot: int) -> None:
+        before = self.update_filters(slot)
+        self._slots.discard(slot)
+        self._only_from.pop(slot, None)
+        self._refilter(slot, before)
 
     @property
     def slots(self) -> frozenset[int]:

@@ -6,15 +6,16 @@ The topic tree of one swarm (DESIGN.md, "Protocol sketch")::
     edgedfl/<swarm>/hello/<node>           retained; device profile + task signature
     edgedfl/<swarm>/update/<slot>/<node>   one round's sparse B, in chunks
     edgedfl/<swarm>/expert/<slot>/<node>   retained; <node>'s copy of its cluster's finished expert
-    edgedfl/<swarm>/ack/<node>             end-to-end acks *sent by* <node>
+    edgedfl/<swarm>/ack/<to>/<node>        end-to-end acks *sent by* <node> to <to>
     edgedfl/<swarm>/metrics/<node>         retained; <node>'s status for dashboards (nodes never read it)
 
 Every topic a node publishes on ends in its own name, so a broker ACL "write
 ``edgedfl/<swarm>/+/<node>``, ``edgedfl/<swarm>/update/+/<node>`` and
-``edgedfl/<swarm>/expert/+/<node>``" lets each node write only its own topics. That is why an ack goes to the
-*receiver's* ack topic, naming the original sender inside, rather than to
-the sender's: a node never writes under another node's name; senders
-subscribe to ``ack/+`` and keep the acks addressed to them.
+``edgedfl/<swarm>/expert/+/<node>``" lets each node write only its own topics. That is why an ack's topic
+ends in the name of the node that *sends* the ack (the update's receiver), with the addressee before it:
+a node never writes under another node's name, and a node subscribes to ``ack/<itself>/+`` only, so the
+broker delivers each ack to its addressee alone (with ``ack/+`` every node would get every ack of the
+swarm: n^2 deliveries a round at n devices). The envelope still names the addressee in ``meta["to"]``.
 
 Swarm and node names are what the envelope allows for ``swarm`` and
 ``sender`` (1..128 characters of ``[A-Za-z0-9._-]``), so they contain no
@@ -59,6 +60,8 @@ class ParsedTopic:
     kind: str
     node: str | None = None
     slot: int | None = None
+    #: an ack's addressee
+    to: str | None = None
 
 
 class Topics:
@@ -82,8 +85,9 @@ class Topics:
     def expert(self, slot: int, node: str) -> str:
         return f"{self.base}/expert/{_check_slot(slot)}/{validate_name(node)}"
 
-    def ack(self, node: str) -> str:
-        return f"{self.base}/ack/{validate_name(node)}"
+    def ack(self, to: str, node: str) -> str:
+        """The topic of an ack that ``node`` sends to ``to``."""
+        return f"{self.base}/ack/{validate_name(to)}/{validate_name(node)}"
 
     def metrics(self, node: str) -> str:
         return f"{self.base}/metrics/{validate_name(node)}"
@@ -103,8 +107,13 @@ class Topics:
     def all_experts(self) -> str:
         return f"{self.base}/expert/+/+"
 
+    def acks_to(self, node: str) -> str:
+        """The acks addressed to ``node`` (what it subscribes to)."""
+        return f"{self.base}/ack/{validate_name(node)}/+"
+
     def all_acks(self) -> str:
-        return f"{self.base}/ack/+"
+        """Every ack of the swarm (monitors; nodes subscribe to :meth:`acks_to`)."""
+        return f"{self.base}/ack/+/+"
 
     def all_metrics(self) -> str:
         return f"{self.base}/metrics/+"
@@ -122,7 +131,9 @@ class Topics:
         parts = topic[len(prefix) :].split("/")
         kind = parts[0]
         try:
-            if kind in ("presence", "hello", "ack", "metrics") and len(parts) == 2:
+            if kind == "ack" and len(parts) == 3:
+                return ParsedTopic(kind, node=validate_name(parts[2]), to=validate_name(parts[1]))
+            if kind in ("presence", "hello", "metrics") and len(parts) == 2:
                 return ParsedTopic(kind, node=validate_name(parts[1]))
             if kind in ("update", "expert") and len(parts) == 3:
                 return ParsedTopic(kind, node=validate_name(parts[2]), slot=self._parse_slot(parts[1]))

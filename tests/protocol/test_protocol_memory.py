@@ -45,9 +45,24 @@ def test_duplicate_delivery_is_deduplicated_and_reacked(swarm: Swarm) -> None:
     for part in entry.parts:
         a.transport.publish(part.topic, part.payload)
     b.poll(0.0)
-    # Assert: applied once; the copy counted and acked "duplicate"
+    # Assert: applied once; the copy counted, and not answered again (the broker's copy, right after our ack)
     assert [r.message_id for r in b.ledger.applied(round=0, slot=0)] == [mid]
     assert b.rejects["DuplicateMessage"] == 1
+    sent: list[str] = []
+    real = b._try_publish
+    b._try_publish = lambda topic, payload, **kw: (sent.append(topic), real(topic, payload, **kw))[1]  # type: ignore[method-assign]
+    # a copy after the sender's re-send interval is its re-send (our ack was lost): answered again
+    now = time.monotonic()
+    b._clock = lambda: now + b.config.ack_timeout_s  # type: ignore[method-assign]
+    for part in entry.parts:
+        a.transport.publish(part.topic, part.payload)
+    b.poll(0.0)
+    assert sent == [b.topics.ack("a", "b")] and b.rejects["DuplicateMessage"] == 2
+    # and a copy right after that one is not
+    for part in entry.parts:
+        a.transport.publish(part.topic, part.payload)
+    b.poll(0.0)
+    assert len(sent) == 1 and b.rejects["DuplicateMessage"] == 3
 
 
 def test_a_second_sequence_for_the_same_round_is_a_duplicate(swarm: Swarm) -> None:

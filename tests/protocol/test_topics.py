@@ -16,7 +16,7 @@ def test_build_and_parse_round_trip() -> None:
         t.hello("n1"): ParsedTopic("hello", node="n1"),
         t.update(3, "n1"): ParsedTopic("update", node="n1", slot=3),
         t.expert(0, "n1"): ParsedTopic("expert", node="n1", slot=0),
-        t.ack("n-2.x_y"): ParsedTopic("ack", node="n-2.x_y"),
+        t.ack("n1", "n-2.x_y"): ParsedTopic("ack", node="n-2.x_y", to="n1"),
     }
     for topic, parsed in cases.items():
         validate_topic(topic)
@@ -28,12 +28,17 @@ def test_build_and_parse_round_trip() -> None:
         t.slot_updates(3),
         t.all_experts(),
         t.all_acks(),
+        t.acks_to("n1"),
         t.everything(),
     ):
         validate_filter(f)
     assert topic_matches(t.slot_updates(3), t.update(3, "n1"))
     assert not topic_matches(t.slot_updates(3), t.update(4, "n1"))
-    assert topic_matches(t.all_acks(), t.ack("n1"))
+    assert topic_matches(t.all_acks(), t.ack("n2", "n1"))
+    # a node subscribes to the acks addressed to it, and gets no other node's
+    assert t.ack("n2", "n1") == "edgedfl/lab/ack/n2/n1"
+    assert topic_matches(t.acks_to("n2"), t.ack("n2", "n1"))
+    assert not topic_matches(t.acks_to("n3"), t.ack("n2", "n1"))
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "a+", "#", "x" * 129, "sp ace", "é", None])

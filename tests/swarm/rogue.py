@@ -103,7 +103,8 @@ class Rogue:
             slot = rng.randrange(self.slots)
             # random bytes on every kind of topic
             for topic in (f"{t}/presence/{dev}", f"{t}/hello/{dev}", f"{t}/update/{slot}/{dev}",
-                          f"{t}/expert/{slot}/{dev}", f"{t}/ack/{dev}", f"{t}/nonsense/x"):
+                          f"{t}/expert/{slot}/{dev}", f"{t}/ack/{dev}/{dev}", f"{t}/ack/{dev}",
+                          f"{t}/nonsense/x"):
                 self.pub(topic, rng.randbytes(rng.randrange(1, 300)))
             # an unsigned 100x "update" under a real device's id, a NaN body, an unsigned hello during the join
             big = safetensors({"x.lora_B": ("F32", [2, 2], struct.pack("<4f", 100.0, -100.0, 100.0, 100.0))})

@@ -56,7 +56,7 @@ def test_a_pinned_peer_sending_bad_messages_of_every_kind_never_stops_a_node(tmp
     assert all(r["peers"] == [] and r["quorum_short"] for r in rows)
     assert rejects["TensorValidationError"] >= 3
     # an ack with an unknown status, addressed to the node
-    evil._try_publish(evil.topics.ack("evil"), evil._envelope("ack", meta={"to": "a", "id": "a/1/1", "status": "weird"}))
+    evil._try_publish(evil.topics.ack("a", "evil"), evil._envelope("ack", meta={"to": "a", "id": "a/1/1", "status": "weird"}))
 
     # an expert for a cluster the peer is not in; then one from that cluster's member that does not fit the model
     evil.publish_expert(1, 2, {"x.lora_B": np.ones((2, 2), np.float16)}, {})

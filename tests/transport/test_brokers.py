@@ -84,7 +84,7 @@ def test_acl_allows_own_topics_and_reading_the_swarm(secured: MosquittoBroker) -
     with login(secured, "node-b") as b, login(secured, "node-a") as a:
         b.subscribe(f"edgedfl/{SWARM}/#")
         own = [f"edgedfl/{SWARM}/{t}" for t in ("presence/node-a", "hello/node-a", "update/2/node-a",
-                                                    "ack/node-a", "expert/2/node-a")]
+                                                    "ack/node-b/node-a", "expert/2/node-a")]
         for topic in own:
             a.publish(topic, b"x")
         got = [b.receive(5) for _ in own]

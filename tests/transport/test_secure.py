@@ -47,15 +47,15 @@ def test_a_device_writes_its_own_topics_over_mtls_and_nothing_else(secure) -> No
     with transport_from_url(s.url(s.admin, broker.host, broker.tls_port), "monitor") as admin, \
             transport_from_url(url, "dev00") as dev:
         admin.subscribe("edgedfl/lab/#")
-        for topic in ("presence/dev00", "hello/dev00", "update/1/dev00", "expert/1/dev00", "ack/dev00"):
+        for topic in ("presence/dev00", "hello/dev00", "update/1/dev00", "expert/1/dev00", "ack/dev01/dev00"):
             dev.publish(f"edgedfl/lab/{topic}", b"mine")
         # Assert: MQTT 5 reports the ACL's refusal; nothing of another device's name gets through
-        for forged in ("presence/dev01", "update/1/dev01", "expert/1/dev01", "hello/ghost"):
+        for forged in ("presence/dev01", "update/1/dev01", "expert/1/dev01", "hello/ghost", "ack/dev00/dev01"):
             with pytest.raises(NotAuthorized):
                 dev.publish(f"edgedfl/lab/{forged}", b"forged")
         got = [admin.receive(5) for _ in range(5)]
         assert [m.topic.split("/", 2)[2] for m in got if m] == [
-            "presence/dev00", "hello/dev00", "update/1/dev00", "expert/1/dev00", "ack/dev00"]
+            "presence/dev00", "hello/dev00", "update/1/dev00", "expert/1/dev00", "ack/dev01/dev00"]
         assert admin.receive(0.3) is None
 
 

@@ -21,7 +21,7 @@ import org.edgedfl.wire.WireException
 import org.json.JSONObject
 
 /** What a protocol topic names: its kind, the node at its end, and the slot of an update or expert. */
-class ParsedTopic(val kind: String, val node: String, val slot: Int?)
+class ParsedTopic(val kind: String, val node: String, val slot: Int?, val to: String? = null)
 
 /**
  * Topic names of one swarm (edgedfl/protocol/topics.py). Every topic a node publishes on ends in
@@ -34,12 +34,14 @@ class Topics(val swarm: String) {
     fun hello(node: String) = "$base/hello/$node"
     fun update(slot: Int, node: String) = "$base/update/$slot/$node"
     fun expert(slot: Int, node: String) = "$base/expert/$slot/$node"
-    fun ack(node: String) = "$base/ack/$node"
+    /** An ack that [node] sends to [to]: the addressee first, the writer's own id last (ACL). */
+    fun ack(to: String, node: String) = "$base/ack/$to/$node"
     fun slotUpdates(slot: Int) = "$base/update/$slot/+"
     val allPresence get() = "$base/presence/+"
     val allHello get() = "$base/hello/+"
     val allExperts get() = "$base/expert/+/+"
-    val allAcks get() = "$base/ack/+"
+    /** The acks addressed to [node]: the broker delivers each ack to its addressee alone. */
+    fun acksTo(node: String) = "$base/ack/$node/+"
 
     /** Kind, node and slot of a topic of this swarm (topics.py parse); MalformedMessage for anything else. */
     fun parse(topic: String): ParsedTopic {
@@ -47,7 +49,10 @@ class Topics(val swarm: String) {
         if (!topic.startsWith(prefix)) throw WireException.MalformedMessage("topic $topic is not under $prefix")
         val parts = topic.removePrefix(prefix).split("/")
         val kind = parts[0]
-        if (kind in listOf("presence", "hello", "ack") && parts.size == 2 && NAME.matches(parts[1])) {
+        if (kind == "ack" && parts.size == 3 && NAME.matches(parts[1]) && NAME.matches(parts[2])) {
+            return ParsedTopic(kind, parts[2], null, parts[1])
+        }
+        if (kind in listOf("presence", "hello") && parts.size == 2 && NAME.matches(parts[1])) {
             return ParsedTopic(kind, parts[1], null)
         }
         if (kind in listOf("update", "expert") && parts.size == 3 && NAME.matches(parts[2]) && SLOT.matches(parts[1])
@@ -179,7 +184,7 @@ class PhoneProtocol(
     val receivedMasks = HashMap<String, Mask>()
 
     fun start(slots: Collection<Int>) {
-        for (f in listOf(topics.allPresence, topics.allHello, topics.allExperts, topics.allAcks)) link.subscribe(f)
+        for (f in listOf(topics.allPresence, topics.allHello, topics.allExperts, topics.acksTo(me))) link.subscribe(f)
         slots.forEach { follow(it) }
         announce(true)
     }
@@ -372,6 +377,7 @@ class PhoneProtocol(
                 when {
                     t.kind == "hello" && env.kind() == "hello" -> onHello(env)
                     t.kind == "expert" && env.kind() == "expert" -> onExpert(env, t.slot!!)
+                    t.kind == "ack" && t.to != me -> Unit // addressed to another node
                     t.kind == "ack" && (env.kind() == "ack" || env.kind() == "error") -> onAck(env)
                     else -> throw WireException.MalformedMessage("a ${env.kind()} envelope on ${msg.topic}")
                 }
@@ -553,7 +559,7 @@ class PhoneProtocol(
             meta["error_type"] = a.error.pythonName()
             Envelope.forError(swarm, me, (a.error.message ?: a.error.pythonName()).take(limits.maxStringChars()), round, slot, seq, meta)
         }
-        tryPublish(topics.ack(me), out.encode(signer))
+        tryPublish(topics.ack(to, me), out.encode(signer))
     }
 
     fun close(leave: Boolean = true) {
