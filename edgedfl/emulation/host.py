@@ -18,8 +18,10 @@ Decisions (and why):
 * **Results do not depend on packing.** A turn swaps the global torch RNG
   state to the device's own and back, and each device starts from the state
   a device process would have (seeded, then the base loaded and quantized), so
-  the same seed gives the same numbers whether devices share a host or not
-  (tests/emulation/test_host.py compares the reports). The host runs torch
+  the same seed gives the same losses, accuracies, clusters and routes whether
+  devices share a host or not (tests/swarm/test_host.py compares the runs). The
+  bytes agree up to the protocol's re-sends: a message not acknowledged within
+  ``ack_timeout_s`` (its receiver busy computing) is sent again, in any engine. The host runs torch
   with ``threads`` intra-op threads, like a device process
   (``EDGEDFL_THREADS``, 1 by default).
 * **One base per (model, seed, quantization, profile, device).** It is loaded
