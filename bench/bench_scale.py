@@ -21,7 +21,7 @@ actors (a local Ray when no ``--ray-address``).
 
     python bench/bench_scale.py memory --model smollm2 --devices 1,2,4,8,16 --out bench/results/scale-memory
     python bench/bench_scale.py fleet --devices 8,32,128 --per-host 64 --out bench/results/scale-fleet
-    python bench/bench_scale.py fleet --devices 1000 --per-host 250 --engine ray --out bench/results/scale-1000
+    python bench/bench_scale.py fleet --devices 1000 --per-host 250 --engine ray --host-cpus 0.5 --out bench/results/scale-1000
 """
 
 from __future__ import annotations
@@ -194,6 +194,8 @@ def one_fleet(n: int, args: argparse.Namespace) -> dict[str, Any]:
            "--out", str(out), "--overwrite", "--quiet", "--swarm-config", str(_swarm_file(args, n))]
     if args.ray_address:
         cmd += ["--ray-address", args.ray_address]
+    if args.engine == "ray":
+        cmd += ["--host-cpus", str(args.host_cpus)]
     t0 = time.time()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
@@ -288,6 +290,7 @@ def main() -> None:
     f.add_argument("--per-host", type=int, default=64)
     f.add_argument("--engine", default="process", choices=["process", "ray"])
     f.add_argument("--ray-address", default="")
+    f.add_argument("--host-cpus", type=float, default=1.0, help="engine ray: CPUs reserved per device host")
     f.add_argument("--rounds", type=int, default=3)
     f.add_argument("--local-steps", type=int, default=5)
     f.add_argument("--deadline", type=float, default=300.0)
