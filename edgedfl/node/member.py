@@ -22,12 +22,14 @@ adapters and routing are imported here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -73,6 +75,22 @@ def far_code(dim: int) -> LatentCode:
     return LatentCode(2, np.full(dim, 1e6), np.eye(dim))  # (D,), (D, D)
 
 
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(source: str, split: str, n: int | None, seed: int) -> tuple[Example, ...]:
+    """A task's examples, generated or read once per process: the devices of a host (hundreds of them)
+    each take their shard of the same pool, which costs as much to make as the whole fleet's data. The
+    lock makes the first device build it while the others wait for it, rather than all building it."""
+    with _POOL_LOCK:
+        return _pool_once(source, split, n, seed)
+
+
+@functools.lru_cache(maxsize=16)
+def _pool_once(source: str, split: str, n: int | None, seed: int) -> tuple[Example, ...]:
+    return tuple(load_examples(source, split, n=n, seed=seed))
+
+
 def device_examples(cfg: NodeConfig) -> tuple[list[Example], list[Example]]:
     """This device's training examples and its own task's test prompts.
 
@@ -83,12 +101,12 @@ def device_examples(cfg: NodeConfig) -> tuple[list[Example], list[Example]]:
     s = cfg.swarm
     n, shards = s.n_train, max(cfg.shards, 1)
     if cfg.data in TASKS:
-        pool = load_examples(cfg.data, "train", n=n * shards, seed=s.seed)
+        pool = _pool(cfg.data, "train", n * shards, s.seed)
     else:
-        pool = load_examples(cfg.data, "train", seed=s.seed)
+        pool = _pool(cfg.data, "train", None, s.seed)
         if len(pool) < shards:
             raise DataError(f"{cfg.data}: {len(pool)} training examples for {shards} devices")
-    return pool[cfg.shard :: shards][:n], eval_examples(cfg, cfg.data)
+    return list(pool[cfg.shard :: shards][:n]), eval_examples(cfg, cfg.data)
 
 
 def eval_examples(cfg: NodeConfig, task: str) -> list[Example]:
@@ -102,9 +120,9 @@ def eval_examples(cfg: NodeConfig, task: str) -> list[Example]:
     if task in TASKS:
         cap = TASKS[task].capacity("test", seed)
         size = n * k if cap is None else max(min(n * k, cap), n)  # fewer than n: load_examples says so
-        pool = load_examples(task, "test", n=size, seed=seed)
+        pool = _pool(task, "test", size, seed)
     else:  # a file or hf: dataset: its whole test split, divided the same way
-        pool = load_examples(task, "test", seed=seed)
+        pool = _pool(task, "test", None, seed)
         if not pool:
             raise DataError(f"{task}: its test split is empty (a single file puts about a fifth of its rows there)")
         size = min(len(pool), n * k)
