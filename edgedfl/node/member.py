@@ -356,13 +356,22 @@ class SwarmMember:
         assert self.protocol is not None
         expected = self.swarm.expected_devices
         deadline = time.monotonic() + self.swarm.join_timeout_s
+        sigs: dict[str, np.ndarray] = {}
+        fresh, counted = True, 0.0
         while True:
-            self.protocol.poll(0.2)
-            sigs = {p: info.signature for p, info in self.protocol.peers.items()
-                    if info.signature is not None and p != self.me and _fits(info.signature, own_signature)}
-            sigs[self.me] = own_signature
+            fresh = self.protocol.poll(0.2) > 0 or fresh
+            # the hellos are counted again at most once a second, and only when something arrived: with a
+            # thousand devices waiting, a count per poll (a pass over every peer) would be the fleet's CPU
+            if fresh and (time.monotonic() - counted >= 1.0 or not sigs):
+                sigs = {p: info.signature for p, info in self.protocol.peers.items()
+                        if info.signature is not None and p != self.me and _fits(info.signature, own_signature)}
+                sigs[self.me] = own_signature
+                fresh, counted = False, time.monotonic()
             if (expected and len(sigs) >= expected) or time.monotonic() > deadline:
                 break
+        sigs = {p: info.signature for p, info in self.protocol.peers.items()
+                if info.signature is not None and p != self.me and _fits(info.signature, own_signature)}
+        sigs[self.me] = own_signature
         for p, info in self.protocol.peers.items():
             if info.signature is not None and p != self.me and p not in sigs:
                 self.reject(TopologyError(f"task signature of shape {info.signature.shape}, this swarm's is "
