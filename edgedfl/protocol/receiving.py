@@ -289,8 +289,8 @@ class Receiving(Sending):
             if header.index == header.count - 1:
                 self.rejects["DuplicateMessage"] += 1
                 # A sender re-sends only after ack_timeout_s without an ack; a copy sooner than half of
-                # that is the broker's (overlapping subscriptions, a QoS 1 redelivery): our ack is on its
-                # way, and a second one would only cost bytes.
+                # that is a QoS 1 redelivery or a replay: our ack is on its way, a second one would only
+                # cost bytes.
                 if self._clock() - self._answered_at.get(key, float("-inf")) >= self.config.ack_timeout_s / 2:
                     self._answered_at[key] = self._clock()
                     self._send_ack(sender, done.mid, done.env, done.status, done.error)

@@ -45,7 +45,7 @@ def test_duplicate_delivery_is_deduplicated_and_reacked(swarm: Swarm) -> None:
     for part in entry.parts:
         a.transport.publish(part.topic, part.payload)
     b.poll(0.0)
-    # Assert: applied once; the copy counted, and not answered again (the broker's copy, right after our ack)
+    # Assert: applied once; the copy counted, and not answered again (right after our ack: a redelivery)
     assert [r.message_id for r in b.ledger.applied(round=0, slot=0)] == [mid]
     assert b.rejects["DuplicateMessage"] == 1
     sent: list[str] = []
