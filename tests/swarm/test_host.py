@@ -24,12 +24,12 @@ NODES = ("dev00", "dev01", "dev02", "dev03")
 
 def _swarm(name: str, rounds: int = 2) -> SwarmConfig:
     return SwarmConfig(model="tiny", rounds=rounds, local_steps=10, n_train=64, n_eval=16, n_signature=8,
-                       n_calibration=8, round_deadline_s=30.0, join_timeout_s=90.0, seed=3, name=name,
+                       n_calibration=8, round_deadline_s=120.0, join_timeout_s=180.0, seed=3, name=name,
                        train=TrainConfig(lr=1e-2, batch_size=8, max_length=96, progress=False))
 
 
 def _run(out: Path, name: str, rounds: int = 2, **fleet) -> dict:
-    cfg = FleetConfig(devices=4, tasks=["arith", "strtf"], swarm=_swarm(name, rounds), timeout_s=300, **fleet)
+    cfg = FleetConfig(devices=4, tasks=["arith", "strtf"], swarm=_swarm(name, rounds), timeout_s=600, **fleet)
     return Fleet(cfg, out).run()
 
 
