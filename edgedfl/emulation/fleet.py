@@ -157,6 +157,11 @@ def resolve_tasks(spec: str) -> list[str]:
     return out
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a device process or host: one torch thread unless asked, no hub lookups."""
+    return dict(os.environ, EDGEDFL_THREADS=os.environ.get("EDGEDFL_THREADS", "1"), HF_HUB_OFFLINE="1")
+
+
 def node_configs(cfg: FleetConfig, run_dir: Path, broker_url: str, *, app_shaping: bool | None = None) -> list[NodeConfig]:
     app = cfg.shape_links if app_shaping is None else app_shaping
     # max_slots 0 (auto): a slot per distinct task, so no task is merged into another's cluster
@@ -345,7 +350,7 @@ class Fleet:
         state.mkdir(parents=True, exist_ok=True)
         path = state / "node_config.json"
         node.save(path)
-        env = dict(os.environ, EDGEDFL_THREADS=os.environ.get("EDGEDFL_THREADS", "1"), HF_HUB_OFFLINE="1")
+        env = _child_env()
         log = open(state / "node.log", "ab")  # noqa: SIM115 - owned by the child process
         cmd = [sys.executable, "-m", "edgedfl.node", "--config", str(path)]
         if node.node_id in self.android_ids:
@@ -374,7 +379,7 @@ class Fleet:
         paths = self.write_configs(nodes, **overrides)
         folder = self.run_dir / "hosts" / key
         folder.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, EDGEDFL_THREADS=os.environ.get("EDGEDFL_THREADS", "1"), HF_HUB_OFFLINE="1")
+        env = _child_env()
         log = open(folder / "host.log", "ab")  # noqa: SIM115 - owned by the child process
         cmd = [sys.executable, "-m", "edgedfl.emulation.host", "--configs", *paths,
                "--max-restarts", str(self.cfg.max_restarts), "--folder", str(folder)]

@@ -186,7 +186,7 @@ class RayHosts:
                 raise EmulationError(f"the run did not finish within {self.cfg.timeout_s:g} s")
         (self.run_dir / "hosts").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "hosts" / "ray.json").write_text(json.dumps(
-            {k: {kk: vv for kk, vv in r.items()} for k, r in sorted(self.results.items())}, indent=2, sort_keys=True))
+            self.results, indent=2, sort_keys=True))
 
     def _carry_back(self, files: dict[str, str]) -> None:
         """Write the files an actor returned where the run directory does not already hold them."""

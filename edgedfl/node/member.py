@@ -310,8 +310,10 @@ class SwarmMember:
             self._follow_all_slots(False)
             self.evaluate_before()
         assert self.clustering is not None
-        # from round 1 on, only the neighbours' updates are ours to average: subscribe to theirs alone
-        self.protocol.follow_senders(self.slot, self.neighbours)
+        # from round 1 on, only the neighbours' updates are ours to average: subscribe to theirs alone,
+        # where that leaves anyone out (in a small cluster every mate is a neighbour: nothing to narrow)
+        if set(self.neighbours) != set(self.clustering.members(self.slot)) - {self.me}:
+            self.protocol.follow_senders(self.slot, self.neighbours)
         self._set_status("ready", slot=self.slot, clusters=self.clustering.to_dict())
         rows = [self.run_round(r) for r in range(done + 1, self.swarm.rounds + 1)]
         self._set_status("collecting experts")
@@ -356,22 +358,23 @@ class SwarmMember:
         assert self.protocol is not None
         expected = self.swarm.expected_devices
         deadline = time.monotonic() + self.swarm.join_timeout_s
-        sigs: dict[str, np.ndarray] = {}
-        fresh, counted = True, 0.0
+        protocol = self.protocol
+
+        def signatures() -> dict[str, np.ndarray]:
+            got = {p: info.signature for p, info in protocol.peers.items()
+                   if info.signature is not None and p != self.me and _fits(info.signature, own_signature)}
+            return {**got, self.me: own_signature}
+
+        fresh, counted, seen = True, float("-inf"), 1
         while True:
-            fresh = self.protocol.poll(0.2) > 0 or fresh
+            fresh = protocol.poll(0.2) > 0 or fresh
             # the hellos are counted again at most once a second, and only when something arrived: with a
             # thousand devices waiting, a count per poll (a pass over every peer) would be the fleet's CPU
-            if fresh and (time.monotonic() - counted >= 1.0 or not sigs):
-                sigs = {p: info.signature for p, info in self.protocol.peers.items()
-                        if info.signature is not None and p != self.me and _fits(info.signature, own_signature)}
-                sigs[self.me] = own_signature
-                fresh, counted = False, time.monotonic()
-            if (expected and len(sigs) >= expected) or time.monotonic() > deadline:
+            if fresh and time.monotonic() - counted >= 1.0:
+                seen, fresh, counted = len(signatures()), False, time.monotonic()
+            if (expected and seen >= expected) or time.monotonic() > deadline:
                 break
-        sigs = {p: info.signature for p, info in self.protocol.peers.items()
-                if info.signature is not None and p != self.me and _fits(info.signature, own_signature)}
-        sigs[self.me] = own_signature
+        sigs = signatures()
         for p, info in self.protocol.peers.items():
             if info.signature is not None and p != self.me and p not in sigs:
                 self.reject(TopologyError(f"task signature of shape {info.signature.shape}, this swarm's is "
