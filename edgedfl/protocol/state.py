@@ -157,17 +157,17 @@ class EndpointState:
         if not self._started:
             return
         after = self.update_filters(slot)
-        # the old filters go first: two overlapping subscriptions (the slot's wildcard and a sender's
-        # topic) would have the broker deliver that sender's messages twice
+        # the new filters first, so no message falls into a gap between two subscriptions; while both
+        # stand the broker may deliver a message twice, which the dedupe counts and does not apply again
+        for f in after:
+            if f not in before:
+                self.transport.subscribe(f, qos=self.config.qos)
         for f in before:
             if f not in after:
                 try:
                     self.transport.unsubscribe(f)
                 except NotImplementedError:
                     pass
-        for f in after:
-            if f not in before:
-                self.transport.subscribe(f, qos=self.config.qos)
 
     def follow_slot(self, slot: int) -> None:
         """Receive every sender's updates of ``slot`` (this node's cluster). Idempotent."""
