@@ -1,7 +1,8 @@
 """Shared fixtures: brokers on free ports and one transport factory for both implementations.
 
-``transport_factory`` is parametrized over ``memory`` and ``mqtt`` (a real
-Mosquitto on a free port in ``tmp_path``), so a test written once runs against
+``transport_factory`` is parametrized over ``memory``, ``mqtt`` (a real
+Mosquitto on a free port in ``tmp_path``) and ``mqtt-shared-loop`` (the same, every
+session driven by one :class:`NetworkLoop`), so a test written once runs against
 both transports (STYLE.md points 3 and 7). Tests that need Mosquitto skip when
 the binary is absent (scripts/setup.sh installs it, so CI has it).
 """
@@ -19,6 +20,7 @@ from edgedfl.brokers.launch import EmbeddedBroker, MosquittoBroker, mosquitto_av
 from edgedfl.transport.base import Message, Transport
 from edgedfl.transport.memory import MemoryHub, MemoryTransport
 from edgedfl.transport.mqtt import MqttTransport
+from edgedfl.transport.netloop import NetworkLoop
 
 #: payload limit every transport under test runs with (the broker's message_size_limit)
 TEST_MAX_PAYLOAD = 2 * 1024 * 1024
@@ -59,10 +61,12 @@ class TransportFactory:
     broker or hub publishes its last will).
     """
 
-    def __init__(self, kind: str, *, hub: MemoryHub | None = None, broker: MosquittoBroker | None = None) -> None:
+    def __init__(self, kind: str, *, hub: MemoryHub | None = None, broker: MosquittoBroker | None = None,
+                 loop: NetworkLoop | None = None) -> None:
         self.kind = kind
         self.hub = hub
         self.broker = broker
+        self.loop = loop
         self.max_payload = TEST_MAX_PAYLOAD
         self._made: list[Transport] = []
         self._ids = itertools.count(1)
@@ -78,6 +82,8 @@ class TransportFactory:
             kwargs.setdefault("reconnect_max", 1.0)
             kwargs.setdefault("connect_timeout", 5.0)
             kwargs.setdefault("publish_timeout", 10.0)
+            if self.loop is not None:
+                kwargs.setdefault("loop", self.loop)
             t = self.broker.client(client_id, will=will, **kwargs)
         self._made.append(t)
         return t
@@ -93,15 +99,19 @@ class TransportFactory:
     def close_all(self) -> None:
         for t in self._made:
             t.close()
+        if self.loop is not None:
+            self.loop.stop()
 
 
-@pytest.fixture(params=["memory", "mqtt"])
+@pytest.fixture(params=["memory", "mqtt", "mqtt-shared-loop"])
 def transport_factory(request: pytest.FixtureRequest) -> Iterator[TransportFactory]:
-    """A :class:`TransportFactory` for ``memory`` and for ``mqtt`` (real Mosquitto)."""
+    """A :class:`TransportFactory` for ``memory``, ``mqtt`` (real Mosquitto, paho's thread per session) and
+    ``mqtt-shared-loop`` (real Mosquitto, one network thread for every session)."""
     if request.param == "memory":
         factory = TransportFactory("memory", hub=MemoryHub(f"test-{next(_hub_ids)}", max_payload=TEST_MAX_PAYLOAD))
-    else:
-        factory = TransportFactory("mqtt", broker=request.getfixturevalue("mosquitto"))
+    else:  # mqtt-shared-loop: every session of the test driven by one NetworkLoop (as in a device host)
+        loop = NetworkLoop() if request.param == "mqtt-shared-loop" else None
+        factory = TransportFactory("mqtt", broker=request.getfixturevalue("mosquitto"), loop=loop)
     try:
         yield factory
     finally:

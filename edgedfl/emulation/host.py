@@ -28,6 +28,13 @@ Decisions (and why):
   and quantized once; each device gets a copy of the module tree whose
   parameters and buffers are the very same tensors (``copy.deepcopy`` with
   them in the memo), then attaches its own slots to that copy.
+* **One network thread for all the sessions.** Every device keeps its own MQTT
+  session (client id, last will, subscriptions), but one
+  :class:`~edgedfl.transport.netloop.NetworkLoop` drives all their sockets:
+  with a paho thread per session, a host of 250 devices ran ~500 threads and new
+  sessions missed their CONNACK (bench/results/scale-1000-attempt.md). A host's
+  devices connect in a burst, so their connect timeout grows with the host
+  (0.25 s per device, at least 10 s).
 * **A crash stays with its device.** An exception in a device's life (or an
   injected crash) drops that device's MQTT link without a DISCONNECT (so the
   broker publishes its last will, as for a killed process), and the host
@@ -59,6 +66,7 @@ from typing import Any
 
 from edgedfl.errors import EdgeDFLError
 from edgedfl.node.config import NodeConfig
+from edgedfl.transport.netloop import NetworkLoop
 
 log = logging.getLogger("edgedfl.host")
 
@@ -248,6 +256,9 @@ class DeviceHost:
         self.folder = Path(folder) if folder is not None else None
         self.turns = ComputeTurns()
         self.bases = SharedBases()
+        #: one network thread drives every device's MQTT session (a paho thread each would be hundreds)
+        self.netloop = NetworkLoop.shared()
+        self.connect_timeout = max(10.0, 0.25 * len(self.configs))
         #: the RNG state of a fresh process (each device starts from it)
         self.fresh_rng = torch.get_rng_state()
         self.learner_class = _hosted_learner_class()
@@ -263,7 +274,16 @@ class DeviceHost:
         """A device of this host: a Node over a hosted learner, whose injected crash stays in its thread."""
         from edgedfl.node.member import SwarmMember
 
+        host = self
+
         class HostedNode(SwarmMember):
+            def transport_options(self) -> dict[str, Any]:
+                if not self.cfg.broker.startswith(("mqtt://", "mqtts://", "tcp://", "ssl://")):
+                    return {}
+                # one network thread for all the host's sessions; a host's devices connect in a burst,
+                # so a CONNACK may take longer than a lone device's 10 s
+                return {"loop": host.netloop, "connect_timeout": host.connect_timeout}
+
             def crash(self) -> None:
                 self.drop_link()
                 raise DeviceCrashed(f"{self.me}: injected crash after round {self.cfg.crash_after_round}")

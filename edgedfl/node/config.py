@@ -98,6 +98,7 @@ class SwarmConfig(ConfigBase):
     n_eval: int = option(40, help="test examples per task for evaluation")
     n_signature: int = option(16, help="prompts pooled into the task signature")
     n_calibration: int = option(16, help="prompts for the mask calibration")
+    calibration_peers: int = option(16, help="the first N members of a cluster (by name) pool their mask calibration statistics and codes for all members (0 = every member): a cluster of m costs m x N messages instead of m x m")
     eval_tasks: list[str] = option(
         help="tasks of the final mixed test set every device answers with all experts (empty = its own task)",
         factory=list,
@@ -127,6 +128,7 @@ class SwarmConfig(ConfigBase):
         check(self.admission in ADMISSIONS, n, "admission", self.admission, f"choose from {ADMISSIONS}")
         check(0 < self.quorum <= 1, n, "quorum", self.quorum, "must be in (0, 1]")
         check(self.degree >= 1, n, "degree", self.degree, "must be >= 1")
+        check(self.calibration_peers >= 0, n, "calibration_peers", self.calibration_peers, "must be >= 0 (0: all)")
         check(self.round_deadline_s > 0, n, "round_deadline_s", self.round_deadline_s, "must be > 0")
         check(bool(self.final_modes) and all(m in FINAL_MODES for m in self.final_modes), n, "final_modes",
               self.final_modes, f"a non-empty subset of {FINAL_MODES}")

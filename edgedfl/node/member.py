@@ -227,7 +227,7 @@ class SwarmMember:
     def connect(self) -> None:
         """Transport (with the last will), byte counting and emulated link, neighbour protocol."""
         will = NeighbourProtocol.will_message(self.swarm.name, self.me)
-        inner = transport_from_url(self.cfg.broker, client_id=self.me, will=will)
+        inner = transport_from_url(self.cfg.broker, client_id=self.me, will=will, **self.transport_options())
         self.link = CountingTransport(inner, rate_bps=self.cfg.link_rate_bps, latency_ms=self.cfg.link_latency_ms)
         earlier = self.state / "bytes.json"
         if earlier.is_file():  # an earlier process of this device (killed, restarted): its bytes count too
@@ -242,6 +242,10 @@ class SwarmMember:
                                           signer=signer, keyring=keyring, tofu=admission == "tofu")
         self.protocol.start()
         self.metrics = MetricsReporter(self)
+
+    def transport_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for this device's transport (a device host shares its network loop)."""
+        return {}
 
     def _follow_all_slots(self, on: bool) -> None:
         """During the join every slot is followed: a cluster mate may send its calibration
@@ -300,14 +304,15 @@ class SwarmMember:
         else:
             done = 0
             self._set_status("hello")
+            self.protocol.hold_updates()  # until this member knows its slot: other clusters' are not ours to answer
             self._follow_all_slots(True)
             self.link.round = CALIBRATION_ROUND
             sig = self.hello()
             self._set_status("joining")
             self.place(self.join(sig))
+            self._follow_all_slots(False)
             self._set_status("calibrating", slot=self.slot)
             self.calibrate_masks()
-            self._follow_all_slots(False)
             self.evaluate_before()
         assert self.clustering is not None
         # from round 1 on, only the neighbours' updates are ours to average: subscribe to theirs alone,
@@ -405,6 +410,7 @@ class SwarmMember:
         self.weights = metropolis_weights(graph)[self.me]
         self.learner.place(self.slot)
         self.protocol.follow_slot(self.slot)
+        self.protocol.keep_slots({self.slot})
         # a slot's finished expert is taken only from a member of that cluster, for a round of this run
         self.protocol.admit_experts({s: clustering.members(s) for s in clustering.slot_numbers}, self.swarm.rounds)
 
@@ -425,11 +431,19 @@ class SwarmMember:
         else:
             self.learner.derive_masks(self.slot, pooled)
 
+    def calibration_pool(self) -> list[str]:
+        """The cluster members whose statistics and codes every member pools: the first
+        ``calibration_peers`` by name (all when 0), the same list on every member."""
+        assert self.clustering is not None
+        pool = sorted(self.clustering.members(self.slot))
+        return pool[: self.swarm.calibration_peers] if self.swarm.calibration_peers else pool
+
     def exchange_calibration(self, own: Mapping[str, LayerStats], code: LatentCode) -> dict[str, LayerStats]:
-        """Send the own statistics and code to the cluster, pool everyone's in node order.
+        """Send the own statistics and code to the cluster (if this member is in the calibration pool),
+        pool the pool's in node order.
 
         Sets ``cluster_code``; returns the pooled statistics per layer (what the
-        masks derive from). Members that did not report in ``join_timeout_s``
+        masks derive from). Pool members that did not report in ``join_timeout_s``
         are left out, with a warning.
         """
         assert self.protocol is not None and self.link is not None and self.clustering is not None
@@ -438,17 +452,21 @@ class SwarmMember:
             tensors[f"{layer}.cov"] = st.cov.astype(np.float32)
             tensors[f"{layer}.energy"] = np.array([st.total_energy, st.n_tokens], dtype=np.float32)
         members = [m for m in self.clustering.members(self.slot) if m != self.me]
+        pool = self.calibration_pool()
+        expected = [m for m in pool if m != self.me]
         self.link.round = CALIBRATION_ROUND
         self.link.audience = tuple(members)
-        self.protocol.publish_update(CALIBRATION_ROUND, self.slot, tensors, receivers=members, precision="fp32")
+        if self.me in pool:
+            self.protocol.publish_update(CALIBRATION_ROUND, self.slot, tensors, receivers=members, precision="fp32")
         try:
             got = self.protocol.collect_round(
-                CALIBRATION_ROUND, self.slot, members, len(members), self.swarm.join_timeout_s
+                CALIBRATION_ROUND, self.slot, expected, len(expected), self.swarm.join_timeout_s
             ).updates
         except QuorumNotReached:
             got = self.protocol.round_updates(CALIBRATION_ROUND, self.slot)
             log.warning("%s: calibration stats missing from some cluster members", self.me)
-        everyone = {self.me: tensors, **{s: u.tensors for s, u in got.items()}}
+        everyone = {**({self.me: tensors} if self.me in pool else {}),
+                    **{s: u.tensors for s, u in got.items() if s in pool}}
         codes: dict[str, LatentCode] = {}
         for sender in sorted(everyone):
             try:

@@ -21,6 +21,7 @@ from edgedfl.errors import (
 )
 from edgedfl.protocol.store import ACK_APPLIED, ACK_DUPLICATE, ACK_REJECTED, ACK_STALE, ACK_STATUSES
 from edgedfl.protocol.types import (
+    MAX_HELD_CHUNKS,
     PRESENCE_OFFLINE,
     PRESENCE_ONLINE,
     REMEMBER_DONE,
@@ -75,6 +76,24 @@ class Receiving(Sending):
             self.resend_due()
         return n
 
+    def hold_updates(self) -> None:
+        """Hold every update chunk unread until :meth:`keep_slots` names the slots this node reads.
+
+        A joining node follows every slot (a future cluster mate may send before the join ends) but
+        must not answer what other clusters send: at n devices in c clusters each would be read,
+        stored and acked by every node, n^2 acks for the calibration round instead of n^2 / c.
+        """
+        if self._held is None:
+            self._held = []
+
+    def keep_slots(self, slots: Iterable[int]) -> None:
+        """From now on read updates of ``slots`` only; the held chunks of those slots are read now,
+        the others dropped unanswered (their senders never expected this node's ack)."""
+        self._kept_slots = frozenset(slots)
+        held, self._held = self._held or [], None
+        for msg in held:
+            self._handle(msg)
+
     def count_reject(self, exc: Exception, sender: str) -> None:
         """Count a refused message by its kind and by the sender it claims (the one place both counters move)."""
         self.rejects[type(exc).__name__] += 1
@@ -100,6 +119,15 @@ class Receiving(Sending):
             return  # a device's status for dashboards: not the protocol's to read (a broker may deliver it anyway)
         if parsed.kind == "update":
             assert parsed.slot is not None and parsed.node is not None
+            if self._held is not None:
+                if len(self._held) < MAX_HELD_CHUNKS:
+                    self._held.append(msg)
+                else:  # a flood while joining: the sender's re-send brings it again
+                    self.rejects["HeldChunksFull"] += 1
+                return
+            if self._kept_slots is not None and parsed.slot not in self._kept_slots:
+                self.other_slots += 1
+                return
             self._on_update_chunk(msg, parsed.node, parsed.slot)
             return
         if not msg.payload:

@@ -61,7 +61,8 @@ class Rounds(Receiving):
         if not 0 <= quorum <= len(expected):
             raise ConfigError(f"quorum={quorum!r}: must be between 0 and {len(expected)} expected peers")
         self.begin_round(round)
-        self.follow_slot(slot)
+        if slot not in self.slots:  # a followed slot keeps its subscriptions (e.g. narrowed to the neighbours)
+            self.follow_slot(slot)
         start = self._clock()
         deadline = start + deadline_s
         while True:

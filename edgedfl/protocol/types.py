@@ -42,6 +42,9 @@ def message_id(sender: str, round: int, seq: int) -> str:
 #: How many answered messages a node remembers to re-ack their re-sends without decoding them again.
 REMEMBER_DONE = 4096
 
+#: Most update chunks a joining node holds unread before it knows its slot (more are dropped; re-sends repair).
+MAX_HELD_CHUNKS = 100_000
+
 
 @dataclasses.dataclass(frozen=True)
 class Answer:

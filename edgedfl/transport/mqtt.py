@@ -40,6 +40,9 @@ Decisions a user should know:
   :class:`NotConnected`.
 - **Inbound**: the inbox is bounded by messages and bytes; when full, the
   incoming message is dropped and counted in :attr:`MqttTransport.dropped`.
+- **One network thread per session, or one for many.** By default paho's own
+  thread drives the socket; ``loop=`` a :class:`~edgedfl.transport.netloop.NetworkLoop`
+  makes one thread drive many sessions (a device host's hundreds of devices).
 - **Subscribe waits for SUBACK** when connected, so a message published after
   ``subscribe()`` returns is delivered. While disconnected it only records the
   filter, which ``on_connect`` subscribes on the next connect.
@@ -84,6 +87,7 @@ from edgedfl.transport.base import (
     validate_topic,
 )
 from edgedfl.transport.inbox import Inbox
+from edgedfl.transport.netloop import NetworkLoop
 
 log = logging.getLogger("edgedfl.transport.mqtt")
 
@@ -145,6 +149,7 @@ class MqttTransport(Transport):
         publish_timeout: float | None = 30.0,
         inbox_max_messages: int = 10_000,
         inbox_max_bytes: int = 512 * 1024 * 1024,
+        loop: NetworkLoop | None = None,
     ) -> None:
         opts = _parse_url(url) if url else {}
         self.host: str = host or opts.get("host") or "127.0.0.1"
@@ -182,6 +187,8 @@ class MqttTransport(Transport):
         self._broker_max_packet: int | None = None
         self._acks: dict[int, list[ReasonCode]] = {}  # mid -> reason codes, for waiting callers
         self._forget: set[int] = set()  # mids nobody waits for
+        #: the shared network loop driving this session (None: paho's own thread)
+        self._loop = loop
 
         self._client = self._make_client(username, password)
         self._connect()
@@ -235,6 +242,8 @@ class MqttTransport(Transport):
             if not self.clean_session:
                 props.SessionExpiryInterval = self.session_expiry
         where = f"mqtt{'s' if self.tls else ''}://{self.host}:{self.port}"
+        if self._loop is not None:
+            self._loop.attach(self)
         try:
             if v5:
                 self._client.connect(
@@ -243,8 +252,11 @@ class MqttTransport(Transport):
             else:
                 self._client.connect(self.host, self.port, self.keepalive)
         except (OSError, ssl.SSLError) as exc:
+            if self._loop is not None:
+                self._loop.detach(self, close_socket=True)
             raise BrokerUnavailable(f"cannot connect to the MQTT broker at {where}: {exc}") from exc
-        self._client.loop_start()
+        if self._loop is None:
+            self._client.loop_start()
         deadline = time.monotonic() + self.connect_timeout
         with self._cond:
             while self._first_result is None:
@@ -533,6 +545,9 @@ class MqttTransport(Transport):
                 return
             self._closed = True
             self._cond.notify_all()
+        if self._loop is not None:
+            self._loop.detach(self, close_socket=True)
+            return
         self._client.loop_stop()
         sock = self._client.socket()
         if isinstance(sock, socket.socket):
@@ -548,6 +563,12 @@ class MqttTransport(Transport):
                 return
             self._closed = True
             self._cond.notify_all()
+        if self._loop is not None:
+            if send_disconnect:
+                self._client.disconnect()  # written by the loop, which then closes the socket
+                self._loop.wait_closed(self, 2.0)
+            self._loop.detach(self, close_socket=True)
+            return
         # DISCONNECT also ends paho's reconnect loop; without a link it only changes paho's state
         self._client.disconnect()
         self._client.loop_stop()

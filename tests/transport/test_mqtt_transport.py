@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,6 +13,7 @@ from edgedfl.brokers.launch import MosquittoBroker
 from edgedfl.errors import BrokerUnavailable, PayloadTooLarge
 from edgedfl.transport.base import Message
 from edgedfl.transport.mqtt import MqttTransport
+from edgedfl.transport.netloop import NetworkLoop
 from edgedfl.transport.url import transport_from_url
 
 pytestmark = pytest.mark.integration
@@ -92,9 +94,23 @@ def test_a_listener_that_never_answers_times_out_as_unavailable() -> None:
         assert time.monotonic() - started < 3
 
 
+@pytest.fixture(params=["thread", "shared-loop"])
+def loop(request: pytest.FixtureRequest) -> Iterator[NetworkLoop | None]:
+    """paho's network thread per session, or one NetworkLoop for all of a test's sessions."""
+    if request.param == "thread":
+        yield None
+        return
+    lp = NetworkLoop()
+    try:
+        yield lp
+    finally:
+        lp.stop()
+
+
 @pytest.mark.parametrize("protocol", [5, 311])
-def test_sigkill_and_restart_the_client_reconnects_and_resubscribes(mosquitto, protocol: int) -> None:
-    with fast(mosquitto, "pub", protocol=protocol) as pub, fast(mosquitto, "sub", protocol=protocol) as sub:
+def test_sigkill_and_restart_the_client_reconnects_and_resubscribes(mosquitto, protocol: int, loop) -> None:
+    with fast(mosquitto, "pub", protocol=protocol, loop=loop) as pub, \
+            fast(mosquitto, "sub", protocol=protocol, loop=loop) as sub:
         sub.subscribe("edgedfl/s/update/+/+")
         pub.publish("edgedfl/s/update/0/pub", b"before")
         assert (m := sub.receive(5)) is not None and m.payload == b"before"
@@ -109,8 +125,8 @@ def test_sigkill_and_restart_the_client_reconnects_and_resubscribes(mosquitto, p
         assert sub.reconnects >= 1 and pub.reconnects >= 1
 
 
-def test_qos1_published_during_an_outage_is_sent_after_reconnect(mosquitto) -> None:
-    with fast(mosquitto, "pub") as pub, fast(mosquitto, "sub") as sub:
+def test_qos1_published_during_an_outage_is_sent_after_reconnect(mosquitto, loop) -> None:
+    with fast(mosquitto, "pub", loop=loop) as pub, fast(mosquitto, "sub", loop=loop) as sub:
         sub.subscribe("edgedfl/s/ack/pub")
         # a clean stop saves the sub's persistent session, so whichever client reconnects first,
         # the broker already holds the subscription the queued message is for
@@ -127,14 +143,14 @@ def test_qos1_published_during_an_outage_is_sent_after_reconnect(mosquitto) -> N
         assert msg is not None and msg.payload == b"queued"
 
 
-def test_persistent_session_keeps_qos1_messages_while_away(mosquitto) -> None:
-    sub = fast(mosquitto, "node-b")
+def test_persistent_session_keeps_qos1_messages_while_away(mosquitto, loop) -> None:
+    sub = fast(mosquitto, "node-b", loop=loop)
     sub.subscribe("edgedfl/s/update/+/+")
     sub.close()
-    with fast(mosquitto, "node-a") as pub:
+    with fast(mosquitto, "node-a", loop=loop) as pub:
         pub.publish("edgedfl/s/update/0/node-a", b"while-away")
 
-    with fast(mosquitto, "node-b") as back:
+    with fast(mosquitto, "node-b", loop=loop) as back:
         msg = back.receive(5)
     assert msg is not None and msg.payload == b"while-away"
 
@@ -174,10 +190,10 @@ def test_transport_from_url_carries_the_limit(mosquitto) -> None:
         t.close()
 
 
-def test_will_message_from_mosquitto_is_retained(mosquitto) -> None:
-    watcher = fast(mosquitto, "watcher")
+def test_will_message_from_mosquitto_is_retained(mosquitto, loop) -> None:
+    watcher = fast(mosquitto, "watcher", loop=loop)
     watcher.subscribe("edgedfl/s/presence/+")
-    node = fast(mosquitto, "node", will=Message("edgedfl/s/presence/node", b"offline", retain=True))
+    node = fast(mosquitto, "node", will=Message("edgedfl/s/presence/node", b"offline", retain=True), loop=loop)
     node.publish("edgedfl/s/presence/node", b"online", retain=True)
     assert (m := watcher.receive(5)) is not None and m.payload == b"online"
 

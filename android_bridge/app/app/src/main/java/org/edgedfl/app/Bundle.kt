@@ -28,6 +28,8 @@ class SwarmSettings(
     val roundDeadlineS: Double,
     val joinTimeoutS: Double,
     val expectedDevices: Int,
+    /** The first N cluster members by name pool the calibration statistics (0: every member). */
+    val calibrationPeers: Int,
     val precision: String,
     val expertEvery: Int,
     /** Who may take part (FORMAT.md 5.3): tofu (the default), keyring or open. */
@@ -75,6 +77,7 @@ class Bundle private constructor(val dir: File, private val m: JSONObject) {
             roundDeadlineS = s.optDouble("round_deadline_s", 60.0),
             joinTimeoutS = s.optDouble("join_timeout_s", 120.0),
             expectedDevices = s.optInt("expected_devices", 0),
+            calibrationPeers = s.optInt("calibration_peers", 16),
             precision = s.optString("precision", "fp16"),
             expertEvery = s.optInt("expert_every", 0),
             admission = s.optString("admission", "tofu"),

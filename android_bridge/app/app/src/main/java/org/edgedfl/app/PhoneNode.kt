@@ -33,7 +33,7 @@ class PhoneConfig(
  * hello: profile + task signature (features program + the swarm's projection)
  * wait for the swarm's hellos, cluster them (Topology.cluster: same result as every Python node)
  * place: slot, neighbour graph, Metropolis weights
- * round 0: send calibration statistics to the cluster, collect theirs
+ * round 0: the calibration pool (the first calibration_peers members) sends its statistics to the cluster
  * rounds 1..R: train local steps (ExecuTorch, SGD), publish sparse B, collect until all arrived or
  *              deadline + quorum, Metropolis-average, write B back; the speaker shares the expert
  * collect every cluster's finished expert
@@ -188,9 +188,14 @@ class PhoneNode(private val cfg: PhoneConfig, private val status: (String) -> Un
         } else {
             Log.w(TAG, "$me: the features program gives no routing features: no latent code sent (README.md)")
         }
+        // node.py's calibration_pool(): the first calibration_peers members by name send their statistics
+        // to every mate; the others only receive (and ack) them
         val mates = members.filter { it != me }.toSet()
-        proto.publishUpdate(0, slot, tensors, mates, null, Precision.FP32)
-        val (_, short) = proto.collectRound(0, slot, mates, mates.size, (s.joinTimeoutS * 1000).toLong())
+        val sorted = members.sorted()
+        val pool = if (s.calibrationPeers > 0) sorted.take(s.calibrationPeers) else sorted
+        if (me in pool) proto.publishUpdate(0, slot, tensors, mates, null, Precision.FP32)
+        val fromPool = pool.filter { it != me }.toSet()
+        val (_, short) = proto.collectRound(0, slot, fromPool, fromPool.size, (s.joinTimeoutS * 1000).toLong())
         if (short) Log.w(TAG, "$me: calibration statistics missing from some cluster members")
     }
 
