@@ -372,7 +372,7 @@ class SwarmMember:
 
         fresh, counted, seen = True, float("-inf"), 1
         while True:
-            fresh = protocol.poll(0.2) > 0 or fresh
+            fresh = protocol.poll(1.0) > 0 or fresh  # returns as soon as a message arrives
             # the hellos are counted again at most once a second, and only when something arrived: with a
             # thousand devices waiting, a count per poll (a pass over every peer) would be the fleet's CPU
             if fresh and time.monotonic() - counted >= 1.0:

@@ -148,6 +148,10 @@ class Outbox:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._store = Store(path, self._schema)
+        # when :meth:`due` may next find something, for the timings it was asked with: a node asks
+        # every half second, and a query per ask is most of a thousand idle devices' CPU
+        self._next_due = float("-inf")
+        self._due_for: tuple[float, float] | None = None
 
     @property
     def path(self) -> Path:
@@ -187,6 +191,7 @@ class Outbox:
         """
         parts = list(parts)
         created = time.time() if now is None else now
+        self._next_due = float("-inf")  # a new message is due at once
         with self._store._tx() as c:
             if c.execute("SELECT 1 FROM outbox WHERE message_id = ?", (message_id,)).fetchone():
                 return False
@@ -264,7 +269,10 @@ class Outbox:
 
         Never-sent entries (recorded, then a crash before the publish) are due at once.
         """
+        if self._due_for == (ack_timeout_s, max_backoff_s) and now < self._next_due:
+            return []  # nothing recorded since the last look, and nothing's wait has run out yet
         ids: list[str] = []
+        next_due = float("inf")
         # Decide on the small rows first; load the (large) chunk bytes only of what is due.
         for e in self.pending(with_parts=False):
             if e.last_sent is None:
@@ -273,6 +281,11 @@ class Outbox:
             wait = min(ack_timeout_s * (2 ** max(0, e.attempts - 1)), max(max_backoff_s, ack_timeout_s))
             if now - e.last_sent >= wait:
                 ids.append(e.message_id)
+            else:
+                next_due = min(next_due, e.last_sent + wait)
+        if ids:  # re-sent by the caller now (or, with no link, tried again within a second)
+            next_due = min(next_due, now + min(ack_timeout_s, 1.0))
+        self._due_for, self._next_due = (ack_timeout_s, max_backoff_s), next_due
         return [e for e in (self.get(i) for i in ids) if e is not None]
 
     def expire(self, before_round: int, kind: str | None = "update") -> int:
