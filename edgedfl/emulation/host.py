@@ -34,7 +34,10 @@ Decisions (and why):
   with a paho thread per session, a host of 250 devices ran ~500 threads and new
   sessions missed their CONNACK (bench/results/scale-1000-attempt.md). A host's
   devices connect in a burst, so their connect timeout grows with the host
-  (0.25 s per device, at least 10 s), and a PUBACK / SUBACK wait at least as long.
+  (0.25 s per device, at least 10 s). While they join, every device receives
+  every hello of the swarm (n^2 messages through the one network thread), so a
+  PUBACK or SUBACK may wait behind them: hosted devices wait for one as long
+  as the swarm waits for its join (``join_timeout_s``, at least 30 s).
 * **A crash stays with its device.** An exception in a device's life (or an
   injected crash) drops that device's MQTT link without a DISCONNECT (so the
   broker publishes its last will, as for a killed process), and the host
@@ -282,8 +285,10 @@ class DeviceHost:
                     return {}
                 # one network thread for all the host's sessions; a host's devices connect in a burst,
                 # so a CONNACK may take longer than a lone device's 10 s
+                # while the host's devices join, each receives every hello of the swarm (n^2 messages through
+                # the one network thread): a PUBACK or SUBACK waits behind them, as long as the join may take
                 return {"loop": host.netloop, "connect_timeout": host.connect_timeout,
-                        "publish_timeout": max(30.0, host.connect_timeout)}
+                        "publish_timeout": max(30.0, host.connect_timeout, self.swarm.join_timeout_s)}
 
             def crash(self) -> None:
                 self.drop_link()

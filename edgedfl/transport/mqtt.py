@@ -43,7 +43,7 @@ Decisions a user should know:
 - **One network thread per session, or one for many.** By default paho's own
   thread drives the socket; ``loop=`` a :class:`~edgedfl.transport.netloop.NetworkLoop`
   makes one thread drive many sessions (a device host's hundreds of devices).
-- **Subscribe waits for SUBACK** when connected, so a message published after
+- **Subscribe waits for SUBACK** (up to the longer of ``connect_timeout`` and ``publish_timeout``) when connected, so a message published after
   ``subscribe()`` returns is delivered. While disconnected it only records the
   filter, which ``on_connect`` subscribes on the next connect.
 """
@@ -515,9 +515,11 @@ class MqttTransport(Transport):
         result, mid = self._client.subscribe(pattern, qos)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             return  # the link just dropped; on_connect will subscribe
-        codes = self._wait_ack(mid, self.connect_timeout if timeout is None else timeout)
+        if timeout is None:
+            timeout = max(self.connect_timeout, self.publish_timeout or 0.0)
+        codes = self._wait_ack(mid, timeout)
         if codes is None:
-            raise PublishTimeout(f"{self.client_id}: no SUBACK for {pattern!r}")
+            raise PublishTimeout(f"{self.client_id}: no SUBACK for {pattern!r} within {timeout:g} s")
         self._raise_for_codes(codes, f"subscription to {pattern!r}", refused=TransportError)
 
     def unsubscribe(self, pattern: str) -> None:

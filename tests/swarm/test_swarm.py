@@ -77,6 +77,47 @@ def test_four_nodes_two_tasks_over_mosquitto_find_the_clusters_and_improve(tmp_p
             _, chosen = routed.generate_text(tok, ps, "implicit", None, max_new_tokens=1, max_length=96)
             hits += sum(int(e) == slots["dev00" if t == "arith" else "dev01"] for e in chosen.experts.reshape(-1))
         assert hits / 32 >= min(device_hits, 0.9) - 0.1, (hits, device_hits)
+    # a device read and answered its own cluster's messages only (other clusters' calibration statistics
+    # reach it while it still follows every slot, and are left unanswered)
+    for node, f in finals.items():
+        mates = {n for n, s in slots.items() if s == f["slot"]} - {node}
+        assert _applied_senders(tmp_path, node) == mates, node
+
+
+def _applied_senders(run: Path, node: str, round: int | None = None) -> set[str]:
+    """Who sent the updates (and masks) ``node`` applied, from its ledger on disk."""
+    import sqlite3
+
+    with sqlite3.connect(run / node / "proto" / "ledger.sqlite") as db:
+        q = "SELECT DISTINCT sender FROM applied" + (" WHERE round = ?" if round is not None else "")
+        return {r[0] for r in db.execute(q, () if round is None else (round,))}
+
+
+def test_calibration_is_pooled_from_the_first_members_and_masks_agree(tmp_path, mosquitto):
+    """calibration_peers=2 in a cluster of 5: dev00 and dev01 send their statistics to all; the others only
+    listen, send nothing in round 0, and every member derives the same masks."""
+    import sqlite3
+
+    cfg = FleetConfig(devices=5, tasks=["arith"], broker=mosquitto.url, per_host=5, timeout_s=300,
+                      swarm=_swarm(rounds=1, local_steps=2, calibration_peers=2))
+    fleet = Fleet(cfg, tmp_path)
+    fleet.start()
+    try:
+        fleet.wait()
+    finally:
+        fleet.stop()
+    nodes = [f"dev{i:02d}" for i in range(5)]
+    pool = {"dev00", "dev01"}
+    for node in nodes:
+        assert _applied_senders(tmp_path, node, round=0) == pool - {node}, node
+        with sqlite3.connect(tmp_path / node / "proto" / "outbox.sqlite") as db:
+            sent_round0 = db.execute("SELECT COUNT(*) FROM outbox WHERE round = 0 AND kind = 'update'").fetchone()[0]
+            mask_ids = {k for (k,) in db.execute("SELECT key FROM meta WHERE key LIKE 'mask:%'")}
+        assert sent_round0 == (1 if node in pool else 0), node
+        if node == "dev00":
+            reference = mask_ids
+        assert mask_ids and mask_ids == reference, node  # the same masks, derived from the same pool
+        assert [r["round"] for r in _rows(tmp_path, node)] == [0, 1]
 
 
 def test_a_node_killed_mid_round_restarts_resumes_and_catches_up(tmp_path, mosquitto):
