@@ -189,7 +189,7 @@ def one_fleet(n: int, args: argparse.Namespace) -> dict[str, Any]:
     per_host = min(args.per_host, n)
     cmd = [sys.executable, "-m", "edgedfl.cli", "emulate", "--devices", str(n), "--tasks", args.tasks,
            "--model", "tiny", "--rounds", str(args.rounds), "--local-steps", str(args.local_steps),
-           "--n-train", "32", "--n-eval", "8", "--final-modes", "implicit", "--deadline", str(args.deadline),
+           "--n-train", "32", "--n-eval", "8", "--final-modes", "implicit", "--deadline", str(args.deadline), "--timeout", str(args.timeout),
            "--swarm", f"scale{n}", "--broker", broker.url, "--per-host", str(per_host), "--engine", args.engine,
            "--out", str(out), "--overwrite", "--quiet", "--swarm-config", str(_swarm_file(args, n))]
     if args.ray_address:

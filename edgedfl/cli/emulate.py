@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/emulate", help="run directory")
     p.add_argument("--report", default=None, help="report JSON path (default: OUT/report.json); PNGs next to it")
     p.add_argument("--deadline", type=float, default=None, help="round deadline in seconds")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="give up on the whole run after this many seconds (default 1800)")
     p.add_argument("--final-modes", default=None,
                    help="final evaluation modes, comma-separated: implicit (the inference setup, default), "
                         "oracle, merge")
@@ -180,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
                       shape_links=args.shape_links, broker=args.broker, swarm=swarm,
                       android=args.android, secure=args.secure, per_host=args.per_host, engine=args.engine,
                       ray_address=args.ray_address, host_cpus=args.host_cpus, host_gpus=args.host_gpus,
-                      host_memory_mb=args.host_memory_mb)
+                      host_memory_mb=args.host_memory_mb, timeout_s=args.timeout)
     out = Path(args.out)
     clear_run_dir(out, overwrite=args.overwrite)
     fleet = Fleet(cfg, out)

@@ -31,7 +31,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -317,8 +317,7 @@ class SwarmMember:
         assert self.clustering is not None
         # from round 1 on, only the neighbours' updates are ours to average: subscribe to theirs alone,
         # where that leaves anyone out (in a small cluster every mate is a neighbour: nothing to narrow)
-        if set(self.neighbours) != set(self.clustering.members(self.slot)) - {self.me}:
-            self.protocol.follow_senders(self.slot, self.neighbours)
+        self._narrow(self.neighbours)
         self._set_status("ready", slot=self.slot, clusters=self.clustering.to_dict())
         rows = [self.run_round(r) for r in range(done + 1, self.swarm.rounds + 1)]
         self._set_status("collecting experts")
@@ -411,8 +410,18 @@ class SwarmMember:
         self.learner.place(self.slot)
         self.protocol.follow_slot(self.slot)
         self.protocol.keep_slots({self.slot})
+        # until the calibration is done, the calibration pool is heard too; not the whole cluster, whose
+        # members may already send round 1 (in a cluster of 500, each member's every update to everyone)
+        self._narrow({*self.neighbours, *self.calibration_pool()} - {self.me})
         # a slot's finished expert is taken only from a member of that cluster, for a round of this run
         self.protocol.admit_experts({s: clustering.members(s) for s in clustering.slot_numbers}, self.swarm.rounds)
+
+    def _narrow(self, senders: Iterable[str]) -> None:
+        """Receive this slot's updates from ``senders`` only, where that leaves some cluster mate out."""
+        assert self.protocol is not None and self.clustering is not None
+        senders = set(senders)
+        if senders != set(self.clustering.members(self.slot)) - {self.me}:
+            self.protocol.follow_senders(self.slot, sorted(senders))
 
     # -- round 0 ----------------------------------------------------------------------
 
