@@ -21,8 +21,10 @@ adapters and routing are imported here.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -31,7 +33,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,37 @@ def _pool(source: str, split: str, n: int | None, seed: int) -> tuple[Example, .
 @functools.lru_cache(maxsize=16)
 def _pool_once(source: str, split: str, n: int | None, seed: int) -> tuple[Example, ...]:
     return tuple(load_examples(source, split, n=n, seed=seed))
+
+
+_SHARED_LOCK = threading.Lock()
+_SHARED: collections.OrderedDict[str, Any] = collections.OrderedDict()
+
+
+def _shared_result(key: str, make: Callable[[], Any]) -> Any:
+    """``make()``, computed once per process for equal inputs (``key``, a digest of them).
+
+    Every member computes the same clustering of the same hellos and its cluster's same gossip graph;
+    in a device host of hundreds of devices each computing them alone costs 250 x the CPU and, at a
+    thousand devices, an (m, m) table per device at once (a host of 250 ran out of memory). Results
+    are immutable and shared; the lock makes one device compute while the others wait.
+    """
+    with _SHARED_LOCK:
+        if key in _SHARED:
+            _SHARED.move_to_end(key)
+            return _SHARED[key]
+        value = make()
+        _SHARED[key] = value
+        while len(_SHARED) > 8:
+            _SHARED.popitem(last=False)
+        return value
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else repr(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def device_examples(cfg: NodeConfig) -> tuple[list[Example], list[Example]]:
@@ -387,7 +420,12 @@ class SwarmMember:
             return flat_clustering(sorted(sigs))
         spreads = {p: info.profile.get("signature_spread") for p, info in self.protocol.peers.items() if p in sigs}
         spreads[self.me] = self.learner.signature_spread()
-        return cluster(sigs, self.swarm.cluster_config(), spreads={p: v for p, v in spreads.items() if v is not None})
+        known = {p: v for p, v in spreads.items() if v is not None}
+        config = self.swarm.cluster_config()
+        names = sorted(sigs)
+        key = _digest("cluster", names, b"".join(np.ascontiguousarray(sigs[n], dtype=np.float32).tobytes()
+                                                 for n in names), sorted(known.items()), config)
+        return _shared_result(key, lambda: cluster(sigs, config, spreads=known))
 
     def place(self, clustering: Clustering) -> None:
         """Take this member's place in ``clustering``: slot, neighbours, weights; train and follow the slot.
@@ -402,9 +440,14 @@ class SwarmMember:
         rates = {p: float(info.profile.get("link_rate_bps", 0.0)) for p, info in self.protocol.peers.items()
                  if info.profile}
         rates[self.me] = self.cfg.link_rate_bps or float(self.cfg.device_profile().link_rate_bps)
-        quality = {(a, b): min(rates[a], rates[b]) for a in members for b in members
-                   if a != b and a in rates and b in rates}
-        graph = neighbour_graph(members, quality, self.swarm.degree)
+        rated = [(m, rates[m]) for m in sorted(members) if m in rates]
+        degree = self.swarm.degree
+
+        def graph_of_cluster() -> Any:
+            quality = {(a, b): min(ra, rb) for a, ra in rated for b, rb in rated if a != b}
+            return neighbour_graph(members, quality, degree)
+
+        graph = _shared_result(_digest("graph", sorted(members), rated, degree), graph_of_cluster)
         self.neighbours = graph.neighbours(self.me)
         self.weights = metropolis_weights(graph)[self.me]
         self.learner.place(self.slot)

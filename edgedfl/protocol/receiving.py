@@ -70,6 +70,7 @@ class Receiving(Sending):
             wait = 0.0
             n += 1
             self._handle(msg)
+        self._save_pins()
         now = self._clock()
         if now - self._last_resend_check >= min(self.config.ack_timeout_s / 4, 0.5):
             self._last_resend_check = now
@@ -181,10 +182,16 @@ class Receiving(Sending):
         if env.key_id is None or env.sender != node:
             return  # unsigned or misaddressed: the ring refuses it
         if self.keyring.pin(node, env.meta.get("key", ""), env.key_id) and self._pins_path is not None:
-            self._pins_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._pins_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.keyring.entries(), sort_keys=True))
-            tmp.replace(self._pins_path)
+            self._pins_dirty = True  # written once per poll: a join pins a thousand keys in a burst
+
+    def _save_pins(self) -> None:
+        if not self._pins_dirty or self._pins_path is None or self.keyring is None:
+            return
+        self._pins_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._pins_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.keyring.entries(), sort_keys=True))
+        tmp.replace(self._pins_path)
+        self._pins_dirty = False
 
     def _check_settings(self, env: Envelope) -> None:
         """A hello or expert made under other settings (a stale retained message of another run) is refused.

@@ -81,6 +81,7 @@ class EndpointState:
         #: ``pins.json`` in the state dir so a restart keeps them); another key for that node is refused
         self.tofu = tofu
         self._pins_path = Path(state_dir) / "pins.json" if (tofu and state_dir is not None) else None
+        self._pins_dirty = False
         if tofu and self.keyring is None:
             self.keyring = KeyRing()
         if self._pins_path is not None and self._pins_path.is_file() and self.keyring is not None:
