@@ -21,10 +21,8 @@ adapters and routing are imported here.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -33,7 +31,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,8 @@ from edgedfl.node.config import NodeConfig, SwarmConfig
 from edgedfl.node.learner import Learner, Metrics, Route
 from edgedfl.node.links import CountingTransport
 from edgedfl.node.metrics import MetricsReporter
+from edgedfl.node.shared import digest as _digest
+from edgedfl.node.shared import shared_result as _shared_result
 from edgedfl.protocol.endpoint import NeighbourProtocol
 from edgedfl.routing.codes import LatentCode
 from edgedfl.topology import cluster, flat_clustering, metropolis_weights, neighbour_graph
@@ -91,37 +91,6 @@ def _pool(source: str, split: str, n: int | None, seed: int) -> tuple[Example, .
 @functools.lru_cache(maxsize=16)
 def _pool_once(source: str, split: str, n: int | None, seed: int) -> tuple[Example, ...]:
     return tuple(load_examples(source, split, n=n, seed=seed))
-
-
-_SHARED_LOCK = threading.Lock()
-_SHARED: collections.OrderedDict[str, Any] = collections.OrderedDict()
-
-
-def _shared_result(key: str, make: Callable[[], Any]) -> Any:
-    """``make()``, computed once per process for equal inputs (``key``, a digest of them).
-
-    Every member computes the same clustering of the same hellos and its cluster's same gossip graph;
-    in a device host of hundreds of devices each computing them alone costs 250 x the CPU and, at a
-    thousand devices, an (m, m) table per device at once (a host of 250 ran out of memory). Results
-    are immutable and shared; the lock makes one device compute while the others wait.
-    """
-    with _SHARED_LOCK:
-        if key in _SHARED:
-            _SHARED.move_to_end(key)
-            return _SHARED[key]
-        value = make()
-        _SHARED[key] = value
-        while len(_SHARED) > 8:
-            _SHARED.popitem(last=False)
-        return value
-
-
-def _digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else repr(part).encode())
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def device_examples(cfg: NodeConfig) -> tuple[list[Example], list[Example]]:
