@@ -281,7 +281,7 @@ class DeviceHost:
 
         class HostedNode(SwarmMember):
             def transport_options(self) -> dict[str, Any]:
-                if not self.cfg.broker.startswith(("mqtt://", "mqtts://", "tcp://", "ssl://")):
+                if self.cfg.broker.startswith("memory:"):  # transport_from_url's one non-MQTT scheme
                     return {}
                 # one network thread for all the host's sessions; a host's devices connect in a burst,
                 # so a CONNACK may take longer than a lone device's 10 s

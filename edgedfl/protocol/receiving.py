@@ -127,8 +127,7 @@ class Receiving(Sending):
                     self.rejects["HeldChunksFull"] += 1
                 return
             if self._kept_slots is not None and parsed.slot not in self._kept_slots:
-                self.other_slots += 1
-                return
+                return  # another cluster's: unread and unanswered (its sender never expected our ack)
             self._on_update_chunk(msg, parsed.node, parsed.slot)
             return
         if not msg.payload:

@@ -97,8 +97,6 @@ class EndpointState:
         self._kept_slots: frozenset[int] | None = None
         #: update chunks held while this node does not know its own slot yet (:meth:`hold_updates`)
         self._held: list[Message] | None = None
-        #: update chunks of slots this node does not read, dropped unread and unanswered
-        self.other_slots = 0
         self._assembler = Reassembler(
             max_message_bytes=limits.max_message_bytes,
             max_pending_messages=self.config.max_partial_messages,

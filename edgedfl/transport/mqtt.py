@@ -253,7 +253,7 @@ class MqttTransport(Transport):
                 self._client.connect(self.host, self.port, self.keepalive)
         except (OSError, ssl.SSLError) as exc:
             if self._loop is not None:
-                self._loop.detach(self, close_socket=True)
+                self._loop.detach(self)
             raise BrokerUnavailable(f"cannot connect to the MQTT broker at {where}: {exc}") from exc
         if self._loop is None:
             self._client.loop_start()
@@ -548,7 +548,7 @@ class MqttTransport(Transport):
             self._closed = True
             self._cond.notify_all()
         if self._loop is not None:
-            self._loop.detach(self, close_socket=True)
+            self._loop.detach(self)
             return
         self._client.loop_stop()
         sock = self._client.socket()
@@ -569,7 +569,7 @@ class MqttTransport(Transport):
             if send_disconnect:
                 self._client.disconnect()  # written by the loop, which then closes the socket
                 self._loop.wait_closed(self, 2.0)
-            self._loop.detach(self, close_socket=True)
+            self._loop.detach(self)
             return
         # DISCONNECT also ends paho's reconnect loop; without a link it only changes paho's state
         self._client.disconnect()

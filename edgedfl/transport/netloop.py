@@ -112,8 +112,9 @@ class NetworkLoop:
         client.on_socket_register_write = lambda c, u, sock: self._call(lambda: self._want(session, sock, True))
         client.on_socket_unregister_write = lambda c, u, sock: self._call(lambda: self._want(session, sock, False))
 
-    def detach(self, transport: Any, *, close_socket: bool = False, timeout: float = 5.0) -> None:
-        """Stop driving ``transport`` (never reconnected again); ``close_socket`` drops its link as is."""
+    def detach(self, transport: Any, *, timeout: float = 5.0) -> None:
+        """Stop driving ``transport``: never reconnected again, its socket (if still open) closed as is,
+        without DISCONNECT (a closing transport has written its DISCONNECT before)."""
         with self._lock:
             session = self._sessions.get(id(transport))
         if session is None:
@@ -123,15 +124,7 @@ class NetworkLoop:
 
         def forget() -> None:
             try:
-                if session.sock is not None:
-                    self._unregister(session.sock)
-                    if close_socket:
-                        try:
-                            session.sock.shutdown(socket.SHUT_RDWR)
-                        except OSError:
-                            pass
-                        session.sock.close()
-                    session.sock = None
+                self._drop_socket(session)
                 with self._lock:
                     self._sessions.pop(id(transport), None)
             finally:
@@ -198,6 +191,21 @@ class NetworkLoop:
         except (ValueError, OSError) as exc:  # a socket closed under us: the session's close follows
             log.debug("%s: cannot watch its socket: %s", session.transport.client_id, exc)
 
+    def _drop_socket(self, session: _Session) -> None:
+        """Stop watching the session's socket and close it as is (the broker sees a lost link)."""
+        sock, session.sock = session.sock, None
+        if sock is None:
+            return
+        self._unregister(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+
     def _unregister(self, sock: Any) -> None:
         try:
             self._sel.unregister(sock)
@@ -249,14 +257,7 @@ class NetworkLoop:
                 self._register(session)
         except Exception:
             log.exception("%s: network error; dropping the link", session.transport.client_id)
-            sock = session.sock
-            if sock is not None:
-                self._unregister(sock)
-                session.sock = None
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+            self._drop_socket(session)
 
     def _misc(self, now: float) -> None:
         with self._lock:

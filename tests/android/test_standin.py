@@ -71,12 +71,7 @@ def fleet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         round_deadline_s=60, join_timeout_s=120,
                         train=TrainConfig(lr=0.0, batch_size=4, max_length=64, progress=False))
     cfg = FleetConfig(devices=3, tasks=["arith", "strtf"], android=1, timeout_s=400, swarm=swarm)
-    fleet = Fleet(cfg, run)
-    fleet.start()
-    try:
-        fleet.wait()
-    finally:
-        fleet.stop()
+    Fleet(cfg, run).run()  # start, wait for every device, stop
     return run
 
 

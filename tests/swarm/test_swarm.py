@@ -39,12 +39,7 @@ def _final(run: Path, node: str) -> dict:
 
 def test_four_nodes_two_tasks_over_mosquitto_find_the_clusters_and_improve(tmp_path, mosquitto):
     cfg = FleetConfig(devices=4, tasks=["arith", "strtf"], broker=mosquitto.url, swarm=_swarm(), timeout_s=300)
-    fleet = Fleet(cfg, tmp_path)
-    fleet.start()
-    try:
-        fleet.wait()
-    finally:
-        fleet.stop()
+    Fleet(cfg, tmp_path).run()  # start, wait for every device, stop
     finals = {n: _final(tmp_path, n) for n in ("dev00", "dev01", "dev02", "dev03")}
     slots = {n: f["slot"] for n, f in finals.items()}
     # devices 0 and 2 hold arith, 1 and 3 strtf: two clusters, the right ones
@@ -100,12 +95,7 @@ def test_calibration_is_pooled_from_the_first_members_and_masks_agree(tmp_path, 
 
     cfg = FleetConfig(devices=5, tasks=["arith"], broker=mosquitto.url, per_host=5, timeout_s=300,
                       swarm=_swarm(rounds=1, local_steps=2, calibration_peers=2))
-    fleet = Fleet(cfg, tmp_path)
-    fleet.start()
-    try:
-        fleet.wait()
-    finally:
-        fleet.stop()
+    Fleet(cfg, tmp_path).run()  # start, wait for every device, stop
     nodes = [f"dev{i:02d}" for i in range(5)]
     pool = {"dev00", "dev01"}
     for node in nodes:
@@ -165,12 +155,7 @@ def test_a_ten_times_slower_node_never_stalls_its_cluster_past_the_deadline(tmp_
     swarm = _swarm(rounds=2, degree=2, quorum=0.5, round_deadline_s=3.0, local_steps=40)
     cfg = FleetConfig(devices=3, tasks=["arith"], swarm=swarm, timeout_s=300,
                       node_overrides={"dev02": {"slowdown": 10.0}})
-    fleet = Fleet(cfg, tmp_path)
-    fleet.start()
-    try:
-        fleet.wait()
-    finally:
-        fleet.stop()
+    Fleet(cfg, tmp_path).run()  # start, wait for every device, stop
     slack = 2.5  # aggregation and message handling after the deadline, on a loaded 2-core machine
     slow = _rows(tmp_path, "dev02")[1:]
     assert all(r["train_s"] > 0 for r in slow)

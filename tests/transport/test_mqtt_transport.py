@@ -83,15 +83,17 @@ def test_dead_broker_is_reported_quickly() -> None:
     assert time.monotonic() - started < 2
 
 
-def test_a_listener_that_never_answers_times_out_as_unavailable() -> None:
+def test_a_listener_that_never_answers_times_out_as_unavailable(loop) -> None:
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
         started = time.monotonic()
         with pytest.raises(BrokerUnavailable, match="no CONNACK"):
-            MqttTransport(host="127.0.0.1", port=port, connect_timeout=0.5)
+            MqttTransport(host="127.0.0.1", port=port, connect_timeout=0.5, loop=loop)
         assert time.monotonic() - started < 3
+    if loop is not None:
+        assert loop.sessions == 0  # the failed session left the shared loop clean
 
 
 @pytest.fixture(params=["thread", "shared-loop"])
