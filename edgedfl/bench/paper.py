@@ -14,7 +14,23 @@ edgedfl-oracle         the same run, each prompt answered by its true task's exp
 edgedfl-merge          the same run, the sum of all experts applied to every prompt
 edgedfl-flat           sparse-orthogonal LoRA gossiped over every device (no clusters)
 edgedfl-random-masks   ours with random mask positions at the same density (ablation)
+local                  local-only: each device trains a standard LoRA adapter alone and
+                       sends no update (what exchanging buys)
 =====================  ==========================================================
+
+Presets: the default (short: 4 tasks that never collide, a few rounds),
+:meth:`PaperSettings.long` (``--suite long``: 6 tasks that collide in pairs,
+12 devices, 300 optimizer steps each, 2 seeds for the headline rows,
+``bench/results/suite.md`` says how the tasks were chosen) and
+:meth:`PaperSettings.quick` (the test suite's).
+
+Resumable on any machine: with a results folder (the long preset's is
+``bench/results/paper-long``), every finished variant and seed is written
+there as ``<variant>-seed<k>.json`` (its fleet settings, the commit it ran on,
+its report) and every learning-rate score as it is measured
+(``tuning-scores.json``); a later run, on this machine or another, takes what
+is there for the same settings and runs only what is missing. Commit the
+folder as it grows: partial tables are valid tables (the rows present are final).
 
 Routing modes only change the final evaluation, so the oracle and merge rows
 come from the edgedfl run's own devices (no extra training).
@@ -29,11 +45,16 @@ device trains on). Each method runs the swarm at the rate with the best mean
 score. The edgedfl variants (flat, random masks) share solora's rate, so the
 ablations change one thing only.
 
-Per row: per-task and average accuracy (each device answers every task's test
-split with its final inference setup), bytes per device per round and in total
-(every payload byte published), bytes until the per-round average accuracy
-(each device on its own task) first reached the one standard LoRA's curve ended
-at, and wall time.
+Per row: per-task and average accuracy with standard errors (each device
+answers every task's test split with its final inference setup; rows with
+several seeds average them), bytes per device per round and in total (every
+payload byte published), the accuracy reached within fixed byte budgets
+(fractions of standard LoRA's total: the per-round average accuracy of the last
+round that fits), bytes and time until the per-round average accuracy (each
+device on its own task) first reached the one standard LoRA's curve ended at
+(time: each round's slowest device's training plus exchange, evaluation not
+counted), one local step's median time and the largest peak resident set of a
+device process, and wall time.
 """
 
 from __future__ import annotations
@@ -42,6 +63,7 @@ import dataclasses
 import json
 import logging
 import math
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,9 +81,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "edgedfl": {"method": "solora", "topology": "clusters", "final_modes": ["implicit", "oracle", "merge"]},
     "edgedfl-flat": {"method": "solora", "topology": "flat"},
     "edgedfl-random-masks": {"method": "solora", "topology": "clusters", "random_masks": True},
+    "local": {"method": "lora", "topology": "local"},
 }
 DERIVED = {"edgedfl-oracle": ("edgedfl", "oracle"), "edgedfl-merge": ("edgedfl", "merge")}
-ORDER = ["lora", "ffa", "edgedfl", "edgedfl-oracle", "edgedfl-merge", "edgedfl-flat", "edgedfl-random-masks"]
+ORDER = ["lora", "ffa", "edgedfl", "edgedfl-oracle", "edgedfl-merge", "edgedfl-flat", "edgedfl-random-masks",
+         "local"]
+#: the long suite: three pairs of tasks whose outputs collide (edgedfl.data.tasks.COLLIDING_PAIRS),
+#: each learnable by SmolLM2 in the budget (bench/results/suite.md)
+LONG_TASKS = ("yesno", "parity", "first", "last", "isodate", "textdate")
 
 
 @dataclasses.dataclass
@@ -81,21 +108,41 @@ class PaperSettings:
     round_deadline_s: float = 120.0
     #: held-out training examples per task that score a learning rate (never the test split)
     n_tune: int = 24
+    #: more seeds for the ``headline`` variants (each adds a whole run of the variant)
+    extra_seeds: tuple[int, ...] = ()
+    headline: tuple[str, ...] = ("lora", "edgedfl")
+    #: byte budgets of "accuracy under budget", as fractions of standard LoRA's total bytes
+    budgets: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
+    preset: str = "short"
+
+    @classmethod
+    def long(cls) -> PaperSettings:
+        """The long-horizon suite: 6 colliding tasks, 12 devices (2 per task), 10 rounds x 30 steps, 2 seeds
+        for the headline rows. Hours on a 2-core machine; resumable (the module doc)."""
+        return cls(devices=12, tasks=LONG_TASKS, rounds=10, local_steps=30, n_train=400, n_eval=24,
+                   lrs=(2e-3, 5e-3, 1e-2), variants=tuple(VARIANTS), round_deadline_s=1800.0, n_tune=48,
+                   extra_seeds=(1,), preset="long")
 
     @classmethod
     def quick(cls) -> PaperSettings:
         """The tiny model, few rounds: minutes, for the test suite (numbers mean nothing)."""
         return cls(devices=4, tasks=("arith", "strtf"), model="tiny", rounds=2, local_steps=5, n_train=32,
-                   n_eval=8, lrs=(1e-2, 3e-2), round_deadline_s=30.0, n_tune=8)
+                   n_eval=8, lrs=(1e-2, 3e-2), round_deadline_s=30.0, n_tune=8, preset="quick")
+
+    def runs(self) -> list[tuple[str, int]]:
+        """(variant, seed) of every training run: each variant at ``seed``, the headline ones at every extra seed."""
+        out = [(v, self.seed) for v in self.variants]
+        out += [(v, k) for k in self.extra_seeds for v in self.variants if v in self.headline and k != self.seed]
+        return out
 
 
-def _swarm(s: PaperSettings, variant: str, lr: float) -> SwarmConfig:
+def _swarm(s: PaperSettings, variant: str, lr: float, seed: int | None = None) -> SwarmConfig:
     """The swarm settings of ``variant`` (every variant: the same settings but method, topology and lr)."""
     settings = dict(VARIANTS[variant])
     method = settings.pop("method")
     base = SwarmConfig()
     return SwarmConfig(
-        name=f"paper-{variant}", seed=s.seed, model=s.model, rounds=s.rounds, local_steps=s.local_steps,
+        name=f"paper-{variant}", seed=s.seed if seed is None else seed, model=s.model, rounds=s.rounds, local_steps=s.local_steps,
         precision=s.precision, n_train=s.n_train, n_eval=s.n_eval, round_deadline_s=s.round_deadline_s,
         adapter=dataclasses.replace(base.adapter, method=method, rank=s.rank),
         train=dataclasses.replace(base.train, lr=lr), **settings,
@@ -137,16 +184,32 @@ def _tune_score(s: PaperSettings, method: str, lr: float, task: str) -> float:
 _VARIANT_OF = {"lora": "lora", "ffa": "ffa", "solora": "edgedfl"}
 
 
-def tune_lrs(s: PaperSettings) -> dict[str, Any]:
-    """Per adapter method: the score of every rate of ``s.lrs`` and the best one (see the module doc)."""
+def tune_lrs(s: PaperSettings, scores_file: Path | None = None) -> dict[str, Any]:
+    """Per adapter method: the score of every rate of ``s.lrs`` and the best one (see the module doc).
+
+    ``scores_file``: every score is written there as soon as it is measured, and scores already there
+    for the same tuning settings are taken instead of measured again (an interrupted tuning resumes).
+    """
     methods = sorted({VARIANTS[v]["method"] for v in s.variants})
+    known: dict[str, Any] = {}
+    if scores_file is not None and scores_file.is_file():
+        try:
+            saved = json.loads(scores_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            saved = {}
+        if isinstance(saved, dict) and saved.get("settings") == _tuning_key(s):
+            known = saved.get("scores", {})
     out: dict[str, Any] = {}
     for method in methods:
         scores = {}
         for lr in s.lrs:
             per_task = {}
             for t in s.tasks:
-                per_task[t] = _tune_score(s, method, lr, t)
+                cached = known.get(method, {}).get(f"{lr:g}", {}).get(t)
+                per_task[t] = float(cached) if cached is not None else _tune_score(s, method, lr, t)
+                known.setdefault(method, {}).setdefault(f"{lr:g}", {})[t] = per_task[t]
+                if scores_file is not None and cached is None:
+                    _write_json(scores_file, {"settings": _tuning_key(s), "scores": known})
                 log.info("tuning %s lr=%g %s: %.3f on held-out training examples", method, lr, t, per_task[t])
             scores[f"{lr:g}"] = {"mean": sum(per_task.values()) / len(per_task), "per_task": per_task}
         best = max(s.lrs, key=lambda lr: (scores[f"{lr:g}"]["mean"], -lr))  # ties: the smaller rate
@@ -154,17 +217,62 @@ def tune_lrs(s: PaperSettings) -> dict[str, Any]:
     return out
 
 
-def run_variant(s: PaperSettings, variant: str, lr: float, out: Path) -> dict[str, Any]:
-    """One fleet run of ``variant``; a finished run of the same fleet settings in ``out`` is reused."""
-    cfg = FleetConfig(devices=s.devices, tasks=list(s.tasks), swarm=_swarm(s, variant, lr), timeout_s=7200)
+def _write_json(path: Path, data: Any) -> None:
+    """Write ``data`` whole or not at all (a kill mid-write leaves the previous file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def _commit() -> str:
+    """The commit of the checkout this runs in (``-dirty`` with uncommitted changes), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + ("-dirty" if dirty else "")
+
+
+def _fleet(s: PaperSettings, variant: str, lr: float, seed: int) -> FleetConfig:
+    return FleetConfig(devices=s.devices, tasks=list(s.tasks), swarm=_swarm(s, variant, lr, seed),
+                       timeout_s=max(7200.0, 4 * s.rounds * s.round_deadline_s))
+
+
+def run_variant(s: PaperSettings, variant: str, lr: float, out: Path, *, seed: int | None = None,
+                results: Path | None = None) -> dict[str, Any]:
+    """One fleet run of ``variant`` at ``seed``; a finished run of the same fleet settings is reused:
+    ``results/<variant>-seed<k>.json`` (a committed result, from any machine), else the run folder ``out``."""
+    seed = s.seed if seed is None else seed
+    cfg = _fleet(s, variant, lr, seed)
+    kept = results / f"{variant}-seed{seed}.json" if results is not None else None
+    if kept is not None and kept.is_file():
+        try:
+            saved = json.loads(kept.read_text())
+        except (OSError, json.JSONDecodeError):
+            saved = {}
+        if saved.get("fleet") == json.loads(json.dumps(cfg.to_dict())):
+            log.info("taking the committed result %s (ran on %s)", kept, saved.get("commit"))
+            report: dict[str, Any] = saved["report"]
+            return report
+        log.warning("%s was run with other settings: running %s seed %d again", kept, variant, seed)
     done = _finished_report(cfg, out)
     if done is not None:
         log.info("reusing the finished run %s", out)
-        return done
-    clear_run_dir(out)  # an unfinished run: its devices would resume from their checkpoints; start afresh
-    report = Fleet(cfg, out).run()
-    report["variant"], report["lr"] = variant, lr
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+        report = done
+    else:
+        clear_run_dir(out)  # an unfinished run: its devices would resume from their checkpoints; start afresh
+        report = Fleet(cfg, out).run()
+        report["variant"], report["lr"], report["seed"] = variant, lr, seed
+        (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    if kept is not None:
+        _write_json(kept, {"variant": variant, "seed": seed, "lr": lr, "commit": _commit(),
+                           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "fleet": cfg.to_dict(), "report": report})
     return report
 
 
@@ -178,63 +286,123 @@ def _finished_report(cfg: FleetConfig, out: Path) -> dict[str, Any] | None:
     return report if saved == cfg else None
 
 
+def _cumulative(report: dict[str, Any], key: str) -> list[tuple[float, float]]:
+    """(cumulative ``key`` up to and including the round, the round's average accuracy) per round."""
+    total, out = 0.0, []
+    for r in report["rounds"]:
+        total += float(r.get(key) or 0.0)
+        out.append((total, float(r["avg_accuracy"])))
+    return out
+
+
 def bytes_to_reach(report: dict[str, Any], target: float) -> int | None:
     """Cumulative bytes (join included) when the per-round average accuracy first reached ``target``."""
-    total = 0
-    for r in report["rounds"]:
-        total += r["bytes_sent"]
-        if r["round"] > 0 and r["avg_accuracy"] >= target:
+    for (total, acc), r in zip(_cumulative(report, "bytes_sent"), report["rounds"], strict=True):
+        if r["round"] > 0 and acc >= target:
+            return int(total)
+    return None
+
+
+def time_to_reach(report: dict[str, Any], target: float) -> float | None:
+    """Seconds of training and exchange (each round's slowest device) until the per-round average
+    accuracy first reached ``target``; None if never, or if the report has no round times."""
+    if any("round_s" not in r for r in report["rounds"]):
+        return None
+    for (total, acc), r in zip(_cumulative(report, "round_s"), report["rounds"], strict=True):
+        if r["round"] > 0 and acc >= target:
             return total
     return None
 
 
-def _se_points(accuracy: dict[str, float], s: PaperSettings) -> float:
+def accuracy_within(report: dict[str, Any], budget: float) -> float | None:
+    """The per-round average accuracy of the last round whose cumulative bytes fit ``budget``
+    (round 0, the untrained model, when no training round fits; None when not even the join fits)."""
+    fits = [acc for total, acc in _cumulative(report, "bytes_sent") if total <= budget]
+    return fits[-1] if fits else None
+
+
+def _se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def _se_points(accuracy: dict[str, float], s: PaperSettings, seeds: int = 1) -> float:
     """Standard error (points) of a row's average accuracy from the prompts behind it.
 
     Every device answers ``n_eval`` prompts of every task, from its own block of
-    the test split: ``devices * n_eval`` answers per task, scored 0/1 (binomial).
+    the test split: ``devices * n_eval`` answers per task and seed, scored 0/1 (binomial).
     """
-    n = s.devices * s.n_eval
+    n = s.devices * s.n_eval * seeds
     tasks = [t for t in s.tasks if t in accuracy]
     var = sum(accuracy[t] * (1 - accuracy[t]) / n for t in tasks) / max(len(tasks), 1) ** 2
     return 100 * math.sqrt(var)
 
 
-def summarise(reports: dict[str, dict[str, Any]], s: PaperSettings) -> dict[str, Any]:
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _row(name: str, reps: list[dict[str, Any]], s: PaperSettings) -> dict[str, Any] | None:
+    """One table row from the runs behind it (one per seed)."""
+    if name in DERIVED:
+        mode = DERIVED[name][1]
+        if any(mode not in rep["final"].get("modes", {}) for rep in reps):
+            return None
+        accs = [rep["final"]["modes"][mode]["accuracy"] for rep in reps]
+    else:
+        accs = [rep["final"]["accuracy"] for rep in reps]
+    tasks = [t for t in s.tasks if all(t in a for a in accs)]
+    acc = {t: _mean([a[t] for a in accs]) for t in tasks}
+    n = s.devices * s.n_eval * len(reps)
+    finals = [rep["final"] for rep in reps]
+    steps = [f["step_s_median"] for f in finals if f.get("step_s_median") is not None]
+    rss = [f["peak_rss_bytes_max"] for f in finals if f.get("peak_rss_bytes_max")]
+    return {"accuracy": acc, "accuracy_se": {t: _se(acc[t], n) for t in tasks},
+            "avg_accuracy": _mean(list(acc.values())) if acc else float("nan"),
+            "avg_accuracy_se_points": _se_points(acc, s, len(reps)),
+            "seeds": [rep.get("seed", s.seed) for rep in reps],
+            "seed_avg_accuracy": [_mean([a[t] for t in tasks]) if tasks else float("nan") for a in accs],
+            "lr": reps[0]["lr"],
+            "bytes_per_device_per_round": _mean([f["bytes_per_device_per_round"] for f in finals]),
+            "total_bytes": _mean([f["total_bytes"] for f in finals]), "wall_s": _mean([f["wall_s"] for f in finals]),
+            "step_s": _mean(steps) if steps else None, "peak_rss_bytes": max(rss) if rss else None,
+            "routing_accuracy": finals[0].get("routing_accuracy") if name == "edgedfl" else None,
+            "curve": [(r["avg_accuracy"], r["bytes_sent"]) for r in reps[0]["rounds"]]}
+
+
+def summarise(reports: dict[str, Any], s: PaperSettings) -> dict[str, Any]:
+    """The table: ``reports`` maps a variant to its report, or to its reports (one per seed, ``s.seed`` first)."""
+    runs: dict[str, list[dict[str, Any]]] = {k: v if isinstance(v, list) else [v] for k, v in reports.items() if v}
     rows: dict[str, dict[str, Any]] = {}
     for name in ORDER:
-        if name in DERIVED:
-            base, mode = DERIVED[name]
-            if base not in reports or mode not in reports[base]["final"].get("modes", {}):
-                continue
-            rep = reports[base]
-            m = rep["final"]["modes"][mode]
-            acc, avg = m["accuracy"], m["avg_accuracy"]
-        elif name in reports:
-            rep = reports[name]
-            acc, avg = rep["final"]["accuracy"], rep["final"]["avg_accuracy"]
-        else:
-            continue
-        f = rep["final"]
-        rows[name] = {"accuracy": acc, "avg_accuracy": avg, "lr": rep["lr"],
-                      "bytes_per_device_per_round": f["bytes_per_device_per_round"], "total_bytes": f["total_bytes"],
-                      "wall_s": f["wall_s"], "routing_accuracy": f.get("routing_accuracy") if name == "edgedfl" else None,
-                      "curve": [(r["avg_accuracy"], r["bytes_sent"]) for r in rep["rounds"]]}
+        src = DERIVED[name][0] if name in DERIVED else name
+        if src in runs:
+            row = _row(name, runs[src], s)
+            if row is not None:
+                rows[name] = row
     lora = rows.get("lora")
     if lora:
         # the per-round curves score each device on its own task; compare like with like: the
-        # average LoRA's curve ended at (its final row answers every task, another measure)
-        lora_curve_end = reports["lora"]["rounds"][-1]["avg_accuracy"]
+        # average LoRA's curve ended at (its final row answers every task, another measure), per seed pair
+        lora_runs = runs["lora"]
+        lora_total = _mean([rep["final"]["total_bytes"] for rep in lora_runs])
         for name, row in rows.items():
-            src = reports[DERIVED[name][0]] if name in DERIVED else reports[name]
-            row["bytes_to_lora_accuracy"] = bytes_to_reach(src, lora_curve_end)
+            behind = runs[DERIVED[name][0] if name in DERIVED else name]
+            pairs = list(zip(behind, lora_runs * len(behind), strict=False))  # seed k against LoRA's seed k (or its first)
+            to_bytes = [bytes_to_reach(rep, ref["rounds"][-1]["avg_accuracy"]) for rep, ref in pairs]
+            to_time = [time_to_reach(rep, ref["rounds"][-1]["avg_accuracy"]) for rep, ref in pairs]
+            row["bytes_to_lora_accuracy"] = None if None in to_bytes else _mean([float(b) for b in to_bytes if b is not None])
+            row["time_to_lora_accuracy_s"] = None if None in to_time else _mean([t for t in to_time if t is not None])
+            row["accuracy_within_budget"] = {}
+            for frac in s.budgets:
+                got = [accuracy_within(rep, frac * lora_total) for rep in behind]
+                row["accuracy_within_budget"][f"{frac:g}"] = None if None in got else _mean([g for g in got if g is not None])
     targets = {}
     if lora and "edgedfl" in rows:
         ours = rows["edgedfl"]
         ratio = ours["bytes_per_device_per_round"] / max(lora["bytes_per_device_per_round"], 1)
         gain = (ours["avg_accuracy"] - lora["avg_accuracy"]) * 100
         targets["bytes_per_round_vs_lora"] = {"measured": ratio, "target": "<= 0.20", "met": ratio <= 0.20}
-        se = math.hypot(_se_points(ours["accuracy"], s), _se_points(lora["accuracy"], s))
+        se = math.hypot(ours["avg_accuracy_se_points"], lora["avg_accuracy_se_points"])
         targets["accuracy_gain_points_vs_lora"] = {"measured": gain, "target": ">= +5", "met": gain >= 5,
                                                    "standard_error": se}
         if "edgedfl-oracle" in rows:
@@ -264,68 +432,116 @@ def load_tuning(path: str | Path, s: PaperSettings) -> dict[str, Any]:
 
 
 def run_paper(s: PaperSettings, out_dir: str | Path, *, tuning_file: str | Path | None = None,
+              results_dir: str | Path | None = None,
               on_variant: Callable[[dict[str, Any]], object] | None = None) -> dict[str, Any]:
-    """Tune every method's learning rate (the same way), then run each variant once at its rate.
+    """Tune every method's learning rate (the same way), then run each variant (and seed) once at its rate.
 
     ``tuning_file``: reuse the ``tuning.json`` of an earlier run with the same settings.
     An empty ``s.lrs`` runs each method at its default rate (its ``default_lr``, from an earlier
-    tuning). ``on_variant`` gets the summary so far after every variant. Finished
+    tuning). ``results_dir``: where finished variants and tuning scores are kept and taken from (the
+    module doc). ``on_variant`` gets the summary so far after every variant. Finished
     variant runs in ``out_dir`` with the same settings are reused, so a bench that
     was interrupted continues where it stopped.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    results = Path(results_dir) if results_dir is not None else None
     t0 = time.monotonic()
     tuning: dict[str, Any]
     if tuning_file is not None:
         tuning = load_tuning(tuning_file, s)
+    elif results is not None and (results / "tuning.json").is_file() and _same_tuning(results / "tuning.json", s):
+        tuning = load_tuning(results / "tuning.json", s)
     elif len(s.lrs) > 1:
-        tuning = tune_lrs(s)
+        tuning = tune_lrs(s, results / "tuning-scores.json" if results is not None else None)
     elif s.lrs:
         tuning = {m: {"scores": {}, "best": s.lrs[0]} for m in {VARIANTS[v]["method"] for v in s.variants}}
     else:  # no grid: each method at its tuned default (default_lr)
         tuning = {m: {"scores": {}, "best": get_method(m).default_lr, "source": "default_lr"}
                   for m in {VARIANTS[v]["method"] for v in s.variants}}
     tune_s = time.monotonic() - t0
-    (out / "tuning.json").write_text(json.dumps({"settings": _tuning_key(s), "methods": tuning}, indent=2,
-                                                sort_keys=True))
-    reports: dict[str, dict[str, Any]] = {}
+    for where in filter(None, (out, results)):
+        _write_json(where / "tuning.json", {"settings": _tuning_key(s), "methods": tuning})
+    reports: dict[str, list[dict[str, Any]]] = {}
     summary: dict[str, Any] = {}
-    for variant in s.variants:
+    planned = s.runs()
+    for i, (variant, seed) in enumerate(planned):
         lr = float(tuning[VARIANTS[variant]["method"]]["best"])
-        log.info("running %s at lr=%g", variant, lr)
-        reports[variant] = run_variant(s, variant, lr, out / "runs" / f"{variant}-lr{lr:g}")
+        log.info("running %s seed %d at lr=%g", variant, seed, lr)
+        rep = run_variant(s, variant, lr, out / "runs" / f"{variant}-lr{lr:g}-seed{seed}", seed=seed, results=results)
+        rep.setdefault("seed", seed)
+        reports.setdefault(variant, []).append(rep)
         summary = summarise(reports, s)
         summary["lr_tuning"] = tuning
         summary["lr_tuning_s"] = tune_s
-        summary["complete"] = len(reports) == len(s.variants)
+        summary["complete"] = i == len(planned) - 1
         if on_variant is not None:  # partial results survive an interrupted bench
             on_variant(summary)
     return summary
+
+
+def _same_tuning(path: Path, s: PaperSettings) -> bool:
+    try:
+        load_tuning(path, s)
+    except ConfigError:
+        return False
+    return True
 
 
 def _fmt_bytes(n: float | None) -> str:
     return "not reached" if n is None else f"{n / 1e6:.3f} MB"
 
 
+def _fmt(x: float | None, spec: str, none: str = "-") -> str:
+    return none if x is None else format(x, spec)
+
+
 def write_results(summary: dict[str, Any], out_dir: str | Path, command: str) -> list[Path]:
-    """paper.md (table), paper.json, paper.png (average accuracy against cumulative bytes)."""
+    """paper.md (tables), paper.json, paper.png (average accuracy against cumulative bytes)."""
     out = Path(out_dir)
-    tasks = summary["settings"]["tasks"]
+    st = summary["settings"]
+    tasks = st["tasks"]
     lines = ["# edgedfl against the paper's claims and the baselines", "", f"Command: `{command}`", "",
-             "Settings: " + ", ".join(f"{k}={v}" for k, v in summary["settings"].items()), "",
-             "| method | " + " | ".join(tasks) + " | average | kB/device/round | total | bytes to LoRA's last-round accuracy | "
-             "lr | wall s |", "|" + "---|" * (len(tasks) + 7)]
+             "Settings: " + ", ".join(f"{k}={v}" for k, v in st.items()), "",
+             "## Accuracy (exact match; ± one standard error, binomial over every answer behind the cell)", "",
+             "| method | " + " | ".join(tasks) + " | average | seeds | lr |", "|" + "---|" * (len(tasks) + 4)]
     for name, row in summary["rows"].items():
-        accs = " | ".join(f"{row['accuracy'].get(t, float('nan')):.3f}" for t in tasks)
-        lines.append(f"| {name} | {accs} | {row['avg_accuracy']:.3f} | {row['bytes_per_device_per_round'] / 1e3:.1f} | "
-                     f"{_fmt_bytes(row['total_bytes'])} | {_fmt_bytes(row.get('bytes_to_lora_accuracy'))} | "
-                     f"{row['lr']:g} | {row['wall_s']:.0f} |")
+        se = row.get("accuracy_se", {})
+        accs = " | ".join(f"{row['accuracy'].get(t, float('nan')):.3f}"
+                          + (f" ± {se[t]:.3f}" if t in se else "") for t in tasks)
+        avg_se = row.get("avg_accuracy_se_points")
+        seeds = row.get("seeds", [st.get("seed", 0)])
+        per_seed = row.get("seed_avg_accuracy", [])
+        seed_txt = ", ".join(str(k) for k in seeds) + (
+            f" ({' / '.join(f'{a:.3f}' for a in per_seed)})" if len(per_seed) > 1 else "")
+        lines.append(f"| {name} | {accs} | {row['avg_accuracy']:.3f}"
+                     + (f" ± {avg_se / 100:.3f}" if avg_se is not None else "") + f" | {seed_txt} | {row['lr']:g} |")
+    budgets = [f"{b:g}" for b in st.get("budgets", ())]
+    lines += ["", "## Cost", "",
+              ("Bytes: every payload byte published, all devices. Within budget: the per-round average accuracy "
+              "(each device on its own task) of the last round whose cumulative bytes fit that fraction of "
+              "standard LoRA's total. To LoRA's accuracy: bytes and seconds (each round's slowest device's "
+              "training and exchange) until the per-round average reached the one standard LoRA's curve ended at. "
+              "Step: one local optimizer step, median over devices and rounds (devices share this machine's cores, "
+              "so compare rows, not machines). Peak RSS: the largest device process."), "",
+              "| method | kB/device/round | total | " + " | ".join(f"acc within {b}x LoRA bytes" for b in budgets)
+              + " | bytes to LoRA's accuracy | s to LoRA's accuracy | step s | peak RSS MB | wall s |",
+              "|" + "---|" * (len(budgets) + 8)]
+    for name, row in summary["rows"].items():
+        within = row.get("accuracy_within_budget", {})
+        cells = " | ".join(_fmt(within.get(b), ".3f") for b in budgets)
+        rss = row.get("peak_rss_bytes")
+        lines.append(f"| {name} | {row['bytes_per_device_per_round'] / 1e3:.1f} | {_fmt_bytes(row['total_bytes'])} | "
+                     + (cells + " | " if budgets else "")
+                     + f"{_fmt_bytes(row.get('bytes_to_lora_accuracy'))} | "
+                     f"{_fmt(row.get('time_to_lora_accuracy_s'), '.0f', 'not reached')} | "
+                     f"{_fmt(row.get('step_s'), '.2f')} | {_fmt(rss / 1e6 if rss else None, '.0f')} | "
+                     f"{row['wall_s']:.0f} |")
     tuning = summary.get("lr_tuning", {})
     if any(t["scores"] for t in tuning.values()):
+        grid = next(iter(tuning.values()))["scores"]
         lines += ["", "## Learning rates (tuned the same way for every method; held-out training examples)", "",
-                  "| method | " + " | ".join(f"lr {lr}" for lr in next(iter(tuning.values()))["scores"]) + " | chosen |",
-                  "|" + "---|" * (len(next(iter(tuning.values()))["scores"]) + 2)]
+                  "| method | " + " | ".join(f"lr {lr}" for lr in grid) + " | chosen |", "|" + "---|" * (len(grid) + 2)]
         for method, t in sorted(tuning.items()):
             cells = " | ".join(f"{v['mean']:.3f}" for v in t["scores"].values())
             lines.append(f"| {method} | {cells} | {t['best']:g} |")
@@ -338,8 +554,8 @@ def write_results(summary: dict[str, Any], out_dir: str | Path, command: str) ->
                        "rows missing above have not run yet.**")]
     lines += ["", "## Targets", ""]
     for key, t in summary["targets"].items():
-        se = f" ± {t['standard_error']:.1f} (one standard error, {summary['settings']['devices']} x " \
-             f"{summary['settings']['n_eval']} answers per task)" if "standard_error" in t else ""
+        se = (f" ± {t['standard_error']:.1f} (one standard error, {st['devices']} x "
+              f"{st['n_eval']} answers per task and seed)") if "standard_error" in t else ""
         lines.append(f"- {key}: measured {t['measured']:.3f}{se}, target {t['target']}: "
                      f"**{'met' if t['met'] else 'MISSED'}**")
     if summary["rows"].get("edgedfl", {}).get("routing_accuracy") is not None:
@@ -361,10 +577,11 @@ def write_results(summary: dict[str, Any], out_dir: str | Path, command: str) ->
         cum, xs, ys = 0, [], []
         for acc, b in row["curve"]:
             cum += b
-            xs.append(cum / 1e6)
+            xs.append(max(cum, 1) / 1e6)
             ys.append(acc)
         ax.plot(xs, ys, marker="o", label=name)
-    ax.set(xlabel="cumulative MB sent (all devices)", ylabel="average accuracy (own task, per round)",
+    ax.set_xscale("log")
+    ax.set(xlabel="cumulative MB sent (all devices, log scale)", ylabel="average accuracy (own task, per round)",
            title="accuracy against bytes")
     ax.legend(fontsize=7)
     fig.tight_layout()

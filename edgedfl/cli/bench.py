@@ -10,6 +10,13 @@ import sys
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("which", choices=["paper"], help="the benchmark to run")
     p.add_argument("--quick", action="store_true", help="tiny model, 4 devices, 2 tasks, 2 rounds (minutes)")
+    p.add_argument("--suite", choices=["short", "long"], default="short",
+                   help="short: 4 tasks that never collide, a few rounds; long: 6 tasks that collide in pairs, "
+                        "12 devices, 300 steps each, 2 seeds for the headline rows (hours; resumable, results "
+                        "kept in --results, default bench/results/paper-long)")
+    p.add_argument("--results", default=None,
+                   help="keep every finished variant and tuning score here and take those already there "
+                        "(commit the folder: a run on another machine continues from it)")
     p.add_argument("--devices", type=int, default=None)
     p.add_argument("--tasks", default=None, help="comma-separated built-in tasks")
     p.add_argument("--model", default=None)
@@ -27,8 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--round-deadline-s", type=float, default=None,
                    help="a round closes at this deadline if the quorum reported (raise it for many devices on few cores)")
-    p.add_argument("--out", default="bench/results", help="where paper.md / .json / .png go")
-    p.add_argument("--work", default="runs/bench-paper", help="where the runs go")
+    p.add_argument("--out", default=None, help="where paper.md / .json / .png go (default bench/results, "
+                   "with --suite long the results folder)")
+    p.add_argument("--work", default=None, help="where the runs go (default runs/bench-paper[-long])")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +44,15 @@ def run(args: argparse.Namespace) -> int:
 
     from edgedfl.bench.paper import PaperSettings, run_paper, write_results
 
-    s = PaperSettings.quick() if args.quick else PaperSettings()
+    if args.quick:
+        s = PaperSettings.quick()
+    elif args.suite == "long":
+        s = PaperSettings.long()
+    else:
+        s = PaperSettings()
+    results = args.results or ("bench/results/paper-long" if args.suite == "long" and not args.quick else None)
+    out = args.out or results or "bench/results"
+    work = args.work or ("runs/bench-paper-long" if args.suite == "long" else "runs/bench-paper")
     over: dict[str, object] = {}
     for key in ("devices", "model", "rounds", "local_steps", "n_eval", "n_tune", "seed", "round_deadline_s"):
         if getattr(args, key) is not None:
@@ -51,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         over["variants"] = tuple(v for v in args.variants.split(",") if v)
     s = dataclasses.replace(s, **over)  # type: ignore[arg-type]
     command = "edgedfl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "edgedfl bench paper"
-    summary = run_paper(s, args.work, tuning_file=args.tuning,
-                        on_variant=lambda partial: write_results(partial, args.out, command))
-    paths = write_results(summary, args.out, command)
+    summary = run_paper(s, work, tuning_file=args.tuning, results_dir=results,
+                        on_variant=lambda partial: write_results(partial, out, command))
+    paths = write_results(summary, out, command)
     print(paths[0].read_text())
     return 0

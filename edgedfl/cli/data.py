@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         devices = data.partition_suite(
             args.devices, mode=args.mode, alpha=args.alpha, seed=args.seed, max_per_device=args.max_per_device
         )
-        names = list(data.TASKS)
+        names = list(data.DEFAULT_SUITE)
         print(f"{'device':>6} {'task':<7} {'total':>6} " + " ".join(f"{n:>6}" for n in names))
         for dev in devices:
             counts = " ".join(f"{dev.counts.get(n, 0):>6}" for n in names)

@@ -11,6 +11,7 @@ from typing import Any
 
 from edgedfl.adapters.methods import method_names
 from edgedfl.aggregation.config import ROBUST
+from edgedfl.node.config import TOPOLOGIES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=None, metavar="METHOD",
                    help=f"adapter method: one of {', '.join(method_names())} (default solora), or a "
                         "'module:OBJECT' AdapterMethod")
-    p.add_argument("--topology", default=None, choices=["clusters", "flat"], help="default clusters")
+    p.add_argument("--topology", default=None, choices=list(TOPOLOGIES),
+                   help="default clusters; local: the no-exchange baseline (every device trains alone, sends no update)")
     p.add_argument("--rounds", type=int, default=None, help="federated rounds (default 3)")
     p.add_argument("--local-steps", type=int, default=None, help="optimizer steps per round")
     p.add_argument("--lr", type=float, default=None)

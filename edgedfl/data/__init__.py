@@ -19,6 +19,7 @@ from edgedfl.data.examples import (
 from edgedfl.data.partition import MODES, DeviceData, partition, partition_suite
 from edgedfl.data.sources import load_examples
 from edgedfl.data.tasks import (
+    DEFAULT_SUITE,
     DEFAULT_TEST_SIZE,
     DEFAULT_TRAIN_SIZE,
     SPLITS,
@@ -31,6 +32,7 @@ from edgedfl.data.tasks import (
 )
 
 __all__ = [
+    "DEFAULT_SUITE",
     "DEFAULT_TEST_SIZE",
     "DEFAULT_TRAIN_SIZE",
     "MODES",

@@ -1,4 +1,4 @@
-"""The built-in offline multi-task suite: four task families, deterministic splits.
+"""The built-in offline tasks: nine tasks, deterministic splits.
 
 =========  ==============  ===================================================
 name       family          what the model answers
@@ -7,7 +7,17 @@ topic      classification  the topic word of a BBC News article
 yesno      reading         whether a short text contains a given word
 arith      arithmetic      the number answering a small word problem
 strtf      code            a string transformed by a named function
+parity     numbers         whether a number is even (yes/no, like yesno)
+first      lists           the first word of a word list
+last       lists           the last word of the same word lists
+isodate    dates           a date in words, in ISO format
+textdate   dates           the same dates, from ISO format to words
 =========  ==============  ===================================================
+
+The first four are the default suite (:data:`DEFAULT_SUITE`); the last five,
+with ``yesno``, form the long-horizon suite's three colliding pairs
+(:data:`COLLIDING_PAIRS`: shared label words with another meaning, the same
+input asked another question, opposite answer formats).
 
 Prompt format, shared by every task (so one trainer and one exact-match
 evaluator serve them all)::
@@ -508,6 +518,109 @@ def _strtf_capacity(split: str, seed: int) -> None:
     return None
 
 
+# --- tasks whose outputs collide (the long-horizon suite) -----------------------------------
+#
+# Each pair below asks a *different* question whose answers share one output space, so an
+# adapter shared by both tasks is pulled two ways on look-alike prompts:
+#
+# * ``parity`` answers " yes"/" no" like ``yesno``, with another meaning (is a number even);
+# * ``first`` and ``last`` ask about the *same* word lists (one shared input stream: the i-th
+#   example of each shows the same list), and both answer a word of that list;
+# * ``isodate`` and ``textdate`` convert the same dates in opposite directions, so each
+#   task's answer format is the other's input format.
+#
+# A shared input stream splits by the input, not the prompt: an input in one task's test
+# split is in every sibling's test split, so a multi-task model never trains on a test input.
+
+
+def _input_split(family: str, seed: int, key: str) -> str:
+    return "test" if derive_seed(family, "split", seed, key) % 100 < _GENERATED_TEST_SHARE else "train"
+
+
+def _shared_stream(
+    family: str, draw: Callable[[random.Random], str], split: str, seed: int
+) -> Iterator[str]:
+    """The distinct inputs of ``family`` (a key string each) that fall in ``split``, in one fixed order."""
+    rng = rng_for(family, seed)
+    seen: set[str] = set()
+    misses = 0
+    while misses < 10_000:
+        key = draw(rng)
+        if key in seen or _input_split(family, seed, key) != split:
+            misses += key in seen
+            continue
+        seen.add(key)
+        misses = 0
+        yield key
+
+
+def _parity_make(r: random.Random) -> tuple[str, str]:
+    n = r.randint(0, 99_999)
+    return format_prompt("is the number even", [("Number", str(n))]), "yes" if n % 2 == 0 else "no"
+
+
+_LIST_WORDS = [
+    "apple", "river", "stone", "lamp", "cloud", "horse", "bread", "chair", "garden", "window",
+    "pencil", "mountain", "candle", "bottle", "forest", "ticket", "rocket", "castle", "mirror", "basket",
+    "violin", "tiger", "island", "jacket", "ladder", "orange", "pillow", "rabbit", "silver", "tunnel",
+    "wallet", "yellow", "bridge", "camera", "dragon", "engine", "feather", "guitar", "hammer", "kettle",
+    "lemon", "market", "needle", "ocean", "planet", "quilt", "saddle", "turtle", "umbrella", "valley",
+]
+
+
+def _word_list(r: random.Random) -> str:
+    return " ".join(r.sample(_LIST_WORDS, r.randint(4, 6)))
+
+
+def _pick_stream(title: str, pick: Callable[[list[str]], str], task: str) -> Callable[[str, int], Iterator[Example]]:
+    def stream(split: str, seed: int) -> Iterator[Example]:
+        for key in _shared_stream("wordlist", _word_list, split, seed):
+            yield Example(format_prompt(title, [("Words", key)]), _answer(pick(key.split())), task)
+
+    return stream
+
+
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+_DAYS_IN = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _date(r: random.Random) -> str:
+    """An ISO date between 1950 and 2049 (the shared input of the two date tasks)."""
+    year, month = r.randint(1950, 2049), r.randint(1, 12)
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    day = r.randint(1, _DAYS_IN[month - 1] + (month == 2 and leap))
+    return f"{year:04d}-{month:02d}-{day:02d}"
+
+
+def date_in_words(iso: str) -> str:
+    """``"2024-03-07"`` -> ``"7 March 2024"`` (the reference answer of ``textdate``)."""
+    year, month, day = (int(x) for x in iso.split("-"))
+    return f"{day} {MONTHS[month - 1]} {year}"
+
+
+def _date_stream(to_iso: bool) -> Callable[[str, int], Iterator[Example]]:
+    task = "isodate" if to_iso else "textdate"
+
+    def stream(split: str, seed: int) -> Iterator[Example]:
+        for iso in _shared_stream("date", _date, split, seed):
+            words = date_in_words(iso)
+            if to_iso:
+                yield Example(format_prompt("date to ISO format", [("Date", words)]), _answer(iso), task)
+            else:
+                yield Example(format_prompt("date to words", [("Date", iso)]), _answer(words), task)
+
+    return stream
+
+
+def _unbounded(split: str, seed: int) -> None:
+    return None
+
+
+#: the tasks of the long-horizon suite that collide in pairs (see above) and the pairs themselves
+COLLIDING_PAIRS: tuple[tuple[str, str], ...] = (("yesno", "parity"), ("first", "last"), ("isodate", "textdate"))
+
+
 # --- registry ---------------------------------------------------------------------------
 
 
@@ -552,8 +665,23 @@ TASKS: dict[str, Task] = {
             _generated("strtf", _strtf_make),
             _strtf_capacity,
         ),
+        Task("parity", "numbers", "is a number even? (yes/no: the label words of yesno, another meaning)",
+             _generated("parity", _parity_make), _unbounded),
+        Task("first", "lists", "the first word of a word list (the same lists as last)",
+             _pick_stream("first word", lambda ws: ws[0], "first"), _unbounded),
+        Task("last", "lists", "the last word of a word list (the same lists as first)",
+             _pick_stream("last word", lambda ws: ws[-1], "last"), _unbounded),
+        Task("isodate", "dates", "a date in words to ISO format (the same dates as textdate)",
+             _date_stream(True), _unbounded),
+        Task("textdate", "dates", "an ISO date to words (the same dates as isodate)",
+             _date_stream(False), _unbounded),
     )
 }
+
+
+#: the default suite (``suite()``, ``partition_suite()``, ``edgedfl data partition``): the four tasks
+#: that never collide; the later tasks form the long suite's colliding pairs (COLLIDING_PAIRS)
+DEFAULT_SUITE: tuple[str, ...] = ("topic", "yesno", "arith", "strtf")
 
 
 def get_task(name: str) -> Task:
@@ -576,9 +704,9 @@ def suite(
     seed: int = 0,
 ) -> dict[str, list[Example]]:
     """Several tasks at once: ``tasks`` names them, or takes the first ``tasks`` of
-    :data:`TASKS`; ``None`` means all. Returns task name -> examples, in order."""
+    :data:`TASKS`; ``None`` means :data:`DEFAULT_SUITE`. Returns task name -> examples, in order."""
     if tasks is None:
-        names = list(TASKS)
+        names = list(DEFAULT_SUITE)
     elif isinstance(tasks, int):
         if not 1 <= tasks <= len(TASKS):
             raise DataError(f"suite size must be 1..{len(TASKS)}, got {tasks}")

@@ -18,6 +18,7 @@ accuracy is the evaluation before any training); ``final``:
 from __future__ import annotations
 
 import json
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,13 @@ def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: in
     run = Path(run_dir)
     finals, rows = {}, defaultdict(list)
     swarm_name = admission = None
+    local_steps = 0
+    step_times: list[float] = []
     for node_dir in sorted(p for p in run.iterdir() if (p / "node_config.json").is_file()):
         cfg = json.loads((node_dir / "node_config.json").read_text())
         swarm_name = swarm_name or cfg.get("swarm", {}).get("name")
         admission = admission or cfg.get("swarm", {}).get("admission")
+        local_steps = local_steps or int(cfg.get("swarm", {}).get("local_steps", 0))
         final_path = node_dir / "final.json"
         if final_path.is_file():
             finals[cfg["node_id"]] = json.loads(final_path.read_text())
@@ -77,7 +81,13 @@ def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: in
         acc = {t: _mean(per_task[t]) for t in tasks if per_task[t]}
         rounds.append({"round": r, "accuracy": acc, "avg_accuracy": _mean(list(acc.values())),
                        "loss": {t: _mean(losses[t]) for t in tasks if losses[t]},
-                       "bytes_sent": bytes_by_round.get(r, 0)})
+                       "bytes_sent": bytes_by_round.get(r, 0),
+                       # the round's training + exchange time, its slowest device (evaluation not counted)
+                       "round_s": max((float(row.get("train_s", 0.0)) + float(row.get("waited_s", 0.0))
+                                       for row in rows[r]), default=0.0)})
+        for row in rows[r]:
+            if row.get("train_s") is not None and local_steps:
+                step_times.append(float(row["train_s"]) / local_steps)
     devices = len(finals)
     total = sum(bytes_by_round.values())
     n_rounds = max((r["round"] for r in rounds), default=0)  # round 0 is the evaluation before training
@@ -112,7 +122,8 @@ def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: in
         per_device[n] = {"slot": f["slot"], "task": f["task"], "experts_held": sorted(int(s) for s in f["experts"]),
                          "experts_missing": missing, "rejects": f.get("rejects", {}),
                          "rejects_by_sender": f.get("rejects_by_sender", {}),
-                         "resumed_after": f.get("resumed_after", 0), "crashes": crashes.get(n, [])}
+                         "resumed_after": f.get("resumed_after", 0), "crashes": crashes.get(n, []),
+                         "peak_rss_bytes": f.get("peak_rss_bytes")}
         if missing:
             incomplete.append(n)
     return {
@@ -129,6 +140,10 @@ def build_report(run_dir: str | Path, *, method: str, tasks: list[str], seed: in
             "routing_accuracy": _mean(routing_acc) if routing_acc else None,
             "bytes_per_device_per_round": total / max(devices * n_rounds, 1),
             "clusters": {n: f["slot"] for n, f in sorted(finals.items())}, "wall_s": wall_s,
+            # one local optimizer step (median over devices and rounds; devices sharing cores are slower)
+            "step_s_median": statistics.median(step_times) if step_times else None,
+            "peak_rss_bytes_max": max((int(f["peak_rss_bytes"]) for f in finals.values()
+                                       if f.get("peak_rss_bytes")), default=None),
         },
     }
 

@@ -23,7 +23,7 @@ from edgedfl.protocol.types import ProtocolConfig
 from edgedfl.train.config import TrainConfig
 from edgedfl.wire.codec import PRECISIONS
 
-TOPOLOGIES = ("clusters", "flat")
+TOPOLOGIES = ("clusters", "flat", "local")
 #: expert slots of a swarm whose max_slots is 0 (auto) and nobody told it how many tasks there are
 DEFAULT_SLOTS = 4
 
@@ -67,7 +67,7 @@ class SwarmConfig(ConfigBase):
     name: str = option("demo", help="swarm name: the MQTT topic prefix edgedfl/<name>/...")
     seed: int = option(0, help="swarm seed: A, masks, clustering and data order derive from it")
     model: str = option("tiny", help="base model: tiny, smollm2, gemma3-270m, a hub id, a directory or a .gguf")
-    topology: str = option("clusters", help="clusters (ours) or flat (one gossip over every device)")
+    topology: str = option("clusters", help="clusters (ours), flat (one gossip over every device) or local (a baseline: every device trains alone and sends no update)")
     random_masks: bool = option(False, help="ablation: random mask positions instead of spectrum-based")
     max_slots: int = option(0, help="most clusters (expert slots) the swarm forms; 0: the number of distinct tasks "
                                     "in the emulator, 4 for a node on its own (DEFAULT_SLOTS)")
@@ -181,7 +181,7 @@ class SwarmConfig(ConfigBase):
     @property
     def num_slots(self) -> int:
         """Expert slots on every model: one per possible cluster (1 for flat gossip)."""
-        return 1 if self.topology == "flat" else self.slots_limit
+        return 1 if self.topology in ("flat", "local") else self.slots_limit
 
     @property
     def slots_limit(self) -> int:

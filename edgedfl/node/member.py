@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import re
+import resource
 import signal
 import threading
 import time
@@ -336,6 +337,8 @@ class SwarmMember:
             "experts_missing": sorted(set(self.clustering.slot_numbers) - {self.slot} - set(experts)),
             "resumed_after": done, "wall_s": time.monotonic() - t_start, "rejects": dict(self.protocol.rejects),
             "rejects_by_sender": dict(self.protocol.rejects_by_sender),
+            # this process's peak resident set (a device process: the device's; a device host: the host's)
+            "peak_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
             **self.learner.final_tags(), **self.learner.tags(),
         }
         write_json(self.state / "final.json", final)
@@ -385,7 +388,7 @@ class SwarmMember:
             if info.signature is not None and p != self.me and p not in sigs:
                 self.reject(TopologyError(f"task signature of shape {info.signature.shape}, this swarm's is "
                                           f"{own_signature.shape}, or not finite"), p)
-        if self.swarm.topology == "flat" or not self.method.clusters:
+        if self.swarm.topology in ("flat", "local") or not self.method.clusters:
             return flat_clustering(sorted(sigs))
         spreads = {p: info.profile.get("signature_spread") for p, info in self.protocol.peers.items() if p in sigs}
         spreads[self.me] = self.learner.signature_spread()
@@ -416,9 +419,12 @@ class SwarmMember:
             quality = {(a, b): min(ra, rb) for a, ra in rated for b, rb in rated if a != b}
             return neighbour_graph(members, quality, degree)
 
-        graph = _shared_result(_digest("graph", sorted(members), rated, degree), graph_of_cluster)
-        self.neighbours = graph.neighbours(self.me)
-        self.weights = metropolis_weights(graph)[self.me]
+        if self.swarm.topology == "local":  # the no-exchange baseline: nobody to average with
+            self.neighbours, self.weights = [], {self.me: 1.0}
+        else:
+            graph = _shared_result(_digest("graph", sorted(members), rated, degree), graph_of_cluster)
+            self.neighbours = graph.neighbours(self.me)
+            self.weights = metropolis_weights(graph)[self.me]
         self.learner.place(self.slot)
         self.protocol.follow_slot(self.slot)
         self.protocol.keep_slots({self.slot})
@@ -558,6 +564,8 @@ class SwarmMember:
         clipping (``AggregationConfig.auto_clip``).
         """
         assert self.protocol is not None
+        if self.swarm.topology == "local":  # the no-exchange baseline: the own update, nothing sent
+            return RoundExchange(own, [], False, 0.0)
         sent = corrupt(own, self.cfg.attack, seed=(self.swarm.seed, r)) if self.cfg.attack else own
         if self.link is not None:
             self.link.audience = tuple(self.neighbours)
@@ -643,7 +651,7 @@ class SwarmMember:
         """The speaker publishes the finished expert (fp16, sparse under the mask, and the cluster's code)."""
         assert self.protocol is not None
         every = self.swarm.expert_every
-        if not self.is_speaker() or not (r == self.swarm.rounds or (every and r % every == 0)):
+        if self.swarm.topology == "local" or not self.is_speaker() or not (r == self.swarm.rounds or (every and r % every == 0)):
             return
         tensors = {k: v.astype(np.float16) for k, v in self.learner.get_update(self.slot).items()}
         latent = self.cluster_code.to_tensors() if self.cluster_code is not None else {}

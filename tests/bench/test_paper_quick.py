@@ -13,20 +13,27 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_bench_paper_quick_writes_every_row_and_the_targets(tmp_path):
-    out, work = tmp_path / "results", tmp_path / "work"
+    out, work, kept = tmp_path / "results", tmp_path / "work", tmp_path / "kept"
     proc = subprocess.run(
-        [sys.executable, "-m", "edgedfl.cli", "bench", "paper", "--quick", "--out", str(out), "--work", str(work)],
+        [sys.executable, "-m", "edgedfl.cli", "bench", "paper", "--quick", "--out", str(out), "--work", str(work),
+         "--results", str(kept)],
         capture_output=True, text=True, timeout=900, check=False, env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "paper.json").read_text())
     rows = summary["rows"]
     assert set(rows) == {"lora", "ffa", "edgedfl", "edgedfl-oracle", "edgedfl-merge", "edgedfl-flat",
-                         "edgedfl-random-masks"}
+                         "edgedfl-random-masks", "local"}
     tasks = summary["settings"]["tasks"]
     for name, row in rows.items():
         assert set(row["accuracy"]) == set(tasks), name
         assert row["total_bytes"] > 0 and row["bytes_per_device_per_round"] > 0
+        assert row["step_s"] > 0 and row["peak_rss_bytes"] > 50e6, name  # measured on every device
+        assert set(row["accuracy_within_budget"]) == {f"{b:g}" for b in summary["settings"]["budgets"]}
+    # local-only sends no update: after the join, every round's bytes are zero
+    local = json.loads((kept / "local-seed0.json").read_text())["report"]
+    assert [r["bytes_sent"] for r in local["rounds"][1:]] == [0] * summary["settings"]["rounds"]
+    assert all(r["bytes_sent"] > 0 for r in json.loads((kept / "lora-seed0.json").read_text())["report"]["rounds"])
     # the same settings for every variant: one rank, one seed, one precision, rounds
     runs = sorted((work / "runs").iterdir())
     swarms = [json.loads((r / "fleet_config.json").read_text())["swarm"] for r in runs]
@@ -66,6 +73,24 @@ def test_bench_paper_quick_writes_every_row_and_the_targets(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert {r.name: (r / "report.json").stat().st_mtime_ns for r in runs} == stamps
     assert json.loads((tmp_path / "again" / "paper.json").read_text())["rows"] == rows
+
+    # on another machine: a fresh work folder and the kept results; only the missing variant runs
+    saved = sorted(p.name for p in kept.glob("*-seed*.json"))
+    assert len(saved) == len(summary["settings"]["variants"])
+    first = json.loads((kept / "lora-seed0.json").read_text())
+    assert first["commit"] and first["fleet"]["swarm"]["seed"] == 0 and first["lr"] == rows["lora"]["lr"]
+    (kept / "local-seed0.json").unlink()
+    fresh = tmp_path / "fresh"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "edgedfl.cli", "bench", "paper", "--quick", "--out", str(tmp_path / "resumed"),
+         "--work", str(fresh), "--results", str(kept)],
+        capture_output=True, text=True, timeout=300, check=False, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [p.name for p in (fresh / "runs").iterdir()] == [f"local-lr{rows['local']['lr']:g}-seed0"]
+    assert sorted(p.name for p in kept.glob("*-seed*.json")) == saved
+    again_rows = json.loads((tmp_path / "resumed" / "paper.json").read_text())["rows"]
+    assert {k: v for k, v in again_rows.items() if k != "local"} == {k: v for k, v in rows.items() if k != "local"}
 
 
 def test_a_saved_tuning_is_reused_only_with_the_same_settings(tmp_path):
@@ -126,3 +151,42 @@ def test_partial_results_say_so(tmp_path):
     write_results(summary, tmp_path, "edgedfl bench paper")
     md = (tmp_path / "paper.md").read_text()
     assert "Partial results" in md and "| lora |" in md and "lora 0.002" in md and "one standard error" in md
+
+
+def _report(seed, accs, per_round, lr=0.01):
+    """A fleet report in miniature: final accuracy per task, and (bytes, seconds, average accuracy) per round."""
+    return {"lr": lr, "seed": seed,
+            "rounds": [{"round": i, "avg_accuracy": a, "bytes_sent": b, "round_s": t}
+                       for i, (b, t, a) in enumerate(per_round)],
+            "final": {"accuracy": accs, "avg_accuracy": sum(accs.values()) / len(accs),
+                      "total_bytes": sum(b for b, _, _ in per_round),
+                      "bytes_per_device_per_round": 1.0, "wall_s": 1.0, "step_s_median": 0.5,
+                      "peak_rss_bytes_max": 300e6}}
+
+
+def test_seeds_average_and_budgets_and_cost_to_target_are_read_from_the_curves():
+    from edgedfl.bench.paper import PaperSettings, summarise
+
+    s = PaperSettings.quick()
+    s.budgets = (0.25, 1.0)
+    lora = [_report(0, {"arith": 0.2, "strtf": 0.4}, [(100, 0, 0.0), (400, 10, 0.2), (400, 10, 0.3)]),
+            _report(1, {"arith": 0.4, "strtf": 0.6}, [(100, 0, 0.0), (400, 10, 0.1), (400, 10, 0.5)])]
+    ours = [_report(0, {"arith": 0.5, "strtf": 0.5}, [(50, 0, 0.0), (50, 20, 0.4), (50, 20, 0.6)]),
+            _report(1, {"arith": 0.7, "strtf": 0.7}, [(50, 0, 0.0), (50, 20, 0.2), (50, 20, 0.4)])]
+    summary = summarise({"lora": lora, "edgedfl": ours}, s)
+    row, ref = summary["rows"]["edgedfl"], summary["rows"]["lora"]
+    assert row["accuracy"] == pytest.approx({"arith": 0.6, "strtf": 0.6})
+    assert row["seeds"] == [0, 1] and row["seed_avg_accuracy"] == pytest.approx([0.5, 0.7])
+    assert ref["avg_accuracy"] == pytest.approx(0.4)
+    # two seeds: the standard error counts both seeds' answers
+    n = s.devices * s.n_eval * 2
+    assert row["accuracy_se"]["arith"] == pytest.approx((0.6 * 0.4 / n) ** 0.5)
+    assert summary["targets"]["accuracy_gain_points_vs_lora"]["measured"] == pytest.approx(20.0)
+    # seed k against LoRA's seed k: seed 0 needs LoRA's 0.3 (reached in round 1: 100 bytes, 20 s),
+    # seed 1 LoRA's 0.5 (never: 0.4 at the end) -> not reached
+    assert row["bytes_to_lora_accuracy"] is None and row["time_to_lora_accuracy_s"] is None
+    assert ref["bytes_to_lora_accuracy"] == pytest.approx(900) and ref["time_to_lora_accuracy_s"] == pytest.approx(20)
+    # within 0.25 x LoRA's total (900 bytes -> 225): ours ends both runs inside (0.6 and 0.4), LoRA only its join
+    assert row["accuracy_within_budget"] == pytest.approx({"0.25": 0.5, "1": 0.5})
+    assert ref["accuracy_within_budget"] == pytest.approx({"0.25": 0.0, "1": 0.4})
+    assert row["step_s"] == 0.5 and row["peak_rss_bytes"] == 300e6

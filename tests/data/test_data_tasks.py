@@ -130,7 +130,7 @@ def test_bbc_tasks_never_show_a_test_article_in_train(name: str) -> None:
     assert not [t for t in test_texts if t in joined]
 
 
-@pytest.mark.parametrize("name", ["arith", "strtf"])
+@pytest.mark.parametrize("name", ["arith", "strtf", "parity"])
 def test_generated_tasks_keep_test_prompts_out_of_train(name: str) -> None:
     train = {e.prompt for e in load_task(name, "train", n=2000)}
     test = {e.prompt for e in load_task(name, "test", n=500)}
@@ -244,3 +244,62 @@ def test_suite_by_count_and_by_names() -> None:
     assert list(picked) == ["strtf", "arith"] and all(len(v) == 5 for v in picked.values())
     with pytest.raises(DataError):
         suite(0)
+
+
+# --- the colliding tasks of the long suite ----------------------------------------------------
+
+
+def test_parity_answers_are_correct_and_share_yesno_label_words() -> None:
+    examples = load_task("parity", "train", n=400)
+    for ex in examples:
+        n = int(field(ex.prompt, "Number"))
+        assert ex.completion == (" yes" if n % 2 == 0 else " no")
+    answers = Counter(ex.completion for ex in examples)
+    assert set(answers) == {" yes", " no"} == {ex.completion for ex in load_task("yesno", "train", n=400)}
+    assert 0.4 < answers[" yes"] / len(examples) < 0.6
+
+
+@pytest.mark.parametrize(("a", "b"), [("first", "last"), ("isodate", "textdate")])
+def test_sibling_tasks_ask_about_the_same_inputs_and_never_leak_them(a: str, b: str) -> None:
+    from edgedfl.data.tasks import COLLIDING_PAIRS
+
+    assert (a, b) in COLLIDING_PAIRS
+    key = "Words" if a == "first" else "Date"
+    for split in ("train", "test"):
+        xs, ys = load_task(a, split, n=300), load_task(b, split, n=300)
+        # the i-th example of each sibling asks its own question about the same input
+        shown_a = [field(e.prompt, key) for e in xs]
+        shown_b = [field(e.prompt, key) for e in ys]
+        if a == "first":
+            assert shown_a == shown_b
+        else:  # the same dates, each task showing it in the other's answer format
+            assert shown_a == [e.completion.strip() for e in ys] and shown_b == [e.completion.strip() for e in xs]
+        assert {e.prompt for e in xs}.isdisjoint(e.prompt for e in ys)  # distinguishable prompts
+    # split by input: a test input of one sibling is never a training input of the other (a multi-task
+    # adapter trains on both)
+    test_inputs = {field(e.prompt, key) for t in (a, b) for e in load_task(t, "test", n=DEFAULT_TEST_SIZE)}
+    train_inputs = {field(e.prompt, key) for t in (a, b) for e in load_task(t, "train", n=2000)}
+    if a == "isodate":  # one task shows the date in words, the other in ISO: compare ISO dates
+        from edgedfl.data.tasks import MONTHS
+
+        def iso(shown: str) -> str:
+            if "-" in shown:
+                return shown
+            day, month, year = shown.split()
+            return f"{int(year):04d}-{MONTHS.index(month) + 1:02d}-{int(day):02d}"
+
+        test_inputs, train_inputs = {iso(x) for x in test_inputs}, {iso(x) for x in train_inputs}
+    assert test_inputs and train_inputs and test_inputs.isdisjoint(train_inputs)
+
+
+def test_list_and_date_answers_are_correct() -> None:
+    from edgedfl.data.tasks import date_in_words
+
+    for ex in load_task("first", "test", n=100):
+        assert ex.completion == " " + field(ex.prompt, "Words").split()[0]
+    for ex in load_task("last", "test", n=100):
+        assert ex.completion == " " + field(ex.prompt, "Words").split()[-1]
+    for ex in load_task("textdate", "test", n=100):
+        assert ex.completion == " " + date_in_words(field(ex.prompt, "Date"))
+    assert date_in_words("2024-02-29") == "29 February 2024"
+    assert all(int(e.completion[1:5]) in range(1950, 2050) for e in load_task("isodate", "train", n=200))
