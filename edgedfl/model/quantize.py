@@ -66,12 +66,39 @@ def _linear_filter(module: Any, fqn: str) -> bool:
     return isinstance(module, torch.nn.Linear) and not fqn.endswith("lm_head")
 
 
+def release_freed_memory() -> None:
+    """Hand the heap's freed pages back to the system (glibc ``malloc_trim``; elsewhere a no-op).
+
+    Quantizing frees the fp32 weights, but glibc keeps freed heap pages in the
+    process: without this, an int4 base leaves the process larger than an fp32 one.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
+
+
 def _torchao(config_factory: Callable[[], Any]) -> Callable[[Any, str], Any]:
     def apply(model: Any, device: str) -> Any:
         from torchao.quantization import quantize_
 
         place_model(model, device)  # torchao quantizes the weights where they live
-        quantize_(model, config_factory(), filter_fn=_linear_filter)
+        config = config_factory()
+        # one linear layer at a time, the freed fp32 weights handed back as we go: the transient copies
+        # quantization makes stay one layer's size (bench/results/train.md: added memory)
+        for fqn, module in list(model.named_modules()):
+            if _linear_filter(module, fqn):
+                quantize_(module, config, filter_fn=lambda m, _fqn, target=module: m is target)
+                release_freed_memory()
         return model
 
     return apply
@@ -223,4 +250,33 @@ def quantize_model(
     want_cuda = chosen.auto_device == "cuda" or (chosen.auto_device == "profile" and profile.accelerator == "cuda")
     where = resolve_device(device, want_cuda=want_cuda, current=model_device(model))
     log.info("quantizing base with %s on %s", name, where)
-    return chosen.apply(model, where), name
+    model = chosen.apply(model, where)
+    if name != "none":
+        own_plain_tensors(model)
+        release_freed_memory()
+    return model, name
+
+
+def own_plain_tensors(model: Any) -> None:
+    """Copy the weights quantization left as they were (embeddings, norms) out of the loader's memory map.
+
+    The checkpoint is memory-mapped and every weight a forward pass reads stays
+    resident as file pages; while one tensor still points into the map, the fp32
+    weights that quantization replaced stay resident too. Copying the few plain
+    tensors lets the map go: a quantized SmolLM2 then holds about half the
+    memory of its fp32 base instead of more (bench/results/train.md). Tied weights
+    stay tied (one parameter object, copied once).
+    """
+    import torch
+
+    seen: set[int] = set()
+    with torch.no_grad():
+        for module in model.modules():
+            for param in module.parameters(recurse=False):
+                if type(param.data) is torch.Tensor and id(param) not in seen and param.device.type == "cpu":
+                    seen.add(id(param))
+                    param.data = param.data.clone()
+            for key, buf in list(module.named_buffers(recurse=False)):
+                if type(buf) is torch.Tensor and id(buf) not in seen and buf.device.type == "cpu":
+                    seen.add(id(buf))
+                    module._buffers[key] = buf.clone()
