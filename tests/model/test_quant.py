@@ -97,3 +97,24 @@ def test_bnb_nf4_on_cuda_trains():
     batch = {k: v.cuda() for k, v in collate_train(tok, [Example("Q: 1+1?\nA:", " 2", "arith")] * 2, 32).items()}
     adapted.peft_model(**batch).loss.backward()
     assert sum(float(p.grad.norm()) for _, p in adapted.named_trainable()) > 0
+
+
+@pytest.mark.parametrize("backend", [b for b in ("torchao-int8", "torchao-int4") if quantize.is_available(b)])
+def test_layer_by_layer_quantization_equals_the_whole_model_and_frees_the_loaded_weights(backend):
+    from torchao.quantization import quantize_
+
+    tok = tiny_tokenizer()
+    ids = tok("Question: 2+2?\nAnswer:", return_tensors="pt")
+    whole = tiny_model()
+    make = quantize._torchao_int8 if backend == "torchao-int8" else quantize._torchao_int4
+    quantize_(whole, make(), filter_fn=quantize._linear_filter)  # the whole model in one call
+    ours = tiny_model()
+    embed = ours.get_input_embeddings().weight
+    ptr = embed.data_ptr()
+    ours, _ = quantize.quantize_model(ours, backend, device="cpu")
+    with torch.no_grad():
+        assert torch.equal(ours(**ids).logits, whole(**ids).logits)  # bit for bit
+    # the weights quantization left plain now own their memory (the loaded storage can go); ties hold
+    assert ours.get_input_embeddings().weight is embed and embed.data_ptr() != ptr
+    if ours.config.tie_word_embeddings:
+        assert ours.get_output_embeddings().weight is embed
