@@ -65,8 +65,20 @@ def _train_and_score(args: argparse.Namespace, train_tasks: list[str], steps: in
                                    max_new_tokens=args.max_new_tokens)["exact_match"])
     losses = metrics["losses"]
     return {"tasks": train_tasks, "steps": steps, "exact_match": scores, "quant": quant, "train_s": train_s,
+            "max_new_tokens": args.max_new_tokens,
             "step_s": train_s / max(steps, 1), "loss_first10": sum(losses[:10]) / max(len(losses[:10]), 1),
             "loss_last10": sum(losses[-10:]) / max(len(losses[-10:]), 1)}
+
+
+def _needed_tokens(task: str, args: argparse.Namespace) -> int:
+    """Generated tokens that an exact answer to every scored example of ``task`` needs (its longest, plus the end)."""
+    from edgedfl.data import load_examples
+    from edgedfl.model.loading import load_tokenizer
+
+    tok = load_tokenizer(args.model)
+    longest = max(len(tok(e.completion, add_special_tokens=False)["input_ids"])
+                  for e in load_examples(task, "test", n=args.n_eval, seed=args.seed))
+    return longest + 1
 
 
 def majority_rate(task: str, n: int, seed: int) -> tuple[str, float]:
@@ -93,13 +105,16 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--quant", default="auto")
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--max-new-tokens", type=int, default=10)
+    p.add_argument("--max-new-tokens", type=int, default=16,
+                   help="greedy tokens generated per answer (a run that generated fewer than a task's longest "
+                        "answer needs is run again)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results/suite")
     args = p.parse_args()
     out = Path(args.out)
     js = out.with_name(out.name + ".json")
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "candidates", "suite", "min_gain")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("out", "candidates", "suite", "min_gain", "max_new_tokens")}
     saved: dict[str, Any] = json.loads(js.read_text()) if js.exists() else {}
     if saved.get("settings") != settings:
         saved = {"settings": settings, "single": {}, "multi": {}}
@@ -111,7 +126,8 @@ def main() -> None:
         write_md(saved, out, args)
 
     for task in args.candidates.split(","):
-        if task not in saved["single"]:
+        done = saved["single"].get(task)
+        if done is None or done.get("max_new_tokens", 0) < _needed_tokens(task, args):
             print(f"single-task run: {task}", flush=True)
             run = _train_and_score(args, [task], args.steps)
             run["majority_answer"], run["majority_rate"] = majority_rate(task, args.n_eval, args.seed)
@@ -121,7 +137,8 @@ def main() -> None:
         t for t in args.candidates.split(",")
         if (saved["single"][t]["exact_match"][t] - saved["single"][t]["majority_rate"]) * 100 >= args.min_gain]
     key = ",".join(suite)
-    if key not in saved["multi"]:
+    if key not in saved["multi"] or saved["multi"][key].get("max_new_tokens", 0) < max(
+            _needed_tokens(t, args) for t in suite):
         print(f"multi-task run: {key}", flush=True)
         saved["multi"][key] = _train_and_score(args, suite, args.steps * len(suite))
         save()
@@ -132,7 +149,7 @@ def main() -> None:
 
 def write_md(saved: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
     s = saved["settings"]
-    command = (f"python bench/bench_suite.py --model {s['model']} --steps {s['steps']} --batch {s['batch']} "
+    command = (f"python bench/bench_suite.py --model {s['model']} --candidates {args.candidates} --steps {s['steps']} --batch {s['batch']} "
                f"--n-train {s['n_train']} --n-eval {s['n_eval']} --out {args.out}"
                + (f" --suite {args.suite}" if args.suite else ""))
     lines = ["# The long-horizon suite: single-task ceilings and the multi-task gap", "", f"Command: `{command}`", "",

@@ -64,7 +64,6 @@ from edgedfl.topology import normalise
 from .runtime import Features, Inference, Trainer, completion_nll
 from .text import PhoneTokenizer, train_batch
 
-MAX_NEW_TOKENS = 8  # as the nodes evaluate
 DEVICE = "android-standin"
 
 
@@ -251,7 +250,7 @@ class PhoneLearner(Learner):
         hits, nll, count = 0, 0.0, 0
         max_len = self.swarm.max_length
         for ex in examples:
-            new, _ = self.infer.generate(self.tok.prompt_ids(ex.prompt, max_len), self.slot, MAX_NEW_TOKENS,
+            new, _ = self.infer.generate(self.tok.prompt_ids(ex.prompt, max_len), self.slot, self.swarm.train.max_new_tokens,
                                          self.tok.eos_id)
             hits += int(normalise_answer(self.tok.decode(new)) == normalise_answer(ex.completion))
             ids, labels = self.tok.encode_pair(ex.prompt, ex.completion, max_len)
@@ -277,7 +276,7 @@ class PhoneLearner(Learner):
             pick = route  # "merge", or a slot
         texts, experts = [], []
         for p in prompts:
-            new, expert = self.infer.generate(self.tok.prompt_ids(p, self.swarm.max_length), pick, MAX_NEW_TOKENS,
+            new, expert = self.infer.generate(self.tok.prompt_ids(p, self.swarm.max_length), pick, self.swarm.train.max_new_tokens,
                                               self.tok.eos_id)
             texts.append(self.tok.decode(new))
             experts.append(int(expert))

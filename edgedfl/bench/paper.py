@@ -114,6 +114,8 @@ class PaperSettings:
     #: byte budgets of "accuracy under budget", as fractions of standard LoRA's total bytes
     budgets: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
     preset: str = "short"
+    #: greedy tokens per answer in every evaluation (the long suite's dates need 12)
+    max_new_tokens: int = 8
 
     @classmethod
     def long(cls) -> PaperSettings:
@@ -121,7 +123,7 @@ class PaperSettings:
         for the headline rows. Hours on a 2-core machine; resumable (the module doc)."""
         return cls(devices=12, tasks=LONG_TASKS, rounds=10, local_steps=30, n_train=400, n_eval=24,
                    lrs=(2e-3, 5e-3, 1e-2), variants=tuple(VARIANTS), round_deadline_s=1800.0, n_tune=48,
-                   extra_seeds=(1,), preset="long")
+                   extra_seeds=(1,), preset="long", max_new_tokens=16)
 
     @classmethod
     def quick(cls) -> PaperSettings:
@@ -145,7 +147,7 @@ def _swarm(s: PaperSettings, variant: str, lr: float, seed: int | None = None) -
         name=f"paper-{variant}", seed=s.seed if seed is None else seed, model=s.model, rounds=s.rounds, local_steps=s.local_steps,
         precision=s.precision, n_train=s.n_train, n_eval=s.n_eval, round_deadline_s=s.round_deadline_s,
         adapter=dataclasses.replace(base.adapter, method=method, rank=s.rank),
-        train=dataclasses.replace(base.train, lr=lr), **settings,
+        train=dataclasses.replace(base.train, lr=lr, max_new_tokens=s.max_new_tokens), **settings,
     )
 
 
@@ -176,7 +178,7 @@ def _tune_score(s: PaperSettings, method: str, lr: float, task: str) -> float:
     trainer = Trainer(adapted, tok, train, swarm.train_config())
     trainer.train(save_at_end=False)
     metrics = evaluate(adapted.peft_model, tok, held_out, batch_size=16, max_length=swarm.max_length,
-                       max_new_tokens=8)
+                       max_new_tokens=swarm.train.max_new_tokens)
     return float(metrics["exact_match"])
 
 
@@ -415,7 +417,8 @@ def summarise(reports: dict[str, Any], s: PaperSettings) -> dict[str, Any]:
 def _tuning_key(s: PaperSettings) -> dict[str, Any]:
     """What a tuning result depends on: reusing one needs the same values."""
     return {"model": s.model, "tasks": list(s.tasks), "lrs": list(s.lrs), "steps": s.rounds * s.local_steps,
-            "rank": s.rank, "n_train": s.n_train, "n_tune": s.n_tune, "seed": s.seed, "devices": s.devices}
+            "rank": s.rank, "n_train": s.n_train, "n_tune": s.n_tune, "seed": s.seed, "devices": s.devices,
+            **({"max_new_tokens": s.max_new_tokens} if s.max_new_tokens != 8 else {})}
 
 
 def load_tuning(path: str | Path, s: PaperSettings) -> dict[str, Any]:

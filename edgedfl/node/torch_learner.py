@@ -33,9 +33,9 @@ from edgedfl.train.checkpoint import CheckpointManager
 from edgedfl.train.evaluate import evaluate, generate_answers
 from edgedfl.train.trainer import TrainConfig, Trainer
 
-#: prompts per generation batch, and new tokens per answer (as every evaluation in the swarm)
+#: prompts per generation batch (new tokens per answer: the swarm's ``train.max_new_tokens``, as every
+#: evaluation in the swarm)
 EVAL_BATCH = 16
-MAX_NEW_TOKENS = 8
 
 
 class TorchLearner(Learner):
@@ -129,7 +129,7 @@ class TorchLearner(Learner):
 
     def evaluate(self, examples: Sequence[Example]) -> Metrics:
         m = evaluate(self.adapted.peft_model, self.tok, examples, batch_size=EVAL_BATCH,
-                     max_length=self.swarm.max_length, max_new_tokens=MAX_NEW_TOKENS)
+                     max_length=self.swarm.max_length, max_new_tokens=self.swarm.train.max_new_tokens)
         return Metrics(m["exact_match"], m["loss"], m["hits"])
 
     # -- the end ------------------------------------------------------------------------
@@ -148,14 +148,14 @@ class TorchLearner(Learner):
         if route == "own":  # one adapter: the plain peft model with the own slot
             self.adapted.activate(self.slot)
             return Answers(generate_answers(self.adapted.peft_model, self.tok, list(prompts), batch_size=EVAL_BATCH,
-                                            max_length=self.swarm.max_length, max_new_tokens=MAX_NEW_TOKENS))
+                                            max_length=self.swarm.max_length, max_new_tokens=self.swarm.train.max_new_tokens))
         assert self.routed is not None, "set_routing first"
         texts: list[str] = []
         experts: list[int] = []
         for i in range(0, len(prompts), EVAL_BATCH):
             chunk = list(prompts[i : i + EVAL_BATCH])
             mode, slots = ("oracle", [route] * len(chunk)) if isinstance(route, int) else (route, None)
-            got, chosen = self.routed.generate_text(self.tok, chunk, mode, slots, max_new_tokens=MAX_NEW_TOKENS,
+            got, chosen = self.routed.generate_text(self.tok, chunk, mode, slots, max_new_tokens=self.swarm.train.max_new_tokens,
                                                     max_length=self.swarm.max_length)
             texts += got
             experts += [int(e) for e in to_numpy(chosen.experts).reshape(-1)]
