@@ -293,7 +293,10 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=800, help="--run-steps: training examples")
     p.add_argument("--n-eval", type=int, default=64, help="--run-steps: held-out examples scored by loss")
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--quick", action="store_true", help="the tiny model, 2 timed steps (seconds; the test suite's)")
     args = p.parse_args()
+    if args.quick:
+        args.model, args.steps, args.warmup = "tiny", 2, 1
     if args.run_steps:
         if args.variants == p.get_default("variants"):
             args.variants = ""

@@ -23,7 +23,7 @@ def _run(*args: str) -> None:
 
 def test_step_mode_measures_time_and_memory_of_every_variant(tmp_path):
     variants = ["peft-lora fp32", "edgedfl solora none", "edgedfl solora none; full logits", "edgedfl solora torchao-int8"]
-    _run("--model", "tiny", "--steps", "2", "--warmup", "1", "--variants", ",".join(variants),
+    _run("--quick", "--variants", ",".join(variants),
          "--out", str(tmp_path / "train"))
     rows = {r["variant"]: r for r in json.loads((tmp_path / "train.json").read_text())["rows"]}
     assert list(rows) == [v.replace("; ", ", ") for v in variants]
