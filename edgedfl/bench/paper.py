@@ -297,12 +297,18 @@ def _cumulative(report: dict[str, Any], key: str) -> list[tuple[float, float]]:
     return out
 
 
+def _first_reaching(report: dict[str, Any], key: str, target: float) -> float | None:
+    """Cumulative ``key`` (join included) when the per-round average accuracy first reached ``target``."""
+    for (total, acc), r in zip(_cumulative(report, key), report["rounds"], strict=True):
+        if r["round"] > 0 and acc >= target:
+            return total
+    return None
+
+
 def bytes_to_reach(report: dict[str, Any], target: float) -> int | None:
     """Cumulative bytes (join included) when the per-round average accuracy first reached ``target``."""
-    for (total, acc), r in zip(_cumulative(report, "bytes_sent"), report["rounds"], strict=True):
-        if r["round"] > 0 and acc >= target:
-            return int(total)
-    return None
+    got = _first_reaching(report, "bytes_sent", target)
+    return None if got is None else int(got)
 
 
 def time_to_reach(report: dict[str, Any], target: float) -> float | None:
@@ -310,10 +316,7 @@ def time_to_reach(report: dict[str, Any], target: float) -> float | None:
     accuracy first reached ``target``; None if never, or if the report has no round times."""
     if any("round_s" not in r for r in report["rounds"]):
         return None
-    for (total, acc), r in zip(_cumulative(report, "round_s"), report["rounds"], strict=True):
-        if r["round"] > 0 and acc >= target:
-            return total
-    return None
+    return _first_reaching(report, "round_s", target)
 
 
 def accuracy_within(report: dict[str, Any], budget: float) -> float | None:
@@ -335,8 +338,7 @@ def _se_points(accuracy: dict[str, float], s: PaperSettings, seeds: int = 1) -> 
     """
     n = s.devices * s.n_eval * seeds
     tasks = [t for t in s.tasks if t in accuracy]
-    var = sum(accuracy[t] * (1 - accuracy[t]) / n for t in tasks) / max(len(tasks), 1) ** 2
-    return 100 * math.sqrt(var)
+    return 100 * math.sqrt(sum(_se(accuracy[t], n) ** 2 for t in tasks)) / max(len(tasks), 1)
 
 
 def _mean(xs: list[float]) -> float:
@@ -453,8 +455,8 @@ def run_paper(s: PaperSettings, out_dir: str | Path, *, tuning_file: str | Path 
     tuning: dict[str, Any]
     if tuning_file is not None:
         tuning = load_tuning(tuning_file, s)
-    elif results is not None and (results / "tuning.json").is_file() and _same_tuning(results / "tuning.json", s):
-        tuning = load_tuning(results / "tuning.json", s)
+    elif results is not None and (kept := _kept_tuning(results / "tuning.json", s)) is not None:
+        tuning = kept
     elif len(s.lrs) > 1:
         tuning = tune_lrs(s, results / "tuning-scores.json" if results is not None else None)
     elif s.lrs:
@@ -483,12 +485,14 @@ def run_paper(s: PaperSettings, out_dir: str | Path, *, tuning_file: str | Path 
     return summary
 
 
-def _same_tuning(path: Path, s: PaperSettings) -> bool:
+def _kept_tuning(path: Path, s: PaperSettings) -> dict[str, Any] | None:
+    """The tuning kept at ``path`` if it was tuned with ``s``'s settings, else None."""
+    if not path.is_file():
+        return None
     try:
-        load_tuning(path, s)
+        return load_tuning(path, s)
     except ConfigError:
-        return False
-    return True
+        return None
 
 
 def _fmt_bytes(n: float | None) -> str:
