@@ -116,6 +116,8 @@ class PaperSettings:
     preset: str = "short"
     #: greedy tokens per answer in every evaluation (the long suite's dates need 12)
     max_new_tokens: int = 8
+    #: every device's (and every tuning run's) base compute dtype (DeviceConfig.dtype)
+    dtype: str = "float32"
 
     @classmethod
     def long(cls) -> PaperSettings:
@@ -123,7 +125,7 @@ class PaperSettings:
         for the headline rows. Hours on a 2-core machine; resumable (the module doc)."""
         return cls(devices=12, tasks=LONG_TASKS, rounds=10, local_steps=30, n_train=400, n_eval=24,
                    lrs=(2e-3, 5e-3, 1e-2), variants=tuple(VARIANTS), round_deadline_s=1800.0, n_tune=48,
-                   extra_seeds=(1,), preset="long", max_new_tokens=16)
+                   extra_seeds=(1,), preset="long", max_new_tokens=16, dtype="bfloat16")
 
     @classmethod
     def quick(cls) -> PaperSettings:
@@ -157,7 +159,7 @@ def _tune_score(s: PaperSettings, method: str, lr: float, task: str) -> float:
 
     from edgedfl import load_examples
     from edgedfl.adapters import attach_adapter
-    from edgedfl.devices import detect_profile
+    from edgedfl.devices import detect_profile, resolve_dtype
     from edgedfl.model.loading import load_model
     from edgedfl.model.quantize import quantize_model
     from edgedfl.train.evaluate import evaluate
@@ -166,7 +168,7 @@ def _tune_score(s: PaperSettings, method: str, lr: float, task: str) -> float:
 
     swarm = _swarm(s, _VARIANT_OF[method], lr)
     torch.manual_seed(s.seed)
-    base, tok = load_model(s.model, seed=s.seed)
+    base, tok = load_model(s.model, seed=s.seed, dtype=resolve_dtype(s.dtype))
     base, _ = quantize_model(base, "auto", detect_profile())
     adapted = attach_adapter(base, swarm.adapter_config())
     adapted.activate(0)
@@ -241,7 +243,7 @@ def _commit() -> str:
 
 
 def _fleet(s: PaperSettings, variant: str, lr: float, seed: int) -> FleetConfig:
-    return FleetConfig(devices=s.devices, tasks=list(s.tasks), swarm=_swarm(s, variant, lr, seed),
+    return FleetConfig(devices=s.devices, tasks=list(s.tasks), swarm=_swarm(s, variant, lr, seed), dtype=s.dtype,
                        timeout_s=max(7200.0, 4 * s.rounds * s.round_deadline_s))
 
 
@@ -420,7 +422,8 @@ def _tuning_key(s: PaperSettings) -> dict[str, Any]:
     """What a tuning result depends on: reusing one needs the same values."""
     return {"model": s.model, "tasks": list(s.tasks), "lrs": list(s.lrs), "steps": s.rounds * s.local_steps,
             "rank": s.rank, "n_train": s.n_train, "n_tune": s.n_tune, "seed": s.seed, "devices": s.devices,
-            **({"max_new_tokens": s.max_new_tokens} if s.max_new_tokens != 8 else {})}
+            **({"max_new_tokens": s.max_new_tokens} if s.max_new_tokens != 8 else {}),
+            **({"dtype": s.dtype} if s.dtype != "float32" else {})}
 
 
 def load_tuning(path: str | Path, s: PaperSettings) -> dict[str, Any]:

@@ -16,6 +16,8 @@ def add_local_arguments(p: argparse.ArgumentParser, *, model: str = "smollm2", s
     p.add_argument("--device", default=None,
                    help="where the model runs: auto (default: CUDA when torch sees a GPU and the base is bnb-* "
                         "or unquantized on the jetson profile), cpu (even bnb-* with a GPU visible), cuda, cuda:N")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "auto"],
+                   help="the base's compute dtype: float32 (default), bfloat16, or auto (bfloat16 where the CPU has AVX512-BF16/AMX or the GPU supports it)")
     p.add_argument("--data", default=None, help="built-in task (topic, yesno, arith, strtf), a JSONL file or hf:<dataset>")
     p.add_argument("--eval-data", default=None, help="evaluation source (default: the task's test split)")
     p.add_argument("--n-train", type=int, default=None, help="training examples (0 = all)")
@@ -47,7 +49,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         cfg.train.max_steps = args._default_steps
     d = cfg.to_dict()
     top = {"model": args.model, "quant": args.quant, "profile": args.profile, "device": args.device,
-           "data": args.data,
+           "dtype": args.dtype, "data": args.data,
            "eval_data": args.eval_data, "n_train": args.n_train, "n_eval": args.n_eval, "slot": args.slot}
     adapter = {"method": args.method, "rank": args.rank, "density": args.density, "num_slots": args.slots,
                "seed": args.seed}

@@ -23,7 +23,7 @@ from typing import Any
 from edgedfl.config import ConfigBase, check, option
 from edgedfl.data.sources import HF_PREFIX, check_source, file_parts
 from edgedfl.data.tasks import TASKS
-from edgedfl.devices import PROFILES, get_profile
+from edgedfl.devices import DTYPES, PROFILES, get_profile
 from edgedfl.errors import ConfigError, DataError, EdgeDFLError
 from edgedfl.node.config import NodeConfig, SwarmConfig
 
@@ -63,6 +63,8 @@ class FleetConfig(ConfigBase):
                                       "own topics (in <out>/secure/)")
     max_restarts: int = option(3, help="a device process that dies is restarted (it resumes from its checkpoint) "
                                        "up to this many times; then the run fails")
+    dtype: str = option("float32", help="every device's base compute dtype (DeviceConfig.dtype): float32, bfloat16 "
+                                        "or auto")
     per_host: int = option(1, help="devices per process: 1 runs each device in a process of its own (its own copy "
                                    "of the base); K > 1 packs K devices into one device host over one shared, "
                                    "frozen base (each keeps its own adapters, optimizer, RNG, key and MQTT session)")
@@ -91,6 +93,7 @@ class FleetConfig(ConfigBase):
         for p in self.profiles:
             check(p in PROFILES, n, "profiles", self.profiles, f"unknown profile {p!r}")
         check(self.per_host >= 1, n, "per_host", self.per_host, "must be >= 1")
+        check(self.dtype in DTYPES, n, "dtype", self.dtype, f"choose from {list(DTYPES)}")
         check(self.engine in ENGINES, n, "engine", self.engine, f"choose from {ENGINES}")
         check(not (self.engine == "ray" and self.shape_links), n, "shape_links", self.shape_links,
               "links are shaped on one machine only; drop --shape-links with --engine ray")
@@ -177,7 +180,7 @@ def node_configs(cfg: FleetConfig, run_dir: Path, broker_url: str, *, app_shapin
         out.append(NodeConfig(
             node_id=f"dev{i:02d}", data=task, shard=per_task[task].index(i), shards=len(per_task[task]),
             eval_shard=i, eval_shards=cfg.devices,
-            profile=profile.name, broker=broker_url, state_dir=str(run_dir / f"dev{i:02d}"),
+            profile=profile.name, dtype=cfg.dtype, broker=broker_url, state_dir=str(run_dir / f"dev{i:02d}"),
             slowdown=profile.compute_slowdown / fastest,
             link_rate_bps=float(profile.link_rate_bps) if app else 0.0,
             link_latency_ms=profile.latency_ms if app else 0.0,

@@ -227,20 +227,21 @@ def prepare_model(spec: str) -> None:
 
 
 def load_model(spec: str = DEFAULT_MODEL, *, seed: int = 0, dtype: str = "float32") -> tuple[Any, Any]:
-    """Load (model, tokenizer) in eval mode, weights frozen. ``tiny`` is built from ``seed``."""
+    """Load (model, tokenizer) in eval mode, weights frozen, in ``dtype`` (a torch dtype name; see
+    :func:`edgedfl.devices.resolve_dtype` for ``DeviceConfig.dtype``). ``tiny`` is built from ``seed``."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from edgedfl.model.tiny import tiny_model, tiny_tokenizer
 
     resolved = resolve(spec)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ModelLoadError(f"dtype={dtype!r}: expected float32, bfloat16 or float16")
     if resolved.kind == "tiny":
-        model, tok = tiny_model(seed), tiny_tokenizer()
+        model, tok = tiny_model(seed).to(torch_dtype), tiny_tokenizer()
     else:
         location, gguf_file = _local_location(resolved)
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-        if torch_dtype is None:
-            raise ModelLoadError(f"dtype={dtype!r}: expected float32, bfloat16 or float16")
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 location, gguf_file=gguf_file, dtype=torch_dtype, local_files_only=_offline()

@@ -90,6 +90,29 @@ def resolve_device(requested: str = "auto", *, want_cuda: bool = False, current:
     return "cuda" if want_cuda and cuda_available() else "cpu"
 
 
+def choose_attention(model: Any) -> str:
+    """Set the attention kernel that fits where ``model`` runs and in what dtype; returns its name.
+
+    A half-precision model on the CPU runs ``eager`` attention: torch's CPU
+    flash-attention backward in bfloat16 took a quarter of a SmolLM2 LoRA step
+    and eager attention cut the whole step by about a fifth at the lengths
+    devices train on (bench/results/train.md). Anything else keeps the model's
+    own choice.
+    """
+    import torch
+
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None) or "sdpa"
+    if dtype not in (torch.bfloat16, torch.float16) or model_device(model).type != "cpu" or config is None:
+        return str(current)
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    else:
+        config._attn_implementation = "eager"
+    return "eager"
+
+
 def place_model(model: Any, device: str) -> Any:
     """Move ``model`` to ``device`` (in place, as ``nn.Module.to``); a CPU model asked for the CPU is untouched."""
     if device == "cpu" and model_device(model).type == "cpu":

@@ -42,7 +42,7 @@ from typing import Any
 
 from edgedfl.devices import DeviceProfile, detect_profile
 from edgedfl.errors import BackendUnavailable, ConfigError
-from edgedfl.model.placement import model_device, place_model, resolve_device
+from edgedfl.model.placement import choose_attention, model_device, place_model, resolve_device
 
 log = logging.getLogger("edgedfl.model")
 
@@ -251,6 +251,7 @@ def quantize_model(
     where = resolve_device(device, want_cuda=want_cuda, current=model_device(model))
     log.info("quantizing base with %s on %s", name, where)
     model = chosen.apply(model, where)
+    choose_attention(model)
     if name != "none":
         own_plain_tensors(model)
         release_freed_memory()

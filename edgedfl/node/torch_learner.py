@@ -19,6 +19,7 @@ import numpy as np
 from edgedfl.adapters import AdapterConfig, attach_adapter
 from edgedfl.adapters.solora import LayerStats
 from edgedfl.data.examples import Example
+from edgedfl.devices import resolve_dtype
 from edgedfl.model.loading import load_model
 from edgedfl.model.placement import model_device, to_numpy
 from edgedfl.model.quantize import quantize_model
@@ -64,7 +65,8 @@ class TorchLearner(Learner):
         import torch
 
         torch.manual_seed(self.swarm.seed)
-        base, self.tok = load_model(self.swarm.model, seed=self.swarm.seed)
+        base, self.tok = load_model(self.swarm.model, seed=self.swarm.seed,
+                                    dtype=resolve_dtype(self.cfg.dtype, self.cfg.device))
         base, self.quant = quantize_model(base, self.cfg.quant, self.cfg.device_profile(), self.cfg.device)
         self.adapted = attach_adapter(base, self.adapter_config())
         self.train_examples = list(train_examples)
