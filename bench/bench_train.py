@@ -16,7 +16,9 @@ Variants: ``peft-lora fp32`` (the reference: ``get_peft_model`` and
 step: an AdaptedModel on a base quantized by that backend, CPU, the LM head
 applied only at positions that carry a label, ``TrainConfig.loss_logits``
 'labelled', the default); and ``edgedfl solora none, full logits`` (the same
-model with the model's own loss over every position's logits, 'all').
+model with the model's own loss over every position's logits, 'all'). A
+trailing ``bf16`` loads the base in bfloat16 (``DeviceConfig.dtype``; the
+adapter and optimizer stay float32, attention runs eager on the CPU).
 
     python bench/bench_train.py --out bench/results/train
 """
@@ -34,7 +36,15 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = ["peft-lora fp32", "edgedfl solora none", "edgedfl solora none, full logits", "edgedfl lora none",
-            "edgedfl solora torchao-int8", "edgedfl solora torchao-int4", "edgedfl solora bnb-nf4"]
+            "edgedfl solora torchao-int8", "edgedfl solora torchao-int4", "edgedfl solora bnb-nf4",
+            "edgedfl solora none bf16", "edgedfl lora none bf16", "edgedfl solora torchao-int8 bf16",
+            "edgedfl solora torchao-int4 bf16"]
+
+
+def _parse(variant: str) -> tuple[str, str, str]:
+    """(method, quantization backend, base dtype) of an ``edgedfl <method> <quant> [bf16][, ...]`` variant."""
+    words = variant.split(",")[0].split()
+    return words[1], words[2], "bfloat16" if "bf16" in words[3:] else "float32"
 
 
 def _batch(tok: Any, n: int, tokens: int) -> dict[str, Any]:
@@ -50,7 +60,7 @@ def _build(variant: str, model: str, rank: int, lr: float) -> tuple[Any, Any]:
 
     from edgedfl.model.loading import load_model
 
-    base, tok = load_model(model)
+    base, tok = load_model(model, dtype="float32" if variant.startswith("peft") else _parse(variant)[2])
     if variant == "peft-lora fp32":
         from peft import LoraConfig, get_peft_model
 
@@ -78,7 +88,7 @@ def _build(variant: str, model: str, rank: int, lr: float) -> tuple[Any, Any]:
     from edgedfl.train.loss import labelled_loss
     from edgedfl.train.trainer import Trainer
 
-    _, method, quant = variant.split(",")[0].split()
+    method, quant, _ = _parse(variant)
     base, _ = quantize_model(base, quant, device="cpu")
     adapted = attach_adapter(base, AdapterConfig(method=method, rank=rank))
     trainer = Trainer(adapted, tok, load_examples("topic", "train", n=8), TrainConfig(lr=lr, max_length=64))
@@ -101,7 +111,8 @@ def _build(variant: str, model: str, rank: int, lr: float) -> tuple[Any, Any]:
     return edgedfl_step, tok
 
 
-RUN_VARIANTS = ["peft-lora fp32", "edgedfl lora none", "edgedfl lora torchao-int8", "edgedfl solora torchao-int8"]
+RUN_VARIANTS = ["peft-lora fp32", "edgedfl lora torchao-int8", "edgedfl lora torchao-int8 bf16",
+                "edgedfl solora torchao-int8 bf16"]
 
 
 def _run_batches(examples: list[Any], batch: int, seed: int, steps: int) -> list[list[Any]]:
@@ -155,7 +166,7 @@ def run_mode(args: argparse.Namespace) -> None:
     tok = None
     for v in variants:
         torch.manual_seed(0)
-        base, tok = load_model(args.model)
+        base, tok = load_model(args.model, dtype="float32" if v.startswith("peft") else _parse(v)[2])
         if v == "peft-lora fp32":
             from peft import LoraConfig, get_peft_model
 
@@ -178,7 +189,7 @@ def run_mode(args: argparse.Namespace) -> None:
 
             steps[v], models[v] = plain, pm
             continue
-        _, method, quant = v.split()
+        method, quant, _ = _parse(v)
         base, _ = quantize_model(base, quant, device="cpu")
         adapted = attach_adapter(base, AdapterConfig(method=method, rank=args.rank))
         adapted.activate(0)
@@ -247,8 +258,8 @@ def _memory_child(variant: str, args: argparse.Namespace) -> None:
 
     before = _rss_kb()
     if args.base_only:  # the base model alone, quantized, after one forward pass (every weight read once)
-        base, tok = load_model(args.model)
-        quant = "none" if variant.startswith("peft") else variant.split(",")[0].split()[2]
+        _, quant, dtype = ("lora", "none", "float32") if variant.startswith("peft") else _parse(variant)
+        base, tok = load_model(args.model, dtype=dtype)
         base, _ = quantize_model(base, quant, device="cpu")
         with torch.no_grad():
             base(**{k: v for k, v in _batch(tok, args.batch, args.tokens).items() if k != "labels"})

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     metrics = run_local(cfg, args.out)
-    summary: dict[str, Any] = {k: metrics[k] for k in ("model", "quant", "device", "method", "steps", "train_loss",
+    summary: dict[str, Any] = {k: metrics[k] for k in ("model", "quant", "device", "dtype", "method", "steps", "train_loss",
                                                        "wall_s") if k in metrics}
     if "eval" in metrics:
         summary["eval"] = metrics["eval"]

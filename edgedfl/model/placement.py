@@ -90,6 +90,15 @@ def resolve_device(requested: str = "auto", *, want_cuda: bool = False, current:
     return "cuda" if want_cuda and cuda_available() else "cpu"
 
 
+def model_dtype(model: Any) -> str:
+    """The dtype name of ``model``'s first floating-point parameter (``float32`` if it has none)."""
+    module = getattr(model, "peft_model", model)
+    for p in module.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).removeprefix("torch.")
+    return "float32"
+
+
 def choose_attention(model: Any) -> str:
     """Set the attention kernel that fits where ``model`` runs and in what dtype; returns its name.
 
@@ -99,12 +108,9 @@ def choose_attention(model: Any) -> str:
     devices train on (bench/results/train.md). Anything else keeps the model's
     own choice.
     """
-    import torch
-
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     config = getattr(model, "config", None)
     current = getattr(config, "_attn_implementation", None) or "sdpa"
-    if dtype not in (torch.bfloat16, torch.float16) or model_device(model).type != "cpu" or config is None:
+    if model_dtype(model) not in ("bfloat16", "float16") or model_device(model).type != "cpu" or config is None:
         return str(current)
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")

@@ -27,7 +27,7 @@ from edgedfl.data.sources import load_examples
 from edgedfl.devices import DeviceConfig, resolve_dtype
 from edgedfl.errors import ConfigError
 from edgedfl.model.loading import load_model
-from edgedfl.model.placement import model_device
+from edgedfl.model.placement import model_device, model_dtype
 from edgedfl.model.quantize import quantize_model
 from edgedfl.train.batching import collate_prompts
 from edgedfl.train.trainer import TrainConfig, Trainer
@@ -110,7 +110,7 @@ def run_local(cfg: LocalRunConfig, out_dir: str | os.PathLike[str], *, evaluate_
         calibrate(adapted, tok, [e.prompt for e in train[: cfg.n_calibration]], cfg.slot, cfg.train.max_length)
     trainer = Trainer(adapted, tok, train, cfg.train, eval_examples=test, checkpoint_dir=str(out / "ckpt"))
     metrics: dict[str, Any] = {"model": cfg.model, "quant": backend, "device": str(model_device(adapted.peft_model)),
-                               "method": adapted.method, "slot": cfg.slot}
+                               "dtype": model_dtype(adapted.peft_model), "method": adapted.method, "slot": cfg.slot}
     if evaluate_before and test and trainer.checkpoints and trainer.checkpoints.latest() is None:
         metrics["eval_before"] = trainer.evaluate()
     metrics.update(trainer.train())
