@@ -58,19 +58,19 @@ def _generated(work: Path) -> list[str]:
 
 
 def _signatures(model: str, tasks: list[str], devices: int, n_sig: int, seed: int,
-                max_length: int) -> dict[str, Any]:
+                max_length: int, dtype: str = "float32") -> dict[str, Any]:
     from edgedfl.adapters import AdapterConfig, attach_adapter
     from edgedfl.model.loading import load_model
     from edgedfl.node.signature import signature_and_spread
 
     t0 = time.monotonic()
-    base, tok = load_model(model, seed=seed)
+    base, tok = load_model(model, seed=seed, dtype=dtype)
     adapted = attach_adapter(base, AdapterConfig(seed=seed))
     load_s = time.monotonic() - t0
     out: dict[str, Any] = {"signatures": {}, "spreads": {}, "task_of": {}}
     t0 = time.monotonic()
     for t_i, task in enumerate(tasks):
-        pool = load_examples(task, "train", n=n_sig * devices, seed=seed) if task in BUILT_IN else \
+        pool = load_examples(task, "train", n=n_sig * devices, seed=seed) if not task.endswith(".jsonl") else \
             load_examples(task, "train", seed=seed)
         for d in range(devices):
             prompts = [e.prompt for e in pool[d::devices][:n_sig]]  # the node's shard, its first n_signature
@@ -136,18 +136,24 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/clustering-work")
     p.add_argument("--out", default="bench/results/clustering")
+    p.add_argument("--tasks", default="", help="comma-separated built-in tasks instead of the default six "
+                   "(topic, yesno, arith, strtf and two generated JSONL tasks); the tables only, no reading")
+    p.add_argument("--dtype", default="float32", help="the base's compute dtype (DeviceConfig.dtype)")
     p.add_argument("--rescore", action="store_true",
                    help="score the rules again on the signatures and spreads a previous run saved (no model)")
     args = p.parse_args()
-    tasks = BUILT_IN + _generated(Path(args.work))
-    names = BUILT_IN + ["caps", "vowels"]
+    chosen = [t for t in args.tasks.split(",") if t]
+    tasks = chosen or BUILT_IN + _generated(Path(args.work))
+    names = chosen or BUILT_IN + ["caps", "vowels"]
     results: dict[str, Any] = {"settings": vars(args), "tasks": names, "models": {}}
     lines = ["# Task signatures on real models, and the split floor", "",
              (f"Command: `python bench/bench_clustering.py --models {args.models} --devices {args.devices} "
-             f"--n-signature {args.n_signature} --out {args.out}`"
+             f"--n-signature {args.n_signature}{' --tasks ' + args.tasks if chosen else ''}"
+             f"{' --dtype ' + args.dtype if args.dtype != 'float32' else ''} --out {args.out}`"
              + (" (these rules scored again with `--rescore` on the signatures and spreads it saved)"
                 if args.rescore else "")), "",
-             (f"Tasks: {', '.join(names)} (the last two generated as JSONL files); {args.devices} devices per task, "
+             (f"Tasks: {', '.join(names)}{'' if chosen else ' (the last two generated as JSONL files)'}; "
+             f"{args.devices} devices per task, "
              f"{args.n_signature} prompts per signature. Distances are cosine distances between signatures."), ""]
     out = Path(args.out)
     saved = json.loads(out.with_name(out.name + ".json").read_text()) if args.rescore else None
@@ -159,7 +165,7 @@ def main() -> None:
                     "task_of": {n: int(n[1:].split("d")[0]) for n in z.files},
                     "load_s": saved["models"][model]["load_s"], "signature_s": saved["models"][model]["signature_s"]}
         else:
-            sigs = _signatures(model, tasks, args.devices, args.n_signature, args.seed, args.max_length)
+            sigs = _signatures(model, tasks, args.devices, args.n_signature, args.seed, args.max_length, args.dtype)
         dist = _distances(sigs)
         cases = _cases(sigs, len(tasks), args.devices)
         default = SwarmConfig().cluster_config()
@@ -223,7 +229,7 @@ def main() -> None:
             "small-spread task keeps apart, and the closest two tasks lie 2x (SmolLM2) and 3.5x (Gemma) above it. "
             "Every case is right on both models."), "",
         ]
-        out.with_name(out.name + ".md").write_text("\n".join(lines + reading) + "\n")
+        out.with_name(out.name + ".md").write_text("\n".join(lines + ([] if chosen else reading)) + "\n")
         out.with_name(out.name + ".json").write_text(json.dumps(results, indent=2, sort_keys=True, default=float))
         np.savez(out.with_name(out.name + f"-{model}.npz"),
                  **{n: np.asarray(v) for n, v in sigs["signatures"].items()})

@@ -18,7 +18,8 @@ applied only at positions that carry a label, ``TrainConfig.loss_logits``
 'labelled', the default); and ``edgedfl solora none, full logits`` (the same
 model with the model's own loss over every position's logits, 'all'). A
 trailing ``bf16`` loads the base in bfloat16 (``DeviceConfig.dtype``; the
-adapter and optimizer stay float32, attention runs eager on the CPU).
+adapter and optimizer stay float32, attention runs eager on the CPU; ``, sdpa
+attention`` keeps torch's fused attention instead, to show what eager buys).
 
     python bench/bench_train.py --out bench/results/train
 """
@@ -38,7 +39,7 @@ from typing import Any
 VARIANTS = ["peft-lora fp32", "edgedfl solora none", "edgedfl solora none, full logits", "edgedfl lora none",
             "edgedfl solora torchao-int8", "edgedfl solora torchao-int4", "edgedfl solora bnb-nf4",
             "edgedfl solora none bf16", "edgedfl lora none bf16", "edgedfl solora torchao-int8 bf16",
-            "edgedfl solora torchao-int4 bf16"]
+            "edgedfl solora torchao-int8 bf16, sdpa attention", "edgedfl solora torchao-int4 bf16"]
 
 
 def _parse(variant: str) -> tuple[str, str, str]:
@@ -90,6 +91,8 @@ def _build(variant: str, model: str, rank: int, lr: float) -> tuple[Any, Any]:
 
     method, quant, _ = _parse(variant)
     base, _ = quantize_model(base, quant, device="cpu")
+    if "sdpa attention" in variant:  # undo the eager attention a half-precision CPU base gets
+        base.set_attn_implementation("sdpa")
     adapted = attach_adapter(base, AdapterConfig(method=method, rank=rank))
     trainer = Trainer(adapted, tok, load_examples("topic", "train", n=8), TrainConfig(lr=lr, max_length=64))
     model_ = adapted.peft_model
