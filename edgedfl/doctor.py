@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedfl._version import __version__
-from edgedfl.devices import detect_profile, is_jetson
+from edgedfl.devices import detect_profile, is_jetson, resolve_dtype
 
 log = logging.getLogger("edgedfl.doctor")
 
@@ -333,6 +333,7 @@ def probe_profile(cuda: bool | None = None) -> dict[str, Any]:
     }
     cuda = _cuda_available() if cuda is None else cuda
     out["cuda_used"] = profile.accelerator == "cuda" and cuda
+    out["dtype_auto"] = resolve_dtype("auto", "auto" if cuda else "cpu")  # what DeviceConfig.dtype 'auto' picks here
     try:
         out["quant"] = choose_backend("auto", profile)
     except Exception as exc:  # noqa: BLE001 - a probe reports, never raises
@@ -445,7 +446,8 @@ def format_report(report: dict[str, Any]) -> str:
         rows.append(("broker", f"{broker.get('url')}: {state}"))
     prof = report["profile"]
     rows.append(("profile", prof.get("error") or f"{prof['name']} (accelerator {prof['accelerator']}, "
-                                                 f"quantization {prof['quant']})"))
+                                                 f"quantization {prof['quant']}, dtype auto = "
+                                                 f"{prof.get('dtype_auto')})"))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     problems = report.get("problems") or []

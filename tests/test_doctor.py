@@ -12,7 +12,7 @@ import torch
 
 from edgedfl import doctor
 from edgedfl.brokers.launch import free_port
-from edgedfl.devices import is_jetson
+from edgedfl.devices import cpu_has_native_bf16, is_jetson
 
 NO_CUDA_LAPTOP = pytest.mark.skipif(torch.cuda.is_available() or is_jetson(),
                                     reason="this host has CUDA or is a Jetson (tests/model/test_cuda.py covers it)")
@@ -34,6 +34,7 @@ def test_doctor_json_here_reports_no_cuda_laptop_working_torchao_and_the_broker(
     assert report["cuda"]["available"] is False
     assert report["profile"]["name"] == "laptop"
     assert report["profile"]["quant"] == "torchao-int8"
+    assert report["profile"]["dtype_auto"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
     int8 = report["quantization"]["torchao-int8"]
     assert int8["installed"] and int8["works"] and int8["device"] == "cpu" and int8["lora_grad_norm"] > 0
     assert report["broker"]["reachable"] is True

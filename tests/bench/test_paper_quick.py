@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,14 +13,24 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def test_bench_paper_quick_writes_every_row_and_the_targets(tmp_path):
+def _bench(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgedfl.cli", "bench", "paper", "--quick", *args],
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One `bench paper --quick` run (the test suite's whole benchmark); the tests below read it or go on from it."""
+    tmp_path = tmp_path_factory.mktemp("paper-quick")
     out, work, kept = tmp_path / "results", tmp_path / "work", tmp_path / "kept"
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgedfl.cli", "bench", "paper", "--quick", "--out", str(out), "--work", str(work),
-         "--results", str(kept)],
-        capture_output=True, text=True, timeout=900, check=False, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )
+    proc = _bench("--out", str(out), "--work", str(work), "--results", str(kept))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp_path, out, work, kept
+
+
+def test_bench_paper_quick_writes_every_row_and_the_targets(quick):
+    _, out, work, kept = quick
     summary = json.loads((out / "paper.json").read_text())
     rows = summary["rows"]
     assert set(rows) == {"lora", "ffa", "edgedfl", "edgedfl-oracle", "edgedfl-merge", "edgedfl-flat",
@@ -63,29 +74,32 @@ def test_bench_paper_quick_writes_every_row_and_the_targets(tmp_path):
     assert (out / "paper.png").stat().st_size > 1000
     assert summary["complete"] is True and "Partial results" not in md
 
-    # run again on the same work folder with the saved tuning: every finished variant run is reused
+
+def test_a_rerun_on_the_same_work_folder_reuses_every_finished_run(quick):
+    tmp_path, out, work, _ = quick
+    rows = json.loads((out / "paper.json").read_text())["rows"]
+    runs = sorted((work / "runs").iterdir())
     stamps = {r.name: (r / "report.json").stat().st_mtime_ns for r in runs}
-    again = subprocess.run(
-        [sys.executable, "-m", "edgedfl.cli", "bench", "paper", "--quick", "--out", str(tmp_path / "again"),
-         "--work", str(work), "--tuning", str(work / "tuning.json")],
-        capture_output=True, text=True, timeout=300, check=False, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )
+    again = _bench("--out", str(tmp_path / "again"), "--work", str(work), "--tuning", str(work / "tuning.json"),
+                   timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {r.name: (r / "report.json").stat().st_mtime_ns for r in runs} == stamps
     assert json.loads((tmp_path / "again" / "paper.json").read_text())["rows"] == rows
 
-    # on another machine: a fresh work folder and the kept results; only the missing variant runs
+
+def test_another_machine_runs_only_the_variants_missing_from_the_kept_results(quick):
+    tmp_path, out, _, first_kept = quick
+    summary = json.loads((out / "paper.json").read_text())
+    rows = summary["rows"]
+    kept = tmp_path / "kept-copy"  # what a clone of the repository holds
+    shutil.copytree(first_kept, kept)
     saved = sorted(p.name for p in kept.glob("*-seed*.json"))
     assert len(saved) == len(summary["settings"]["variants"])
     first = json.loads((kept / "lora-seed0.json").read_text())
     assert first["commit"] and first["fleet"]["swarm"]["seed"] == 0 and first["lr"] == rows["lora"]["lr"]
     (kept / "local-seed0.json").unlink()
     fresh = tmp_path / "fresh"
-    resumed = subprocess.run(
-        [sys.executable, "-m", "edgedfl.cli", "bench", "paper", "--quick", "--out", str(tmp_path / "resumed"),
-         "--work", str(fresh), "--results", str(kept)],
-        capture_output=True, text=True, timeout=300, check=False, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )
+    resumed = _bench("--out", str(tmp_path / "resumed"), "--work", str(fresh), "--results", str(kept), timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [p.name for p in (fresh / "runs").iterdir()] == [f"local-lr{rows['local']['lr']:g}-seed0"]
     assert sorted(p.name for p in kept.glob("*-seed*.json")) == saved
