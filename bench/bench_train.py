@@ -307,10 +307,13 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=800, help="--run-steps: training examples")
     p.add_argument("--n-eval", type=int, default=64, help="--run-steps: held-out examples scored by loss")
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--quick", action="store_true", help="the tiny model, 2 timed steps (seconds; the test suite's)")
+    p.add_argument("--quick", action="store_true",
+                   help="the tiny model, 2 timed steps, four variants unless --variants (the test suite's)")
     args = p.parse_args()
-    if args.quick:
+    if args.quick:  # four variants: the reference, edgedfl's step on float32 and bfloat16, a quantized base
         args.model, args.steps, args.warmup = "tiny", 2, 1
+        if args.variants == p.get_default("variants"):
+            args.variants = "peft-lora fp32,edgedfl solora none,edgedfl solora none bf16,edgedfl solora torchao-int8 bf16"
     if args.run_steps:
         if args.variants == p.get_default("variants"):
             args.variants = ""

@@ -118,6 +118,8 @@ class PaperSettings:
     max_new_tokens: int = 8
     #: every device's (and every tuning run's) base compute dtype (DeviceConfig.dtype)
     dtype: str = "float32"
+    #: devices per process (FleetConfig.per_host): the quick preset packs its fleet into one device host
+    per_host: int = 1
 
     @classmethod
     def long(cls) -> PaperSettings:
@@ -131,7 +133,7 @@ class PaperSettings:
     def quick(cls) -> PaperSettings:
         """The tiny model, few rounds: minutes, for the test suite (numbers mean nothing)."""
         return cls(devices=4, tasks=("arith", "strtf"), model="tiny", rounds=2, local_steps=5, n_train=32,
-                   n_eval=8, lrs=(1e-2, 3e-2), round_deadline_s=30.0, n_tune=8, preset="quick")
+                   n_eval=8, lrs=(1e-2, 3e-2), round_deadline_s=30.0, n_tune=8, preset="quick", per_host=4)
 
     def runs(self) -> list[tuple[str, int]]:
         """(variant, seed) of every training run: each variant at ``seed``, the headline ones at every extra seed."""
@@ -244,6 +246,7 @@ def _commit() -> str:
 
 def _fleet(s: PaperSettings, variant: str, lr: float, seed: int) -> FleetConfig:
     return FleetConfig(devices=s.devices, tasks=list(s.tasks), swarm=_swarm(s, variant, lr, seed), dtype=s.dtype,
+                       per_host=s.per_host,
                        timeout_s=max(7200.0, 4 * s.rounds * s.round_deadline_s))
 
 
