@@ -43,7 +43,10 @@ VARIANTS = ["peft-lora fp32", "edgedfl solora none", "edgedfl solora none, full 
 
 
 def _parse(variant: str) -> tuple[str, str, str]:
-    """(method, quantization backend, base dtype) of an ``edgedfl <method> <quant> [bf16][, ...]`` variant."""
+    """(method, quantization backend, base dtype) of an ``edgedfl <method> <quant> [bf16][, ...]`` variant
+    (the ``peft-lora fp32`` reference: lora on an unquantized float32 base)."""
+    if variant.startswith("peft"):
+        return "lora", "none", "float32"
     words = variant.split(",")[0].split()
     return words[1], words[2], "bfloat16" if "bf16" in words[3:] else "float32"
 
@@ -61,7 +64,7 @@ def _build(variant: str, model: str, rank: int, lr: float) -> tuple[Any, Any]:
 
     from edgedfl.model.loading import load_model
 
-    base, tok = load_model(model, dtype="float32" if variant.startswith("peft") else _parse(variant)[2])
+    base, tok = load_model(model, dtype=_parse(variant)[2])
     if variant == "peft-lora fp32":
         from peft import LoraConfig, get_peft_model
 
@@ -169,7 +172,7 @@ def run_mode(args: argparse.Namespace) -> None:
     tok = None
     for v in variants:
         torch.manual_seed(0)
-        base, tok = load_model(args.model, dtype="float32" if v.startswith("peft") else _parse(v)[2])
+        base, tok = load_model(args.model, dtype=_parse(v)[2])
         if v == "peft-lora fp32":
             from peft import LoraConfig, get_peft_model
 
@@ -261,7 +264,7 @@ def _memory_child(variant: str, args: argparse.Namespace) -> None:
 
     before = _rss_kb()
     if args.base_only:  # the base model alone, quantized, after one forward pass (every weight read once)
-        _, quant, dtype = ("lora", "none", "float32") if variant.startswith("peft") else _parse(variant)
+        _, quant, dtype = _parse(variant)
         base, tok = load_model(args.model, dtype=dtype)
         base, _ = quantize_model(base, quant, device="cpu")
         with torch.no_grad():

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from edgedfl.errors import AdapterError
+from edgedfl.model.placement import set_eager_attention
 
 
 class _Current:
@@ -67,13 +68,6 @@ class _InputA(nn.Module):
         return x @ self.current.tensors[self.name].t()  # (B, T, d_in) @ (d_in, r) -> (B, T, r)
 
 
-def _eager(hf_model: Any) -> None:
-    if hasattr(hf_model, "set_attn_implementation"):
-        hf_model.set_attn_implementation("eager")
-    else:  # older transformers
-        hf_model.config._attn_implementation = "eager"
-
-
 class TrainProgram(nn.Module):
     """Loss of one slot's LoRA with A as inputs and B the only trainable tensors."""
 
@@ -88,7 +82,7 @@ class TrainProgram(nn.Module):
         key = f"slot{slot}"
         for name, layer in adapted.layers.items():
             layer.lora_A[key] = _InputA(self._current, name)
-        _eager(adapted.peft_model.base_model.model)
+        set_eager_attention(adapted.peft_model.base_model.model)
         adapted.peft_model.eval()  # no dropout; gradients still flow
         for p in adapted.peft_model.parameters():
             p.requires_grad_(False)
@@ -117,7 +111,7 @@ class FeaturesProgram(nn.Module):
     def __init__(self, base_model: Any, layer_names: Sequence[str], routing_modules: Sequence[str] = (),
                  pooling: str = "mean") -> None:
         super().__init__()
-        _eager(base_model)
+        set_eager_attention(base_model)
         base_model.eval()
         for p in base_model.parameters():
             p.requires_grad_(False)

@@ -135,16 +135,13 @@ class SharedBases:
         """(a module tree sharing the base's tensors, tokenizer, quantization backend, RNG state after loading)."""
         import torch
 
-        from edgedfl.devices import resolve_dtype
-        from edgedfl.model.loading import load_model
-        from edgedfl.model.quantize import quantize_model
+        from edgedfl.model.quantize import load_device_base
 
         key = (cfg.swarm.model, str(cfg.swarm.seed), cfg.quant, cfg.profile, cfg.device, cfg.dtype)
         if key not in self._bases:
             # the very sequence a device process runs (TorchLearner.load), so its RNG ends in the same state
             torch.manual_seed(cfg.swarm.seed)
-            base, tok = load_model(cfg.swarm.model, seed=cfg.swarm.seed, dtype=resolve_dtype(cfg.dtype, cfg.device))
-            base, quant = quantize_model(base, cfg.quant, cfg.device_profile(), cfg.device)
+            base, tok, quant = load_device_base(cfg.swarm.model, cfg.swarm.seed, cfg)
             for p in base.parameters():
                 p.requires_grad_(False)
             self._bases[key] = (base, tok, quant, torch.get_rng_state())

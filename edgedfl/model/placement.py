@@ -112,11 +112,16 @@ def choose_attention(model: Any) -> str:
     current = getattr(config, "_attn_implementation", None) or "sdpa"
     if model_dtype(model) not in ("bfloat16", "float16") or model_device(model).type != "cpu" or config is None:
         return str(current)
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation("eager")
-    else:
-        config._attn_implementation = "eager"
+    set_eager_attention(model)
     return "eager"
+
+
+def set_eager_attention(hf_model: Any) -> None:
+    """Run ``hf_model``'s attention as plain matmuls (transformers' ``eager``)."""
+    if hasattr(hf_model, "set_attn_implementation"):
+        hf_model.set_attn_implementation("eager")
+    else:  # older transformers
+        hf_model.config._attn_implementation = "eager"
 
 
 def place_model(model: Any, device: str) -> Any:

@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from edgedfl.devices import DeviceProfile, detect_profile
+from edgedfl.devices import DeviceConfig, DeviceProfile, detect_profile, resolve_dtype
 from edgedfl.errors import BackendUnavailable, ConfigError
 from edgedfl.model.placement import choose_attention, model_device, place_model, resolve_device
 
@@ -256,6 +256,17 @@ def quantize_model(
         own_plain_tensors(model)
         release_freed_memory()
     return model, name
+
+
+def load_device_base(spec: str, seed: int, cfg: DeviceConfig) -> tuple[Any, Any, str]:
+    """(base, tokenizer, quantization backend) of a device: ``spec`` loaded in the device's dtype
+    (``cfg.dtype``), then placed and quantized as ``cfg`` says. Every path that builds a device's
+    model (a node, a device host, a local run) goes through here, so they load it the same way."""
+    from edgedfl.model.loading import load_model
+
+    base, tok = load_model(spec, seed=seed, dtype=resolve_dtype(cfg.dtype, cfg.device))
+    base, backend = quantize_model(base, cfg.quant, cfg.device_profile(), cfg.device)
+    return base, tok, backend
 
 
 def own_plain_tensors(model: Any) -> None:

@@ -19,10 +19,8 @@ import numpy as np
 from edgedfl.adapters import AdapterConfig, attach_adapter
 from edgedfl.adapters.solora import LayerStats
 from edgedfl.data.examples import Example
-from edgedfl.devices import resolve_dtype
-from edgedfl.model.loading import load_model
 from edgedfl.model.placement import model_device, to_numpy
-from edgedfl.model.quantize import quantize_model
+from edgedfl.model.quantize import load_device_base
 from edgedfl.node.config import NodeConfig
 from edgedfl.node.learner import Answers, Learner, Metrics, Route
 from edgedfl.node.signature import signature_and_spread
@@ -65,9 +63,7 @@ class TorchLearner(Learner):
         import torch
 
         torch.manual_seed(self.swarm.seed)
-        base, self.tok = load_model(self.swarm.model, seed=self.swarm.seed,
-                                    dtype=resolve_dtype(self.cfg.dtype, self.cfg.device))
-        base, self.quant = quantize_model(base, self.cfg.quant, self.cfg.device_profile(), self.cfg.device)
+        base, self.tok, self.quant = load_device_base(self.swarm.model, self.swarm.seed, self.cfg)
         self.adapted = attach_adapter(base, self.adapter_config())
         self.train_examples = list(train_examples)
 

@@ -24,11 +24,10 @@ from edgedfl.adapters import AdapterConfig, attach_adapter
 from edgedfl.config import check, option
 from edgedfl.data.examples import Example
 from edgedfl.data.sources import load_examples
-from edgedfl.devices import DeviceConfig, resolve_dtype
+from edgedfl.devices import DeviceConfig
 from edgedfl.errors import ConfigError
-from edgedfl.model.loading import load_model
 from edgedfl.model.placement import model_device, model_dtype
-from edgedfl.model.quantize import quantize_model
+from edgedfl.model.quantize import load_device_base
 from edgedfl.train.batching import collate_prompts
 from edgedfl.train.trainer import TrainConfig, Trainer
 
@@ -60,9 +59,7 @@ class LocalRunConfig(DeviceConfig):
 
 def build_model(cfg: LocalRunConfig) -> tuple[Any, Any, str]:
     """(adapted model, tokenizer, quantization backend used)."""
-    profile = cfg.device_profile()
-    base, tok = load_model(cfg.model, seed=cfg.adapter.seed, dtype=resolve_dtype(cfg.dtype, cfg.device))
-    base, backend = quantize_model(base, cfg.quant, profile, cfg.device)
+    base, tok, backend = load_device_base(cfg.model, cfg.adapter.seed, cfg)
     adapted = attach_adapter(base, cfg.adapter)
     adapted.activate(cfg.slot)
     return adapted, tok, backend
