@@ -10,15 +10,19 @@ task are expected to be apart, measured from its own prompts alone
 ones and two generated here as a user's JSONL files (``caps``: a word in capital
 letters; ``vowels``: how many vowels a word has).
 
-Then :func:`edgedfl.topology.cluster` runs on every subset of 2..6 tasks with
+Each signature is taken at every depth of ``--depths`` (the fraction of the
+decoder's layers, SwarmConfig.signature_depth; 1 = the last layer). Then
+:func:`edgedfl.topology.cluster` runs on every subset of 2..6 tasks with
 1..``--devices`` devices per task under each rule: the fixed floor (0.01 on the
 cosine distance) without spreads (a lone device then borrows the other groups'
 within-cluster distance), the same floor with spreads (a lone device's
-within-task distance is its spread: the swarm's default), no floor at all, and
-floors of F x the median spread of the group being split. A case is right when
-the clusters are exactly the tasks.
+within-task distance is its spread), no floor at all, and floors of F x the
+median spread of the group being split (the swarm's default is one of them). A
+case is right when the clusters are exactly the tasks.
 
     python bench/bench_clustering.py --models smollm2,gemma3-270m --out bench/results/clustering
+    python bench/bench_clustering.py --models smollm2,gemma3-270m --tasks yesno,parity,first,last,isodate,textdate \
+        --out bench/results/clustering-long     # the long suite: pairs that share inputs or label words
     python bench/bench_clustering.py --rescore --out bench/results/clustering   # the rules again, saved signatures
 """
 
@@ -42,6 +46,27 @@ from edgedfl.topology.signatures import signature_distance
 
 BUILT_IN = ["topic", "yesno", "arith", "strtf"]
 FACTORS = [2.0, 3.0, 4.0]
+READING = [
+    "## Reading", "",
+    ("Two suites decide the rule: the built-in one (`bench/results/clustering.md`: tasks whose prompts differ "
+     "in kind) and the long one (`bench/results/clustering-long.md`: three pairs that share their inputs or their "
+     "label words; `first` and `last` show the same word lists and differ in one title word). A rule must be "
+     "right on both, on both models."), "",
+    ("At the last layer (depth 1) no rule is. The fixed 0.01 floor with spreads was the default and right on the "
+     "built-in suite, but it merges `first` with `last` (0.0036 apart on SmolLM2) and the two date tasks, because "
+     "the last layer's states are shaped for the next token and the question barely moves their mean. Floors "
+     "relative to the spreads fail the built-in suite there: `strtf`'s own devices lie up to 2.4x their spread "
+     "apart, `topic`-`yesno` only 2.2x."), "",
+    ("At depth 0.6 (SmolLM2 layer 18 of 30, Gemma 3 270M layer 11 of 18) same-task devices lie at most 2.84x "
+     "their spread apart and two tasks at least 4.41x, on both suites and both models, so every factor from 3 "
+     "to 4 gets every case right. Absolute distances are small there (pooled middle-layer states share a large "
+     "common direction), so no fixed floor suits both models; the rule is relative to the spreads alone."), "",
+    ("Decision: the swarm's signature pools the layer at 0.6 of the depth (`signature_depth`) and splits only "
+     "groups more than 3.5x their median spread apart (`split_spread`), with no fixed floor (`min_split` 0). "
+     "3.5 lies between the largest same-task ratio (2.84) and the smallest two-task ratio (4.41), 1.23x from "
+     "each. A scan of every layer of both models (a scratch run, not committed) found the same separation "
+     "from about half to three quarters of the depth."), "",
+]
 
 
 def _generated(work: Path) -> list[str]:
@@ -58,7 +83,7 @@ def _generated(work: Path) -> list[str]:
 
 
 def _signatures(model: str, tasks: list[str], devices: int, n_sig: int, seed: int,
-                max_length: int, dtype: str = "float32") -> dict[str, Any]:
+                max_length: int, dtype: str, depth: float) -> dict[str, Any]:
     from edgedfl.adapters import AdapterConfig, attach_adapter
     from edgedfl.model.loading import load_model
     from edgedfl.node.signature import signature_and_spread
@@ -74,7 +99,8 @@ def _signatures(model: str, tasks: list[str], devices: int, n_sig: int, seed: in
             load_examples(task, "train", seed=seed)
         for d in range(devices):
             prompts = [e.prompt for e in pool[d::devices][:n_sig]]  # the node's shard, its first n_signature
-            sig, spread = signature_and_spread(adapted, tok, prompts, seed=seed, max_length=max_length)
+            sig, spread = signature_and_spread(adapted, tok, prompts, seed=seed, max_length=max_length,
+                                               depth=depth)
             node = f"t{t_i}d{d}"
             out["signatures"][node], out["spreads"][node], out["task_of"][node] = sig, spread, t_i
     out["load_s"], out["signature_s"] = load_s, time.monotonic() - t0
@@ -127,17 +153,72 @@ def _score(sigs: dict[str, Any], cases: list[dict[str, Any]], *, floor: float, f
     return {"right": right, "cases": len(cases), "wrong": wrong[:6]}
 
 
+def _rules(default: Any) -> dict[str, tuple[float, float, bool]]:
+    """Rule name -> (fixed floor, spread factor, spreads announced)."""
+    rules = {"floor 0.01, no spreads": (0.01, 0.0, False), "floor 0.01 + spreads": (0.01, 0.0, True),
+             "no floor, spreads": (0.0, 0.0, True)}
+    for f in sorted({*FACTORS, default.spread_factor}):
+        rules[f"{f:g} x spread"] = (0.0, f, True)
+    name = f"{default.spread_factor:g} x spread" if default.min_split_distance == 0 else "the swarm's rule"
+    rules[name + " (default)"] = (default.min_split_distance, default.spread_factor, True)
+    rules.pop(name, None)
+    return rules
+
+
+def _report(model: str, depth: float, sigs: dict[str, Any], names: list[str], rules: dict[str, Any],
+            devices: int) -> tuple[dict[str, Any], list[str]]:
+    dist = _distances(sigs)
+    cases = _cases(sigs, len(names), devices)
+    scores = {name: _score(sigs, cases, floor=fl, factor=fa, use_spreads=sp) for name, (fl, fa, sp) in rules.items()}
+    closest = min(dist["between_min"].items(), key=lambda kv: kv[1])
+    sm = dist["spread_median"]
+    same_max = max(dist["ratio_same"].values())
+    other_min = min(dist["ratio_other"].values())
+    result = {
+        "within_max": max(dist["within"]), "within_median": statistics.median(dist["within"]),
+        "between_min": {f"{names[a]}-{names[b]}": v for (a, b), v in dist["between_min"].items()},
+        "spread_median": sm, "spreads": sigs["spreads"], "scores": scores,
+        "ratio_same_max": {names[t]: v for t, v in dist["ratio_same"].items()},
+        "ratio_other_min": {f"{names[a]}-{names[b]}": v for (a, b), v in dist["ratio_other"].items()},
+        "load_s": sigs["load_s"], "signature_s": sigs["signature_s"],
+    }
+    lines = [f"## {model}, signature depth {depth:g}", "",
+             (f"- one task's devices: median {statistics.median(dist['within']):.5f}, "
+              f"max {max(dist['within']):.5f} apart ({max(dist['within']) / sm:.1f}x the median spread)"),
+             (f"- closest two tasks: {names[closest[0][0]]} and {names[closest[0][1]]}, {closest[1]:.5f} "
+              f"({closest[1] / sm:.1f}x the median spread)"),
+             f"- median spread (expected same-task distance, from one device's own prompts): {sm:.5f}",
+             (f"- distance over the larger spread of the two devices: same task up to {same_max:.2f} "
+              f"({names[max(dist['ratio_same'], key=dist['ratio_same'].get)]}), two tasks down to {other_min:.2f} "
+              f"({'-'.join(names[t] for t in min(dist['ratio_other'], key=dist['ratio_other'].get))}): "
+              + ("no factor of the spreads separates them" if same_max >= other_min
+                 else "a factor between them separates them")),
+             (f"- signatures: {sigs['signature_s']:.0f} s for {len(sigs['signatures'])} devices "
+              f"(model load {sigs['load_s']:.0f} s)"), "",
+             "| rule | right | cases | first wrong cases |", "|---|---|---|---|"]
+    for name, sc in scores.items():
+        lines.append(f"| {name} | {sc['right']} | {sc['cases']} | {', '.join(sc['wrong']) or '-'} |")
+    per_task = {names[t]: statistics.median(v for n, v in sigs["spreads"].items() if sigs["task_of"][n] == t)
+                for t in range(len(names))}
+    lines += ["", "Median spread per task: " + ", ".join(f"{k} {v:.5f}" for k, v in per_task.items()), ""]
+    return result, lines
+
+
 def main() -> None:
+    swarm = SwarmConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="smollm2,gemma3-270m")
     p.add_argument("--devices", type=int, default=3, help="devices per task")
-    p.add_argument("--n-signature", type=int, default=16, help="prompts per signature (SwarmConfig.n_signature)")
+    p.add_argument("--n-signature", type=int, default=swarm.n_signature,
+                   help="prompts per signature (SwarmConfig.n_signature)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per prompt (SwarmConfig train.max_length)")
+    p.add_argument("--depths", default=f"{swarm.signature_depth:g},1",
+                   help="comma-separated signature depths (SwarmConfig.signature_depth) compared side by side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/clustering-work")
     p.add_argument("--out", default="bench/results/clustering")
     p.add_argument("--tasks", default="", help="comma-separated built-in tasks instead of the default six "
-                   "(topic, yesno, arith, strtf and two generated JSONL tasks); the tables only, no reading")
+                   "(topic, yesno, arith, strtf and two generated JSONL tasks)")
     p.add_argument("--dtype", default="float32", help="the base's compute dtype (DeviceConfig.dtype)")
     p.add_argument("--rescore", action="store_true",
                    help="score the rules again on the signatures and spreads a previous run saved (no model)")
@@ -145,94 +226,44 @@ def main() -> None:
     chosen = [t for t in args.tasks.split(",") if t]
     tasks = chosen or BUILT_IN + _generated(Path(args.work))
     names = chosen or BUILT_IN + ["caps", "vowels"]
+    depths = [float(d) for d in args.depths.split(",") if d]
+    default = swarm.cluster_config()
+    rules = _rules(default)
     results: dict[str, Any] = {"settings": vars(args), "tasks": names, "models": {}}
-    lines = ["# Task signatures on real models, and the split floor", "",
+    lines = ["# Task signatures on real models, and the split rule", "",
              (f"Command: `python bench/bench_clustering.py --models {args.models} --devices {args.devices} "
-             f"--n-signature {args.n_signature}{' --tasks ' + args.tasks if chosen else ''}"
-             f"{' --dtype ' + args.dtype if args.dtype != 'float32' else ''} --out {args.out}`"
-             + (" (these rules scored again with `--rescore` on the signatures and spreads it saved)"
-                if args.rescore else "")), "",
+              f"--n-signature {args.n_signature} --depths {args.depths}{' --tasks ' + args.tasks if chosen else ''}"
+              f"{' --dtype ' + args.dtype if args.dtype != 'float32' else ''} --out {args.out}`"
+              + (" (these rules scored again with `--rescore` on the signatures and spreads it saved)"
+                 if args.rescore else "")), "",
              (f"Tasks: {', '.join(names)}{'' if chosen else ' (the last two generated as JSONL files)'}; "
-             f"{args.devices} devices per task, "
-             f"{args.n_signature} prompts per signature. Distances are cosine distances between signatures."), ""]
+              f"{args.devices} devices per task, {args.n_signature} prompts per signature, each the mean-pooled "
+              f"hidden state of the decoder layer at the given fraction of the model's depth (1: the last layer, "
+              f"after the final norm). Distances are cosine distances between signatures. A case is 1..{args.devices} "
+              f"devices per task for a subset of 2..{len(names)} tasks; it is right when the clusters are exactly "
+              f"the tasks. The swarm's default: depth {swarm.signature_depth:g}, min_split "
+              f"{default.min_split_distance:g}, split_spread {default.spread_factor:g}."), ""]
     out = Path(args.out)
     saved = json.loads(out.with_name(out.name + ".json").read_text()) if args.rescore else None
     for model in args.models.split(","):
-        if saved is not None:  # the previous run's signatures and spreads, scored under today's rules
-            z = np.load(out.with_name(out.name + f"-{model}.npz"))
-            spreads = saved["models"][model]["spreads"]
-            sigs = {"signatures": {n: z[n] for n in z.files}, "spreads": spreads,
-                    "task_of": {n: int(n[1:].split("d")[0]) for n in z.files},
-                    "load_s": saved["models"][model]["load_s"], "signature_s": saved["models"][model]["signature_s"]}
-        else:
-            sigs = _signatures(model, tasks, args.devices, args.n_signature, args.seed, args.max_length, args.dtype)
-        dist = _distances(sigs)
-        cases = _cases(sigs, len(tasks), args.devices)
-        default = SwarmConfig().cluster_config()
-        scores = {
-            "floor 0.01, no spreads": _score(sigs, cases, floor=0.01, factor=0.0, use_spreads=False),
-            f"floor {default.min_split_distance:g} + spreads (default)": _score(
-                sigs, cases, floor=default.min_split_distance, factor=default.spread_factor, use_spreads=True),
-            "no floor, spreads": _score(sigs, cases, floor=0.0, factor=0.0, use_spreads=True),
-        }
-        for f in FACTORS:
-            scores[f"floor {f:g} x spread"] = _score(sigs, cases, floor=0.0, factor=f, use_spreads=True)
-        closest = min(dist["between_min"].items(), key=lambda kv: kv[1])
-        results["models"][model] = {
-            "within_max": max(dist["within"]), "within_median": statistics.median(dist["within"]),
-            "between_min": {f"{names[a]}-{names[b]}": v for (a, b), v in dist["between_min"].items()},
-            "spread_median": dist["spread_median"], "spreads": sigs["spreads"], "scores": scores,
-            "ratio_same_max": {names[t]: v for t, v in dist["ratio_same"].items()},
-            "ratio_other_min": {f"{names[a]}-{names[b]}": v for (a, b), v in dist["ratio_other"].items()},
-            "load_s": sigs["load_s"], "signature_s": sigs["signature_s"],
-        }
-        sm = dist["spread_median"]
-        lines += [f"## {model}", "",
-                  (f"- one task's devices: median {statistics.median(dist['within']):.4f}, "
-                  f"max {max(dist['within']):.4f} apart ({max(dist['within']) / sm:.1f}x the median spread)"),
-                  (f"- closest two tasks: {names[closest[0][0]]} and {names[closest[0][1]]}, {closest[1]:.4f} "
-                  f"({closest[1] / sm:.1f}x the median spread)"),
-                  f"- median spread (expected same-task distance, from one device's own prompts): {sm:.4f}",
-                  (f"- distance over the larger spread of the two devices: same task up to "
-                   f"{max(dist['ratio_same'].values()):.1f} ({names[max(dist['ratio_same'], key=dist['ratio_same'].get)]}), "
-                   f"two tasks down to {min(dist['ratio_other'].values()):.1f} "
-                   f"({'-'.join(names[t] for t in min(dist['ratio_other'], key=dist['ratio_other'].get))}): "
-                   + ("no factor of the spreads separates them" if max(dist['ratio_same'].values())
-                      >= min(dist['ratio_other'].values()) else "a factor between them separates them")),
-                  (f"- signatures: {sigs['signature_s']:.0f} s for {len(sigs['signatures'])} devices "
-                  f"(model load {sigs['load_s']:.0f} s)"), "",
-                  "| floor | right | cases | first wrong cases |", "|---|---|---|---|"]
-        for name, sc in scores.items():
-            lines.append(f"| {name} | {sc['right']} | {sc['cases']} | {', '.join(sc['wrong']) or '-'} |")
-        per_task = {names[t]: statistics.median(v for n, v in sigs["spreads"].items() if sigs["task_of"][n] == t)
-                    for t in range(len(tasks))}
-        lines += ["", "Median spread per task: " + ", ".join(f"{k} {v:.4f}" for k, v in per_task.items()), ""]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        reading = [
-            "## Reading", "",
-            ("A case is 1..3 devices per task for a subset of 2..6 tasks. Without spreads, a device alone with its "
-            "task has no within-task distance and borrows the others' (or, all alone, none): three devices with "
-            "three tasks end in one cluster, the commonest error of the old rule on both models. A device's spread "
-            "(its expected same-task distance, measured on its own prompts and sent in its hello) gives it one, and "
-            "with the 0.01 floor every case is right on both models. A floor relative to the spreads does not "
-            "hold: per-task spreads differ about tenfold on one model (see the lines above), so a factor that keeps "
-            "one task's devices together merges two close tasks each held by one device, or the reverse. Not "
-            "even a floor per pair of groups, scaled by their own spreads, can: the distance between two devices "
-            "of one task reaches a larger multiple of their spread (strtf's devices differ by more than "
-            "prompt-sampling noise) than the two BBC tasks do of theirs (line 'distance over the larger spread' "
-            "above). More prompts per signature would widen that margin (a task gap stays, the spread shrinks as "
-            "1/n), at the price of a slower join."), "",
-            ("Decision: the swarm keeps the spreads (a lone device's within-task distance) and the 0.01 floor, "
-            "both in SwarmConfig (`min_split`, `split_spread`). The floor is a guard, not the separator: one task's "
-            "devices lie up to 0.010 (SmolLM2) and 0.017 (Gemma) apart, above it, and stay together through the "
-            "silhouette with spreads; the floor stops a split of groups that only prompt-sampling noise of a "
-            "small-spread task keeps apart, and the closest two tasks lie 2x (SmolLM2) and 3.5x (Gemma) above it. "
-            "Every case is right on both models."), "",
-        ]
-        out.with_name(out.name + ".md").write_text("\n".join(lines + ([] if chosen else reading)) + "\n")
-        out.with_name(out.name + ".json").write_text(json.dumps(results, indent=2, sort_keys=True, default=float))
-        np.savez(out.with_name(out.name + f"-{model}.npz"),
-                 **{n: np.asarray(v) for n, v in sigs["signatures"].items()})
+        for depth in depths:
+            key = f"{model}-d{depth:g}"
+            if saved is not None:  # the previous run's signatures and spreads, scored under today's rules
+                z = np.load(out.with_name(out.name + f"-{key}.npz"))
+                spreads = saved["models"][key]["spreads"]
+                sigs = {"signatures": {n: z[n] for n in z.files}, "spreads": spreads,
+                        "task_of": {n: int(n[1:].split("d")[0]) for n in z.files},
+                        "load_s": saved["models"][key]["load_s"], "signature_s": saved["models"][key]["signature_s"]}
+            else:
+                sigs = _signatures(model, tasks, args.devices, args.n_signature, args.seed, args.max_length,
+                                   args.dtype, depth)
+            results["models"][key], more = _report(model, depth, sigs, names, rules, args.devices)
+            lines += more
+            out.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(out.with_name(out.name + f"-{key}.npz"),
+                     **{n: np.asarray(v) for n, v in sigs["signatures"].items()})
+    out.with_name(out.name + ".md").write_text("\n".join(lines + READING) + "\n")
+    out.with_name(out.name + ".json").write_text(json.dumps(results, indent=2, sort_keys=True, default=float))
 
 
 if __name__ == "__main__":

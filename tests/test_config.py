@@ -67,3 +67,16 @@ def test_a_swarm_without_a_learning_rate_trains_at_its_method_s_tuned_default():
     assert SwarmConfig(train=TrainConfig(lr=3e-4)).train_config().lr == 3e-4
     with pytest.raises(ConfigError, match="lr"):
         SwarmConfig(train=TrainConfig(lr=-1.0))
+
+
+def test_the_signature_depth_and_split_rule_reach_the_clustering_from_a_file(tmp_path):
+    path = tmp_path / "swarm.json"
+    path.write_text(json.dumps({"signature_depth": 1.0, "split_spread": 2.5, "min_split": 0.01}))
+    swarm = SwarmConfig.load(path)
+    assert swarm.signature_depth == 1.0
+    cfg = swarm.cluster_config()
+    assert (cfg.spread_factor, cfg.min_split_distance) == (2.5, 0.01)
+    assert SwarmConfig().signature_depth == 0.6 and SwarmConfig().cluster_config().spread_factor == 3.5
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="signature_depth"):
+            SwarmConfig(signature_depth=bad)

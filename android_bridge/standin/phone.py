@@ -60,6 +60,7 @@ from edgedfl.node.learner import Answers, Learner, Metrics, Route
 from edgedfl.node.member import SwarmMember, write_json
 from edgedfl.routing import LatentCode, RouterConfig, stack_codes
 from edgedfl.topology import normalise
+from edgedfl.topology.signatures import signature_spread
 
 from .runtime import Features, Inference, Trainer, completion_nll
 from .text import PhoneTokenizer, train_batch
@@ -141,8 +142,12 @@ class PhoneLearner(Learner):
         projection (from the bundle: ``topology.project_signature``'s matrix)."""
         a = self._slot_A(0)  # the statistics outputs are not used here; any A will do
         pooled = np.stack([self.features.run(self.tok.prompt_ids(p, self.swarm.max_length), a).pooled
-                           for p in prompts])  # (n, H)
+                           for p in prompts])  # (n, H), at the swarm's signature layer (the bundle's program)
+        self._spread = signature_spread(pooled, self.swarm.seed)  # as a node announces it
         return normalise(pooled.mean(axis=0) @ self.projection)  # (dim,)
+
+    def signature_spread(self) -> float | None:
+        return getattr(self, "_spread", None)
 
     def hello_profile(self) -> dict[str, Any]:
         return {"runtime": "executorch"}

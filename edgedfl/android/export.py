@@ -29,8 +29,10 @@ from edgedfl.adapters.config import AdapterConfig
 from edgedfl.android import manifest as mf
 from edgedfl.config import ConfigBase, check, option
 from edgedfl.errors import AdapterError
+from edgedfl.model.loading import num_layers
 from edgedfl.model.placement import to_numpy
 from edgedfl.protocol.topics import Topics
+from edgedfl.topology.signatures import DEFAULT_DEPTH, signature_layer
 from edgedfl.wire.envelope import SCHEMA_VERSION
 
 log = logging.getLogger("edgedfl.android")
@@ -60,6 +62,10 @@ class AndroidExportConfig(ConfigBase):
     programs: list[str] = option(help=f"which programs to write, of {PROGRAMS}", factory=lambda: list(PROGRAMS))
     adapter: AdapterConfig = option(help="the swarm's adapter settings (seed, rank, slots, density)",
                                     factory=lambda: AdapterConfig(num_slots=4))
+    signature_depth: float = option(
+        DEFAULT_DEPTH, help="the swarm's signature_depth: the features program pools that decoder layer, as the "
+        "nodes do (edgedfl.node.signature)",
+    )
     swarm_settings: dict[str, Any] = option(
         help="the swarm's full shared settings, copied into the manifest for the phone", factory=dict
     )
@@ -74,6 +80,7 @@ class AndroidExportConfig(ConfigBase):
         check(self.batch_size >= 1, n, "batch_size", self.batch_size, "must be >= 1")
         check(self.max_length >= 8, n, "max_length", self.max_length, "must be >= 8")
         check(self.lr > 0, n, "lr", self.lr, "must be > 0")
+        check(0 < self.signature_depth <= 1, n, "signature_depth", self.signature_depth, "must be in (0, 1]")
         check(0 <= self.momentum < 1, n, "momentum", self.momentum, "must be in [0, 1)")
         check(bool(self.programs) and set(self.programs) <= set(PROGRAMS), n, "programs", self.programs,
               f"a non-empty subset of {PROGRAMS}")
@@ -165,6 +172,8 @@ def export_bundle(cfg: AndroidExportConfig, *, masks: dict[str, np.ndarray] | No
     save_file(a_tensors, str(out / mf.LORA_A))
     vocab = int(adapted_k.peft_model.base_model.model.config.vocab_size)
     hidden = int(adapted_k.peft_model.base_model.model.config.hidden_size)
+    n_layers = num_layers(adapted_k.peft_model.base_model.model)
+    sig_layer = signature_layer(n_layers, cfg.signature_depth)
     scaling = float(a.scaling)
 
     if masks is None:
@@ -210,7 +219,7 @@ def export_bundle(cfg: AndroidExportConfig, *, masks: dict[str, np.ndarray] | No
         from torch.export import Dim
 
         base_f, _ = _load(cfg)
-        feats = FeaturesProgram(base_f, names, routing_modules, router_cfg.pooling)
+        feats = FeaturesProgram(base_f, names, routing_modules, router_cfg.pooling, signature_layer=sig_layer)
         seq = Dim("seq", min=2, max=max(cfg.max_length, 16) * 4)
         ids = torch.randint(3, vocab, (1, 9))
         dyn = {"input_ids": {1: seq}, "attention_mask": {1: seq}, "lora_A": tuple({} for _ in names)}
@@ -219,7 +228,8 @@ def export_bundle(cfg: AndroidExportConfig, *, masks: dict[str, np.ndarray] | No
         programs["features"] = {
             "file": mf.FEATURES_PTE, "method": "forward", "backend": "xnnpack",
             "inputs": ["input_ids int64 (1, T)", "attention_mask int64 (1, T)", *a_inputs],
-            "outputs": [f"pooled float32 (1, {hidden}): mean of the last hidden state over real tokens",
+            "outputs": [(f"pooled float32 (1, {hidden}): mean over real tokens of decoder layer {sig_layer}'s output "
+                         f"(of {n_layers}; the last one after the final norm)"),
                         f"cov float32 ({len(names)}, {a.rank}, {a.rank}): per layer sum over tokens of (x Aᵀ)ᵀ(x Aᵀ)",
                         f"energy float32 ({len(names)},): per layer sum of ||x||²", "tokens float32 ()",
                         (f"routing float32 (1, {len(routing_modules) * a.rank}): the prompt's routing features in "
@@ -241,7 +251,8 @@ def export_bundle(cfg: AndroidExportConfig, *, masks: dict[str, np.ndarray] | No
                    for n in names],
         "programs": programs, "tokenizer": tokenizer,
         "signature": {"file": mf.SIGNATURE, "tensor": "projection", "shape": f"({hidden}, {DEFAULT_DIM})",
-                      "rule": "(mean over prompts of pooled) @ projection, scaled to unit L2 norm"},
+                      "rule": "(mean over prompts of pooled) @ projection, scaled to unit L2 norm",
+                      "depth": cfg.signature_depth, "layer": sig_layer, "layers": n_layers},
         "lora_A": {"file": mf.LORA_A, "key": "slot<k>/<layer>", "dtype": "float32", "shape": "(r, d_in)"},
         "masks": {"file": mf.MASKS, "slot": cfg.slot, "source": mask_source,
                   "packing": "numpy.packbits of the bool (d_out, r) mask, row-major, big bit order",

@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 from edgedfl.adapters.config import AdapterConfig
 from edgedfl.android import manifest as mf
 from edgedfl.errors import BackendUnavailable, ConfigError
+from edgedfl.topology.signatures import DEFAULT_DEPTH
 
 if TYPE_CHECKING:
     from edgedfl.android.export import AndroidExportConfig
@@ -70,6 +71,7 @@ def export_config(node: Mapping[str, Any], out: str | os.PathLike[str]) -> Andro
             model=s["model"], node=node["node_id"], task=node["data"], swarm=s["name"], broker=node["broker"],
             batch_size=s["train"]["batch_size"], max_length=s["train"]["max_length"], local_steps=s["local_steps"],
             adapter=adapter, swarm_settings=dict(s), slot=0, out=str(out),
+            signature_depth=s.get("signature_depth", DEFAULT_DEPTH),
         )
     except KeyError as exc:
         raise ConfigError(f"node config lacks the field {exc.args[0]!r}") from exc

@@ -11,9 +11,9 @@ Three programs, all with A of the phone's slot as an input (see
   (batch, max_length): ExecuTorch's training runtime plans memory once; the
   phone pads to them.
 * :class:`FeaturesProgram` ``(input_ids, attention_mask, *A) -> (pooled, cov,
-  energy, tokens, routing)`` on the frozen base: the mean-pooled last hidden
-  state per prompt (the task signature's input, as ``edgedfl.node.signature``
-  computes it), per adapted layer the statistics of its input in the slot's
+  energy, tokens, routing)`` on the frozen base: the mean-pooled output of the
+  signature's decoder layer per prompt (the task signature's input, as
+  ``edgedfl.node.signature`` computes it at the swarm's ``signature_depth``), per adapted layer the statistics of its input in the slot's
   subspace (as ``AdaptedModel.calibrate`` computes them; padding excluded), and
   the prompt's routing features in the slot's subspace (as
   ``edgedfl.routing.calibrate.routing_features``: the latent code's input).
@@ -109,8 +109,10 @@ class FeaturesProgram(nn.Module):
     """Pooled hidden states and per-layer input statistics of the frozen base (no LoRA)."""
 
     def __init__(self, base_model: Any, layer_names: Sequence[str], routing_modules: Sequence[str] = (),
-                 pooling: str = "mean") -> None:
+                 pooling: str = "mean", signature_layer: int = -1) -> None:
         super().__init__()
+        #: index into the decoder's hidden states (0: embeddings, i: layer i's output, the last after the norm)
+        self.signature_layer = signature_layer
         set_eager_attention(base_model)
         base_model.eval()
         for p in base_model.parameters():
@@ -138,7 +140,7 @@ class FeaturesProgram(nn.Module):
         self._seen.tensors = {}
         out = self.base.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         m = attention_mask.to(torch.float32)[..., None]  # (B, T, 1)
-        h = out.hidden_states[-1].float()  # (B, T, H)
+        h = out.hidden_states[self.signature_layer].float()  # (B, T, H)
         pooled = (h * m).sum(1) / m.sum(1)  # (B, H)
         covs, energies = [], []
         for name, a in zip(self.layer_names, lora_A):

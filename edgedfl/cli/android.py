@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--local-steps", type=int, default=None)
     e.add_argument("--lr", type=float, default=None, help="SGD learning rate")
     e.add_argument("--momentum", type=float, default=None, help="SGD momentum")
+    e.add_argument("--signature-depth", type=float, default=None,
+                   help="the swarm's signature_depth (the decoder layer the features program pools, as a fraction "
+                        "of the depth; default the swarm's, 0.6)")
     e.add_argument("--programs", default="train,features,infer", help="which programs, comma-separated")
 
 
@@ -47,7 +50,7 @@ def _from_node_config(path: str) -> dict[str, Any]:
     cfg = export_config(NodeConfig.load(path).to_dict(), "")
     return {"model": cfg.model, "node": cfg.node, "task": cfg.task, "swarm": cfg.swarm, "broker": cfg.broker,
             "batch_size": cfg.batch_size, "max_length": cfg.max_length, "local_steps": cfg.local_steps,
-            "adapter": cfg.adapter, "swarm_settings": cfg.swarm_settings}
+            "adapter": cfg.adapter, "swarm_settings": cfg.swarm_settings, "signature_depth": cfg.signature_depth}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"seed": args.seed, "rank": args.rank, "num_slots": args.slots, "density": args.density}
     adapter = dataclasses.replace(adapter, **{k: v for k, v in overrides.items() if v is not None})
     for key in ("model", "task", "node", "swarm", "broker", "batch_size", "max_length", "local_steps", "lr",
-                "momentum"):
+                "momentum", "signature_depth"):
         value = getattr(args, key)
         if value is not None:
             fields[key] = value

@@ -258,3 +258,13 @@ def load_model(spec: str = DEFAULT_MODEL, *, seed: int = 0, dtype: str = "float3
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def num_layers(causal: Any) -> int:
+    """Decoder layers of a causal LM (its ``model.layers``, else its (text) config's ``num_hidden_layers``)."""
+    layers = getattr(getattr(causal, "model", None), "layers", None)
+    if layers is not None:
+        return len(layers)
+    config: Any = getattr(causal, "config", None)
+    config = getattr(config, "text_config", None) or config
+    return int(config.num_hidden_layers)

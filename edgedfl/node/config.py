@@ -20,6 +20,7 @@ from edgedfl.aggregation.config import AggregationConfig
 from edgedfl.config import ConfigBase, check, option
 from edgedfl.devices import DeviceConfig
 from edgedfl.protocol.types import ProtocolConfig
+from edgedfl.topology.signatures import DEFAULT_DEPTH
 from edgedfl.train.config import TrainConfig
 from edgedfl.wire.codec import PRECISIONS
 
@@ -72,15 +73,23 @@ class SwarmConfig(ConfigBase):
     max_slots: int = option(0, help="most clusters (expert slots) the swarm forms; 0: the number of distinct tasks "
                                     "in the emulator, 4 for a node on its own (DEFAULT_SLOTS)")
     min_split: float = option(
-        0.01, help="clustering: groups of devices closer than this cosine distance never split (prompt-sampling "
-        "noise of one task). Checked on two real models (bench/results/clustering.md): same-task devices lie "
-        "up to 0.0104 (SmolLM2) and 0.0173 (Gemma 3 270M) apart, the closest two tasks 0.0202 and 0.0355",
+        0.0, help="clustering: groups of devices closer than this cosine distance never split, whatever their "
+        "spreads (0 = the spreads alone decide, see split_spread). A fixed floor depends on the model and the "
+        "signature layer: at signature_depth 1.0 (the last layer) 0.01 was right for the built-in tasks but "
+        "merged tasks that share their inputs (bench/results/clustering.md)",
     )
     split_spread: float = option(
-        0.0, help="clustering: also never split groups closer than this many times their median signature spread "
-        "(0 = off: per-task spreads differ tenfold on one model, so a floor relative to them fails; "
-        "bench/results/clustering.md). The spreads themselves are always used: a lone device's within-task "
-        "distance is its spread",
+        3.5, help="clustering: never split groups closer than this many times the median signature spread of "
+        "their devices (a spread is how far a second device of the same task would lie, measured by each device "
+        "on its own prompts and announced in its hello). Measured at signature_depth 0.6 on SmolLM2 and Gemma 3 "
+        "270M over two suites (bench/results/clustering.md): same-task devices lie at most 2.8x their spread "
+        "apart, different tasks at least 4.4x",
+    )
+    signature_depth: float = option(
+        DEFAULT_DEPTH, help="the task signature pools the decoder layer at this fraction of the model's depth "
+        "(round(depth x layers), at least layer 1); 1.0: the last layer after the final norm. Middle layers "
+        "tell apart tasks that share their inputs and differ in the question asked, which the last layer "
+        "blurs (bench/results/clustering.md)",
     )
     rounds: int = option(3, help="federated rounds")
     local_steps: int = option(10, help="optimizer steps per round")
@@ -120,6 +129,7 @@ class SwarmConfig(ConfigBase):
         n = type(self).__name__
         check(self.split_spread >= 0, n, "split_spread", self.split_spread, "must be >= 0")
         check(0 <= self.min_split <= 2, n, "min_split", self.min_split, "must be a cosine distance in [0, 2]")
+        check(0 < self.signature_depth <= 1, n, "signature_depth", self.signature_depth, "must be in (0, 1]")
         check(self.topology in TOPOLOGIES, n, "topology", self.topology, f"choose from {TOPOLOGIES}")
         check(self.rounds >= 1, n, "rounds", self.rounds, "must be >= 1")
         check(self.local_steps >= 1, n, "local_steps", self.local_steps, "must be >= 1")

@@ -74,7 +74,8 @@ class Learner(abc.ABC):
     def signature_spread(self) -> float | None:
         """The expected distance between two devices' signatures of this task, measured by the last
         :meth:`signature` on its own prompts (:func:`~edgedfl.topology.signatures.signature_spread`);
-        None where a learner does not measure it (the clustering then uses its fixed floor)."""
+        None where a learner does not measure it (the clustering then scales its split floor by the
+        other devices' spreads)."""
         return None
 
     @abc.abstractmethod

@@ -69,7 +69,7 @@ class TorchLearner(Learner):
 
     def signature(self, prompts: Sequence[str]) -> np.ndarray:
         sig, self._spread = signature_and_spread(self.adapted, self.tok, list(prompts), seed=self.swarm.seed,
-                                                 max_length=self.swarm.max_length)
+                                                 max_length=self.swarm.max_length, depth=self.swarm.signature_depth)
         return sig
 
     def signature_spread(self) -> float | None:

@@ -42,9 +42,12 @@ Decisions (and why):
   3 nodes silhouette is undefined and that floor alone decides. Measured on
   SmolLM2-135M (last layer, mean over tokens, 32 prompts per device, the
   built-in tasks): one task's devices lie 0.0004-0.006 apart, topic vs yesno
-  (both BBC articles) 0.02-0.03, the other task pairs 0.12-0.30; hence the
-  default floor 0.01. A fixed cut (``distance_threshold``) is available
-  instead of silhouette.
+  (both BBC articles) 0.02-0.03, the other task pairs 0.12-0.30; hence this
+  config's default floor 0.01. The swarm does not use it: its signatures pool
+  a middle layer, where distances are far smaller and depend on the model, so
+  it splits on ``spread_factor`` 3.5 with no fixed floor (``SwarmConfig``
+  ``split_spread``, ``min_split``; bench/results/clustering.md). A fixed cut
+  (``distance_threshold``) is available instead of silhouette.
 * **Ties broken by node id.** Nodes are sorted by id first; distances are
   rounded to 1e-9 so that the last-bit differences between two devices' BLAS
   cannot reorder merges; equal merge heights go to the pair whose smallest ids

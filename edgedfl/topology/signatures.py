@@ -34,6 +34,16 @@ from edgedfl.errors import TopologyError
 
 #: default signature size (floats); 64 keeps a hello small and distances faithful
 DEFAULT_DIM = 64
+#: default fraction of the decoder's depth whose pooled output is the signature (SwarmConfig.signature_depth;
+#: measured in bench/results/clustering.md)
+DEFAULT_DEPTH = 0.6
+
+
+def signature_layer(num_layers: int, depth: float) -> int:
+    """The decoder layer (1..num_layers) whose output a signature at fraction ``depth`` of the depth pools."""
+    if num_layers < 1 or not 0 < depth <= 1:
+        raise TopologyError(f"signature layer needs num_layers >= 1 and depth in (0, 1], got {num_layers}, {depth}")
+    return min(num_layers, max(1, round(depth * num_layers)))
 
 
 def _rng(*parts: object) -> np.random.Generator:

@@ -250,3 +250,36 @@ def test_infer_program_builds_the_fused_experts_from_per_layer_inputs() -> None:
         want = routed(ids, mask, forced, mask[:, :0], past)
     assert not torch.allclose(changed[0], want[0], atol=1e-4)
     assert not torch.allclose(base_only[0], want[0], atol=1e-4)
+
+
+@requires_executorch
+@pytest.mark.parametrize("depth", [0.5, 1.0])
+def test_features_program_pools_the_layer_a_node_signs_with(tmp_path: Path, depth: float) -> None:
+    # Prepare: a features-only bundle at a signature depth, and the node's own pooling on the same base
+    from android_bridge.standin.runtime import Features
+    from android_bridge.standin.text import PhoneTokenizer
+    from edgedfl.adapters import AdapterConfig, attach_adapter
+    from edgedfl.android.export import AndroidExportConfig, export_bundle
+    from edgedfl.model.loading import load_model
+    from edgedfl.node.signature import pooled_hidden
+    from edgedfl.topology.signatures import project_signature
+
+    adapter = AdapterConfig(num_slots=SLOTS, seed=3)
+    out = export_bundle(AndroidExportConfig(out=str(tmp_path / "b"), programs=["features"], adapter=adapter,
+                                            signature_depth=depth))
+    manifest = mf.load_manifest(out)
+    base, tok = load_model("tiny", seed=3)
+    adapted = attach_adapter(base, adapter)
+    prompts = ["Question: 12 + 30?\nAnswer:", "Task: string transformation\nInput: a b c\nAnswer:"]
+
+    # Execute: the phone's program per prompt, the node's pooling over the same prompts
+    phone_tok = PhoneTokenizer(out / manifest["tokenizer"]["file"], manifest["tokenizer"])
+    features = Features(out, manifest)
+    a = mf.read_lora_A(out / mf.LORA_A, 0, [e["name"] for e in manifest["layers"]])
+    on_phone = np.stack([features.run(phone_tok.prompt_ids(p, 64), a).pooled for p in prompts])
+    on_node = pooled_hidden(adapted, tok, prompts, max_length=64, depth=depth)
+
+    # Assert: the same layer (1 of the tiny model's 2 at 0.5), the same pooled states and signature
+    assert manifest["signature"]["layer"] == (1 if depth == 0.5 else 2) and manifest["signature"]["layers"] == 2
+    np.testing.assert_allclose(on_phone, on_node, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(project_signature(on_phone, 3), project_signature(on_node, 3), atol=1e-5)

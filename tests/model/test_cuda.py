@@ -181,9 +181,9 @@ def device_parity(device: str) -> None:
     prompts = LETTERS + DIGITS
 
     # task signature (what a node says in its hello)
-    sig, spread = signature_and_spread(dev, tok, prompts, seed=0, max_length=64)
+    sig, spread = signature_and_spread(dev, tok, prompts, seed=0, max_length=64, depth=0.5)
     assert isinstance(sig, np.ndarray)
-    cpu_sig, cpu_spread = signature_and_spread(cpu, tok, prompts, seed=0, max_length=64)
+    cpu_sig, cpu_spread = signature_and_spread(cpu, tok, prompts, seed=0, max_length=64, depth=0.5)
     _close(sig, cpu_sig, "signature")
     _close(np.array([spread]), np.array([cpu_spread]), "signature spread")
 

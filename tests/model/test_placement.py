@@ -101,6 +101,28 @@ def test_signature_is_numpy_and_bit_for_bit_the_plain_cpu_computation(adapted):
     np.testing.assert_array_equal(got, want)
 
 
+def test_signature_at_a_middle_depth_pools_that_decoder_layer_s_output(adapted):
+    from edgedfl.node.signature import pooled_hidden
+    from edgedfl.topology.signatures import signature_layer
+
+    tok = tiny_tokenizer()
+    layers = len(adapted.peft_model.base_model.model.model.layers)
+    assert [signature_layer(30, d) for d in (0.01, 0.5, 0.6, 1.0)] == [1, 15, 18, 30]
+    assert signature_layer(layers, 0.5) == 1 and layers == 2  # the tiny model: layer 1 of 2
+
+    got = pooled_hidden(adapted, tok, PROMPTS, max_length=64, batch_size=8, depth=0.5)
+    last = pooled_hidden(adapted, tok, PROMPTS, max_length=64, batch_size=8, depth=1.0)
+
+    batch = collate_prompts(tok, PROMPTS, 64)
+    with torch.no_grad(), adapted.peft_model.disable_adapter():
+        h = adapted.peft_model(**batch, output_hidden_states=True).hidden_states[1].float()  # (B, T, H)
+    adapted.activate(adapted.active_slot)
+    m = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
+    want = ((h * m).sum(1) / m.sum(1)).numpy().astype(np.float64)  # (B, H)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(got, last)  # another layer: another signature
+
+
 def test_calibration_masks_and_routing_features_come_back_as_numpy(adapted):
     from edgedfl.routing.calibrate import routing_features
     from edgedfl.routing.config import RouterConfig

