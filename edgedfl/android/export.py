@@ -32,6 +32,7 @@ from edgedfl.errors import AdapterError
 from edgedfl.model.loading import num_layers
 from edgedfl.model.placement import to_numpy
 from edgedfl.protocol.topics import Topics
+from edgedfl.routing.config import RouterConfig
 from edgedfl.topology.signatures import DEFAULT_DEPTH, signature_layer
 from edgedfl.wire.envelope import SCHEMA_VERSION
 
@@ -66,6 +67,8 @@ class AndroidExportConfig(ConfigBase):
         DEFAULT_DEPTH, help="the swarm's signature_depth: the features program pools that decoder layer, as the "
         "nodes do (edgedfl.node.signature)",
     )
+    router: RouterConfig = option(help="the swarm's router (its layer decides which layer's input the features "
+                                       "program returns as routing features)", factory=RouterConfig)
     swarm_settings: dict[str, Any] = option(
         help="the swarm's full shared settings, copied into the manifest for the phone", factory=dict
     )
@@ -187,10 +190,9 @@ def export_bundle(cfg: AndroidExportConfig, *, masks: dict[str, np.ndarray] | No
 
     save_file({"projection": projection_matrix(a.seed, hidden, DEFAULT_DIM).astype(np.float32)},
               str(out / mf.SIGNATURE))
-    from edgedfl.routing import RouterConfig
-    from edgedfl.routing.router import routing_module_names
+    from edgedfl.routing.router import resolved_config, routing_module_names
 
-    router_cfg = RouterConfig()
+    router_cfg = resolved_config(adapted_k, cfg.router)
     routing_modules = routing_module_names(adapted_k, router_cfg)
 
     programs: dict[str, Any] = {}

@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 from edgedfl.adapters.config import AdapterConfig
 from edgedfl.android import manifest as mf
 from edgedfl.errors import BackendUnavailable, ConfigError
+from edgedfl.routing.config import RouterConfig
 from edgedfl.topology.signatures import DEFAULT_DEPTH
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def export_config(node: Mapping[str, Any], out: str | os.PathLike[str]) -> Andro
             batch_size=s["train"]["batch_size"], max_length=s["train"]["max_length"], local_steps=s["local_steps"],
             adapter=adapter, swarm_settings=dict(s), slot=0, out=str(out),
             signature_depth=s.get("signature_depth", DEFAULT_DEPTH),
+            router=RouterConfig.from_dict(dict(s["router"])) if "router" in s else RouterConfig(),
         )
     except KeyError as exc:
         raise ConfigError(f"node config lacks the field {exc.args[0]!r}") from exc

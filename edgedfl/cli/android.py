@@ -50,7 +50,7 @@ def _from_node_config(path: str) -> dict[str, Any]:
     cfg = export_config(NodeConfig.load(path).to_dict(), "")
     return {"model": cfg.model, "node": cfg.node, "task": cfg.task, "swarm": cfg.swarm, "broker": cfg.broker,
             "batch_size": cfg.batch_size, "max_length": cfg.max_length, "local_steps": cfg.local_steps,
-            "adapter": cfg.adapter, "swarm_settings": cfg.swarm_settings, "signature_depth": cfg.signature_depth}
+            "adapter": cfg.adapter, "swarm_settings": cfg.swarm_settings, "signature_depth": cfg.signature_depth, "router": cfg.router}
 
 
 def run(args: argparse.Namespace) -> int:

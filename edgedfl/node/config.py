@@ -20,6 +20,7 @@ from edgedfl.aggregation.config import AggregationConfig
 from edgedfl.config import ConfigBase, check, option
 from edgedfl.devices import DeviceConfig
 from edgedfl.protocol.types import ProtocolConfig
+from edgedfl.routing.config import RouterConfig
 from edgedfl.topology.signatures import DEFAULT_DEPTH
 from edgedfl.train.config import TrainConfig
 from edgedfl.wire.codec import PRECISIONS
@@ -123,6 +124,9 @@ class SwarmConfig(ConfigBase):
     aggregation: AggregationConfig = option(help="how neighbours' updates are combined: robust (mean, median, "
                                                  "trimmed), clip_norm", factory=AggregationConfig)
     protocol: ProtocolConfig = option(help="the neighbour protocol's timings and bounds", factory=ProtocolConfig)
+    router: RouterConfig = option(help="the implicit router every device computes latent codes with and routes "
+                                       "by: layer (-1: 0.4 of the depth), modules, pooling, ridge, top_k",
+                                  factory=RouterConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()

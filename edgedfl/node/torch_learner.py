@@ -24,7 +24,7 @@ from edgedfl.model.quantize import load_device_base
 from edgedfl.node.config import NodeConfig
 from edgedfl.node.learner import Answers, Learner, Metrics, Route
 from edgedfl.node.signature import signature_and_spread
-from edgedfl.routing import LatentCode, RouterConfig
+from edgedfl.routing import LatentCode
 from edgedfl.routing.calibrate import compute_code
 from edgedfl.routing.router import RoutedModel
 from edgedfl.train.batching import collate_prompts
@@ -49,7 +49,7 @@ class TorchLearner(Learner):
         self.quant = ""
         self.trainer: Trainer | None = None
         self.train_examples: list[Example] = []
-        self.router_config = RouterConfig()
+        self.router_config = self.swarm.router
         self.routed: RoutedModel | None = None
         self.slot = 0
 

@@ -14,16 +14,20 @@ from edgedfl.config import ConfigBase, check, option
 #: the adapted modules whose input is a decoder layer's (normed) attention input
 ROUTING_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj")
 POOLINGS = ("mean", "last")
+#: where an automatic routing layer (``layer=-1``) sits, as a fraction of the decoder's depth
+ROUTER_DEPTH = 0.4
 MODES = ("implicit", "oracle", "merge", "single", "none")
 
 
 @dataclasses.dataclass
 class RouterConfig(ConfigBase):
     layer: int = option(
-        0,
-        help="decoder layer whose input hidden state routes the prompt. 0 (the normed token embeddings) "
-        "costs nothing: no adapted layer runs before it, so the route is known before the first adapted "
-        "matmul; layer L > 0 costs L frozen-base layers of extra compute per prompt",
+        -1,
+        help="decoder layer whose input hidden state routes the prompt; -1 (default): the layer at "
+        f"{ROUTER_DEPTH:g} of the model's depth (SmolLM2 12 of 30, Gemma 3 270M 7 of 18). Layer 0 (the normed "
+        "token embeddings) costs nothing but cannot tell apart prompts that differ in one word of their "
+        "question (the long suite's first/last: 94% routed right on SmolLM2, 91% on Gemma, against 99% and "
+        "99.7% at 0.4 of the depth); layer L > 0 costs L frozen-base layers of extra compute per prompt",
     )
     modules: list[str] = option(
         help="adapted modules of the routing layer whose A project the pooled state (they share the "
@@ -42,7 +46,7 @@ class RouterConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         n = type(self).__name__
-        check(self.layer >= 0, n, "layer", self.layer, "must be >= 0")
+        check(self.layer >= -1, n, "layer", self.layer, "must be >= 0, or -1 (automatic)")
         check(bool(self.modules) and all(m in ROUTING_MODULES for m in self.modules), n, "modules",
               self.modules, f"must be a non-empty subset of {ROUTING_MODULES}")
         check(len(set(self.modules)) == len(self.modules), n, "modules", self.modules, "must not repeat")
@@ -50,3 +54,9 @@ class RouterConfig(ConfigBase):
         check(self.ridge > 0, n, "ridge", self.ridge, "must be > 0")
         check(self.top_k >= 1, n, "top_k", self.top_k, "must be >= 1")
         check(self.temperature > 0, n, "temperature", self.temperature, "must be > 0")
+
+    def resolved(self, num_layers: int) -> RouterConfig:
+        """This config with an automatic layer (-1) made concrete for a model of ``num_layers`` layers."""
+        if self.layer >= 0:
+            return self
+        return dataclasses.replace(self, layer=min(num_layers - 1, round(ROUTER_DEPTH * num_layers)))

@@ -5,12 +5,13 @@ with a :class:`~edgedfl.routing.codes.LatentCode`. For a batch of prompts:
 
 1. **Pool.** The routing layer's normed attention input ``x`` (B, T, d) on
    the frozen base (adapters off), pooled over the real prompt tokens, gives
-   ``h`` (B, d). At the default layer 0 this is ``input_layernorm(
-   embed_tokens(ids))``, read directly: one embedding lookup and one RMSNorm,
-   and nothing adapted runs before it, so the route is known before the first
-   adapted matmul at no extra forward (measured in bench/bench_routing.py).
-   A later layer L costs a partial forward of L frozen layers, stopped by a
-   hook at the routing module.
+   ``h`` (B, d). The default layer sits at 0.4 of the depth
+   (:data:`~edgedfl.routing.config.ROUTER_DEPTH`): a partial forward of L
+   frozen layers, stopped by a hook at the routing module, once per prompt.
+   Layer 0 is free (``input_layernorm(embed_tokens(ids))``, read directly: the
+   route is known before the first adapted matmul) but blind to a question
+   that differs in one word over the same input (the long suite's
+   first/last), which a middle layer still tells apart.
 2. **Project and score.** ``z`` (B, K, D) = ``h`` through every expert's A of
    every routing module; squared Mahalanobis distances (B, K) to the codes.
 3. **Apply.** Route weights (B, K) (one-hot for top-1) are applied at *every*
@@ -50,6 +51,7 @@ from edgedfl.adapters.config import FUSED_INTO
 from edgedfl.adapters.model import slot_name
 from edgedfl.errors import AdapterError, ConfigError
 from edgedfl.model.batching import collate_prompts
+from edgedfl.model.loading import num_layers
 from edgedfl.model.placement import model_device
 from edgedfl.routing.codes import LatentCode, stack_codes
 from edgedfl.routing.config import MODES, RouterConfig
@@ -68,6 +70,11 @@ class Route:
     distances: Any | None = None  # torch (B, K) float32, implicit mode only
 
 
+def resolved_config(adapted: Any, config: RouterConfig) -> RouterConfig:
+    """``config`` with its automatic layer made concrete for ``adapted``'s base model."""
+    return config.resolved(num_layers(adapted.peft_model.base_model.model))
+
+
 def routing_module_names(adapted: Any, config: RouterConfig) -> list[str]:
     """The adapted-layer names (keys of ``adapted.layers``) the router projects through.
 
@@ -75,6 +82,7 @@ def routing_module_names(adapted: Any, config: RouterConfig) -> list[str]:
     ``q_proj``/``k_proj``/``v_proj`` name that projection: the default modules
     route there too, with one rank-r block instead of three.
     """
+    config = resolved_config(adapted, config)
     names: list[str] = []
     for module in config.modules:
         pattern = re.compile(rf"(^|\.)layers\.{config.layer}\.self_attn\.{module}$")
@@ -107,7 +115,7 @@ class RoutedModel:
         self._torch = torch
         self.adapted = adapted
         adapted.peft_model.eval()  # inference only: no dropout, and peft refuses adapter_names in train mode
-        self.config = config or RouterConfig()
+        self.config = resolved_config(adapted, config or RouterConfig())
         code_list = list(codes.values()) if isinstance(codes, Mapping) else list(codes)
         if isinstance(codes, Mapping) and sorted(codes) != list(range(adapted.num_slots)):
             raise AdapterError(f"need one latent code per slot 0..{adapted.num_slots - 1}, got {sorted(codes)}")
@@ -312,6 +320,7 @@ def pooled_state(adapted: Any, config: RouterConfig, modules: Sequence[str], inp
     """
     import torch
 
+    config = resolved_config(adapted, config)
     device = model_device(adapted.peft_model)
     input_ids = input_ids.to(device)
     attention_mask = None if attention_mask is None else attention_mask.to(device)

@@ -42,7 +42,9 @@ def tiny_routed(
     from edgedfl.routing.calibrate import compute_code
     from edgedfl.routing.router import RoutedModel
 
-    router = router or RouterConfig()
+    # layer 0 unless told: the tiny model is random, so past its embeddings its states keep the synthetic
+    # tasks apart by chance only; these helpers serve tests of the router's mechanics, not of its layer
+    router = router or RouterConfig(layer=0)
     base, tok = load_model("tiny", seed=seed)
     adapted = attach_adapter(base, AdapterConfig(num_slots=num_experts, rank=rank, seed=seed))
     gen = torch.Generator().manual_seed(seed)
