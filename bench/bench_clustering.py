@@ -157,11 +157,12 @@ def _rules(default: Any) -> dict[str, tuple[float, float, bool]]:
     """Rule name -> (fixed floor, spread factor, spreads announced)."""
     rules = {"floor 0.01, no spreads": (0.01, 0.0, False), "floor 0.01 + spreads": (0.01, 0.0, True),
              "no floor, spreads": (0.0, 0.0, True)}
-    for f in sorted({*FACTORS, default.spread_factor}):
-        rules[f"{f:g} x spread"] = (0.0, f, True)
-    name = f"{default.spread_factor:g} x spread" if default.min_split_distance == 0 else "the swarm's rule"
+    plain = default.min_split_distance == 0  # the default is one of the "F x spread" rules
+    for f in FACTORS:
+        if not (plain and f == default.spread_factor):
+            rules[f"{f:g} x spread"] = (0.0, f, True)
+    name = f"{default.spread_factor:g} x spread" if plain else "the swarm's rule"
     rules[name + " (default)"] = (default.min_split_distance, default.spread_factor, True)
-    rules.pop(name, None)
     return rules
 
 

@@ -48,8 +48,7 @@ def _accuracy(model: str, tasks: list[str], depths: list[float], n_cal: int, n_t
         codes = [LatentCode.from_features(routing_features(adapted, tok, cal[k], cfg, k, max_length=max_length))
                  for k in range(len(tasks))]
         means, factors = stack_codes(codes, cfg.ridge)
-        z = np.stack([routing_features(adapted, tok, [p for _, p in test], cfg, k, max_length=max_length)
-                      for k in range(len(tasks))], axis=1)  # (N, K, D)
+        z = routing_features(adapted, tok, [p for _, p in test], cfg, None, max_length=max_length)  # (N, K, D)
         pick = distances(z, means, factors).argmin(axis=1)  # (N,)
         out["rows"].append({"depth": depth, "layer": layer, "accuracy": float((pick == truth).mean()),
                             "per_task": {t: float((pick[truth == k] == k).mean()) for k, t in enumerate(tasks)},

@@ -9,7 +9,6 @@ or are trained here, one slot per built-in task (``--from-tasks``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 
@@ -32,14 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgedfl import export_onnx
-    from edgedfl.routing.bundle import load_bundle, read_meta, save_bundle
+    from edgedfl.routing.bundle import load_bundle, save_bundle
     from edgedfl.routing.config import RouterConfig
 
     router = RouterConfig(top_k=args.top_k) if args.top_k else None
     if args.experts:
-        if args.top_k:  # the bundle's router (its codes were computed at its layer) with another top_k
-            router = dataclasses.replace(RouterConfig.from_dict(read_meta(args.experts)["router"]), top_k=args.top_k)
-        routed, tok, meta = load_bundle(args.experts, model=args.model, router=router)
+        routed, tok, meta = load_bundle(args.experts, model=args.model, top_k=args.top_k)
         spec = args.model or meta["model"]
     elif args.run:
         from edgedfl.experts.runs import routed_from_runs

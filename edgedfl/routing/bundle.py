@@ -18,6 +18,7 @@ Loading validates the codes like any received update
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -81,9 +82,11 @@ def load_codes(path: str | os.PathLike[str], num_slots: int, dim: int) -> list[L
 
 
 def load_bundle(
-    path: str | os.PathLike[str], *, model: str | None = None, router: RouterConfig | None = None
+    path: str | os.PathLike[str], *, model: str | None = None, top_k: int | None = None
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """(RoutedModel, tokenizer, meta) from a bundle directory; ``model`` overrides the base spec."""
+    """(RoutedModel, tokenizer, meta) from a bundle directory; ``model`` overrides the base spec, ``top_k``
+    the experts applied per prompt. The router is always the bundle's own: its codes were computed at its
+    layer, with its modules and pooling."""
     from safetensors.torch import load_file
 
     from edgedfl.adapters import AdapterConfig, attach_adapter
@@ -92,7 +95,9 @@ def load_bundle(
 
     meta = read_meta(path)
     adapter_cfg = AdapterConfig.from_dict(meta["adapter"])
-    router_cfg = router or RouterConfig.from_dict(meta["router"])
+    router_cfg = RouterConfig.from_dict(meta["router"])
+    if top_k is not None:
+        router_cfg = dataclasses.replace(router_cfg, top_k=top_k)
     base, tok = load_model(model or meta["model"], seed=adapter_cfg.seed)
     adapted = attach_adapter(base, adapter_cfg)
     adapted.load_state_tensors(load_file(str(Path(path) / EXPERTS_FILE)))

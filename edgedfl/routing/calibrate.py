@@ -16,17 +16,19 @@ from edgedfl.routing.router import pooled_state, project, routing_module_names
 
 
 def routing_features(
-    adapted: Any, tokenizer: Any, prompts: Sequence[str], config: RouterConfig, slot: int, *,
+    adapted: Any, tokenizer: Any, prompts: Sequence[str], config: RouterConfig, slot: int | None, *,
     max_length: int = 256, batch_size: int = 16,
 ) -> np.ndarray:
-    """Routing features (N, D) of ``prompts`` in ``slot``'s subspace (frozen base, adapters off), on the host."""
+    """Routing features (N, D) of ``prompts`` in ``slot``'s subspace (frozen base, adapters off), on the host;
+    with ``slot`` None, in every slot's at once (N, K, D): one forward for all of them."""
     modules = routing_module_names(adapted, config)
     out = []
     for i in range(0, len(prompts), batch_size):
         batch = collate_prompts(tokenizer, prompts[i : i + batch_size], max_length)
         pooled = pooled_state(adapted, config, modules, batch["input_ids"], batch["attention_mask"])  # (B, d)
-        out.append(to_numpy(project(adapted, modules, pooled)[:, slot].double()))  # (B, D)
-    return np.concatenate(out, axis=0)  # (N, D)
+        z = project(adapted, modules, pooled)  # (B, K, D)
+        out.append(to_numpy((z if slot is None else z[:, slot]).double()))  # (B, K, D) or (B, D)
+    return np.concatenate(out, axis=0)  # (N, K, D) or (N, D)
 
 
 def compute_code(

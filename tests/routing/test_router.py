@@ -145,6 +145,9 @@ def test_bundle_round_trip_and_tampered_codes(routed_tok, mixed, tmp_path):
     b, route = loaded.logits(batch["input_ids"], batch["attention_mask"])
     assert route.experts.tolist() == truth
     torch.testing.assert_close(a, b)
+    # another top_k keeps the bundle's own router (its codes were computed at layer 0, not the default layer)
+    wider, _, _ = load_bundle(tmp_path / "b", top_k=2)
+    assert (wider.config.layer, wider.config.top_k) == (0, 2) and routed.config.layer == 0
     latent = {k: v.copy() for k, v in load_file(str(tmp_path / "b" / LATENT_FILE)).items()}
     latent["slot2/latent.mean"][0] = np.inf
     save_file(latent, str(tmp_path / "b" / LATENT_FILE))
