@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,13 +44,13 @@ class Chromium:
         binary = chromium_binary()
         if binary is None:
             raise FileNotFoundError("no chromium on the PATH (apt-get install chromium)")
-        self._profile = tempfile.TemporaryDirectory(prefix="edgedfl-chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="edgedfl-chromium-", ignore_cleanup_errors=True)
         self.proc = subprocess.Popen(
             [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--no-default-browser-check", "--remote-debugging-port=0",
              "--remote-allow-origins=*", f"--user-data-dir={self._profile.name}",
              f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         port_file = Path(self._profile.name) / "DevToolsActivePort"
         deadline = time.monotonic() + 30
         while not (port_file.is_file() and port_file.read_text().count("\n") >= 1):
@@ -124,14 +126,32 @@ class Chromium:
             if getattr(self, "ws", None) is not None:
                 self.ws.close()
         finally:
-            if self.proc.poll() is None:
-                self.proc.terminate()
+            # Chromium's helpers (zygote, crashpad, renderers) share its process group and
+            # may still write into the profile after the main process exits: end them all.
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self._signal_group(signal.SIGKILL)
+            for attempt in range(20):
                 try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            self._profile.cleanup()
+                    shutil.rmtree(self._profile.name)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.1)
+            self._profile.cleanup()  # detaches its finalizer; the folder is already gone
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def __enter__(self) -> Self:
         return self
