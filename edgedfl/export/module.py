@@ -285,6 +285,8 @@ class RoutedDecoder(nn.Module):
             by_module[id(layer)] = name
 
         self.merge_slot = merge_slot
+        #: export the graph that takes every row's route as given (no router): the decode branch
+        self.route_given = False
         if merge_slot is not None and not 0 <= merge_slot < self.num_experts:
             raise AdapterError(f"merge_slot {merge_slot} out of range ({self.num_experts} experts)")
 
@@ -478,6 +480,14 @@ class RoutedDecoder(nn.Module):
                 presents_m += [k, v]
             logits = self._logits(h)
             return (logits, weights.argmax(-1), weights, torch.zeros_like(weights), full_mask, *presents_m)
+        if self.route_given:  # the graph of steps whose every route is given: no router at all
+            weights, dist = route, torch.zeros_like(route)  # (B, K), (B, K)
+            w_rep_given = weights.repeat_interleave(self.rank, dim=1)[:, None, :]  # (B, 1, K*r)
+            presents_g: list[torch.Tensor] = []
+            for i in range(self.num_layers):
+                h, k, v = self._block(i, h, w_rep_given, ropes, biases, past[2 * i], past[2 * i + 1])
+                presents_g += [k, v]
+            return (self._logits(h), weights.argmax(-1), weights, dist, full_mask, *presents_g)
         # router on the frozen base: layers before the routing layer run without experts (no cache)
         h_route = h
         zero_rep = torch.zeros(b, 1, self.num_experts * self.rank, dtype=h.dtype)  # (B, 1, K*r)

@@ -16,7 +16,12 @@ Graph interface (names fixed; B batch, T new tokens, P cached tokens, K experts)
              present_mask (B, P+T)      present.<i>.key / present.<i>.value (B, n_kv, P+T, hd)
 
 Prefill passes P = 0 and a zero route; each decode step passes the previous
-``present_*`` and ``route_weights`` back. Everything a runtime needs to drive
+``present_*`` and ``route_weights`` back. With the router past layer 0 the
+model holds two branches under one ``If`` (:func:`join_on_given_route`): a
+call with a cache (P > 0) whose every row carries a route skips the frozen
+layers before the routing layer and the router, and returns zero
+``distances``; every other call (prefill, forced routes included) routes as
+one graph would. The weights are stored once. Everything a runtime needs to drive
 it (layer count, heads, experts' names, special tokens) is in the model's
 metadata under the key ``edgedfl`` (JSON, :data:`META_KEY`).
 
@@ -45,6 +50,8 @@ log = logging.getLogger("edgedfl.export")
 META_KEY = "edgedfl"
 FORMAT = "edgedfl-routed-llm/1"
 TOKENIZER_FILE = "tokenizer.json"
+#: the top node of a model with a decode branch (:func:`join_on_given_route`)
+IF_NODE = "route_given_or_routed"
 
 
 @dataclasses.dataclass
@@ -93,9 +100,21 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> P
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-    model = onnx.load(str(dst))
-    src_meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    source = onnx.load(str(src), load_external_data=True)
+    branches = split_on_given_route(source)
+    if branches is None:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        model = onnx.load(str(dst))
+    else:  # the quantizer leaves MatMuls inside an If alone: quantize each branch alone, then join again
+        with tempfile.TemporaryDirectory(dir=Path(dst).parent, prefix=".quantize-") as tmp:
+            done = []
+            for name, branch in zip(("full", "given"), branches):
+                onnx.save(branch, str(Path(tmp) / f"{name}.onnx"))
+                quantize_dynamic(str(Path(tmp) / f"{name}.onnx"), str(Path(tmp) / f"{name}8.onnx"),
+                                 weight_type=QuantType.QInt8)
+                done.append(onnx.load(str(Path(tmp) / f"{name}8.onnx"), load_external_data=True))
+        model = join_on_given_route(done[0], done[1])
+    src_meta = {p.key: p.value for p in source.metadata_props}
     del model.metadata_props[:]
     for key, value in src_meta.items():
         if key == META_KEY:
@@ -106,6 +125,133 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> P
     return Path(dst)
 
 
+def _prefixed_branch(graph: Any, prefix: str, keep: set[str], shared: dict[str, str], name: str) -> Any:
+    """``graph`` as the body of an ``If`` branch: its nodes, every tensor name it makes prefixed (so the two
+    branches never collide), reading the outer graph's inputs (``keep``) and initializers (``shared``: its
+    initializer name -> the name it has at the top level) by name; its outputs are the graph's outputs."""
+    from onnx import helper
+
+    def ref(n: str) -> str:
+        if not n or n in keep:
+            return n
+        return shared.get(n, prefix + n)
+
+    nodes = []
+    for node in graph.node:
+        if any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
+            raise RuntimeError(f"node {node.name} ({node.op_type}) holds a subgraph; cannot nest it in a branch")
+        copy = helper.make_node(node.op_type, [ref(i) for i in node.input], [prefix + o for o in node.output],
+                                name=prefix + node.name, domain=node.domain or None)
+        copy.attribute.extend(node.attribute)
+        nodes.append(copy)
+    outputs = []
+    for out in graph.output:
+        vi = type(out)()
+        vi.CopyFrom(out)
+        vi.name = ref(out.name)
+        outputs.append(vi)
+    infos = []
+    for info in graph.value_info:
+        vi = type(info)()
+        vi.CopyFrom(info)
+        vi.name = prefix + info.name
+        infos.append(vi)
+    return helper.make_graph(nodes, name, [], outputs, value_info=infos)
+
+
+def join_on_given_route(full: Any, given: Any) -> Any:
+    """One model from two exports of the same module: ``given`` (every row's route given: no router) runs
+    on decode steps whose rows all carry a route (``past_mask`` not empty, no all-zero ``route`` row),
+    ``full`` (router and pre-pass) on every other call. An ONNX ``If`` at the top picks the branch; the
+    weights are stored once and read by both branches from the top graph."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    if [i.name for i in full.graph.input] != [i.name for i in given.graph.input] or \
+            [o.name for o in full.graph.output] != [o.name for o in given.graph.output]:
+        raise RuntimeError("the two graphs to join have different inputs or outputs")
+    inputs = {i.name for i in full.graph.input}
+    top = {t.name: t for t in full.graph.initializer}
+    shared_full = {name: name for name in top}
+    shared_given: dict[str, str] = {}
+    extra = []
+    for t in given.graph.initializer:
+        mine = top.get(t.name)
+        if mine is not None and list(mine.dims) == list(t.dims) and mine.data_type == t.data_type and \
+                np.array_equal(numpy_helper.to_array(mine), numpy_helper.to_array(t)):
+            shared_given[t.name] = t.name
+        else:  # a constant of the given graph alone (or one that differs under the same name)
+            renamed = type(t)()
+            renamed.CopyFrom(t)
+            renamed.name = "given/" + t.name
+            shared_given[t.name] = renamed.name
+            extra.append(renamed)
+    then_graph = _prefixed_branch(given.graph, "given/", inputs, shared_given, "route_given")
+    else_graph = _prefixed_branch(full.graph, "full/", inputs, shared_full, "routed")
+    cond = [
+        helper.make_node("Abs", ["route"], ["cond/abs"], name="cond/Abs"),
+        helper.make_node("ReduceSum", ["cond/abs", "cond/axis1"], ["cond/row"], name="cond/ReduceSum", keepdims=0),
+        helper.make_node("ReduceMin", ["cond/row"], ["cond/least"], name="cond/ReduceMin", keepdims=0),
+        helper.make_node("Greater", ["cond/least", "cond/zero_f"], ["cond/all_given"], name="cond/AllGiven"),
+        helper.make_node("Shape", ["past_mask"], ["cond/past_len"], name="cond/PastLen", start=1, end=2),
+        helper.make_node("Greater", ["cond/past_len", "cond/zero_i"], ["cond/has_past"], name="cond/HasPast"),
+        helper.make_node("And", ["cond/all_given", "cond/has_past"], ["cond/given"], name="cond/Given"),
+        helper.make_node("If", ["cond/given"], [o.name for o in full.graph.output], name=IF_NODE,
+                         then_branch=then_graph, else_branch=else_graph),
+    ]
+    consts = [helper.make_tensor("cond/axis1", TensorProto.INT64, [1], [1]),
+              helper.make_tensor("cond/zero_f", TensorProto.FLOAT, [], [0.0]),
+              helper.make_tensor("cond/zero_i", TensorProto.INT64, [], [0])]
+    graph = helper.make_graph(cond, full.graph.name, list(full.graph.input), list(full.graph.output),
+                              initializer=[*full.graph.initializer, *extra, *consts])
+    model = helper.make_model(graph, opset_imports=list(full.opset_import), ir_version=full.ir_version,
+                              producer_name=full.producer_name, producer_version=full.producer_version)
+    return model
+
+
+def split_on_given_route(model: Any) -> tuple[Any, Any] | None:
+    """The two standalone models (full, given) that :func:`join_on_given_route` joined, or None for a
+    model of one graph (each branch with the top graph's inputs, outputs and the initializers it reads)."""
+    from onnx import helper
+
+    ifs = [n for n in model.graph.node if n.name == IF_NODE]
+    if not ifs:
+        return None
+    branches = {a.name: a.g for a in ifs[0].attribute}
+    top = {t.name: t for t in model.graph.initializer}
+
+    def standalone(branch: Any, prefix: str) -> Any:
+        def plain(n: str) -> str:
+            return n.removeprefix(prefix)
+
+        nodes, used = [], set()
+        for node in branch.node:
+            copy = helper.make_node(node.op_type, [plain(i) for i in node.input], [plain(o) for o in node.output],
+                                    name=plain(node.name), domain=node.domain or None)
+            copy.attribute.extend(node.attribute)
+            nodes.append(copy)
+            used.update(node.input)
+        inits = []
+        for name in sorted(used & set(top)):
+            t = type(top[name])()
+            t.CopyFrom(top[name])
+            t.name = plain(name)
+            inits.append(t)
+        outputs: list[Any] = []
+        infos: list[Any] = []
+        for src, dst in ((branch.output, outputs), (branch.value_info, infos)):
+            for vi in src:
+                c = type(vi)()
+                c.CopyFrom(vi)
+                c.name = plain(vi.name)
+                dst.append(c)
+        graph = helper.make_graph(nodes, model.graph.name, list(model.graph.input), outputs, initializer=inits,
+                                  value_info=infos)
+        return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+    return standalone(branches["else_branch"], "full/"), standalone(branches["then_branch"], "given/")
+
+
 def export_onnx(
     routed: Any,
     tokenizer: Any,
@@ -114,11 +260,14 @@ def export_onnx(
     int8: bool = False,
     extra_meta: dict[str, Any] | None = None,
     merge_slot: int | None = None,
+    decode_branch: bool = True,
 ) -> ExportInfo:
     """Write ``routed`` as one ONNX model at ``out`` (and ``tokenizer.json`` beside it).
 
     ``merge_slot`` k exports the single-merged-adapter baseline instead (expert k merged into the
-    base weights, no router): the same interface, for latency comparisons.
+    base weights, no router): the same interface, for latency comparisons. With a router past layer 0
+    the model holds a second, router-free branch that decode steps take (:func:`join_on_given_route`);
+    ``decode_branch=False`` leaves it out (one graph, the router's pre-pass in every call: for benchmarks).
     """
     _require_onnx()
     import onnx
@@ -139,17 +288,32 @@ def export_onnx(
         "past_mask": {0: batch, 1: past},
         "past": [{0: batch, 2: past} for _ in range(2 * module.num_layers)],
     }
-    meta = export_metadata(module, routed, tokenizer, {**(extra_meta or {}), "merged_slot": merge_slot})
+    # a router past layer 0 runs the frozen layers before it; decode steps, whose route is the prompt's,
+    # skip them through a second, router-free branch (bench/results/onnx-router-layer.md)
+    two_branches = decode_branch and merge_slot is None and module.routing_layer > 0
+    meta = export_metadata(module, routed, tokenizer, {**(extra_meta or {}), "merged_slot": merge_slot,
+                                                       "decode_branch": two_branches})
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+
+        def export_graph(name: str) -> Any:
+            path = Path(tmp) / name
+            with torch.no_grad():
+                program = torch.onnx.export(
+                    module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
+                    input_names=module.input_names(), output_names=module.output_names(), verbose=False,
+                )
+            assert program is not None
+            program.save(str(path))
+            return onnx.load(str(path), load_external_data=True)
+
         fp32 = Path(tmp) / "fp32.onnx"
-        with torch.no_grad():
-            program = torch.onnx.export(
-                module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
-                input_names=module.input_names(), output_names=module.output_names(), verbose=False,
-            )
-        assert program is not None
-        program.save(str(fp32))
-        model = onnx.load(str(fp32), load_external_data=True)
+        model = export_graph("routed.onnx")
+        if two_branches:
+            module.route_given = True
+            try:
+                model = join_on_given_route(model, export_graph("given.onnx"))
+            finally:
+                module.route_given = False
         del model.metadata_props[:]
         entry = model.metadata_props.add()
         entry.key, entry.value = META_KEY, json.dumps({**meta, "int8": int8}, sort_keys=True)
