@@ -86,6 +86,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 DERIVED = {"edgedfl-oracle": ("edgedfl", "oracle"), "edgedfl-merge": ("edgedfl", "merge")}
 ORDER = ["lora", "ffa", "edgedfl", "edgedfl-oracle", "edgedfl-merge", "edgedfl-flat", "edgedfl-random-masks",
          "local"]
+#: (row, against, what the difference isolates): paper.md's ingredient table, wherever both rows ran
+CONTRASTS = (
+    ("edgedfl", "lora", "the whole method against standard decentralized LoRA"),
+    ("edgedfl-flat", "lora", "the adapter method alone (orthogonal A, sparse B), one flat swarm, no routing"),
+    ("edgedfl", "edgedfl-flat", "clusters and routing, on the same adapter method"),
+    ("edgedfl", "edgedfl-random-masks", "spectrum masks against random masks of the same sparsity"),
+    ("edgedfl", "edgedfl-oracle", "implicit routing against each prompt's true task's expert"),
+    ("edgedfl", "edgedfl-merge", "routing against one adapter merged from every expert"),
+    ("ffa", "lora", "a frozen A (FFA-LoRA) against a trained one"),
+    ("lora", "local", "exchanging at all: standard LoRA against local-only training"),
+)
 #: the long suite: three pairs of tasks whose outputs collide (edgedfl.data.tasks.COLLIDING_PAIRS),
 #: each learnable by SmolLM2 in the budget (bench/results/suite.md)
 LONG_TASKS = ("yesno", "parity", "first", "last", "isodate", "textdate")
@@ -418,7 +429,23 @@ def summarise(reports: dict[str, Any], s: PaperSettings) -> dict[str, Any]:
             # one sign convention everywhere: implicit - oracle (positive: routing beat the true task's expert)
             diff = (ours["avg_accuracy"] - rows["edgedfl-oracle"]["avg_accuracy"]) * 100
             targets["implicit_minus_oracle_points"] = {"measured": diff, "target": ">= -1", "met": diff >= -1}
-    return {"settings": dataclasses.asdict(s), "rows": rows, "targets": targets}
+    return {"settings": dataclasses.asdict(s), "rows": rows, "targets": targets, "ingredients": ingredients(rows)}
+
+
+def ingredients(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every :data:`CONTRASTS` pair whose rows both ran: average and per-task differences in points, with
+    the standard error of the average's difference (the rows' binomial errors, taken as independent)."""
+    out = []
+    for name, other, isolates in CONTRASTS:
+        a, b = rows.get(name), rows.get(other)
+        if a is None or b is None:
+            continue
+        tasks = [t for t in a["accuracy"] if t in b["accuracy"]]
+        out.append({"row": name, "against": other, "isolates": isolates,
+                    "points": 100 * (a["avg_accuracy"] - b["avg_accuracy"]),
+                    "standard_error": math.hypot(a["avg_accuracy_se_points"], b["avg_accuracy_se_points"]),
+                    "per_task_points": {t: 100 * (a["accuracy"][t] - b["accuracy"][t]) for t in tasks}})
+    return out
 
 
 def _tuning_key(s: PaperSettings) -> dict[str, Any]:
@@ -565,6 +592,15 @@ def write_results(summary: dict[str, Any], out_dir: str | Path, command: str) ->
     if not summary.get("complete", True):
         lines += ["", ("**Partial results: the bench was still running (or was stopped) when these were written; "
                        "rows missing above have not run yet.**")]
+    contrasts = summary.get("ingredients", [])
+    if contrasts:
+        lines += ["", "## What each ingredient contributes (row minus row, points; ± one standard error)", "",
+                  "| row − against | isolates | average | " + " | ".join(tasks) + " |",
+                  "|" + "---|" * (len(tasks) + 3)]
+        for c in contrasts:
+            per = " | ".join(_fmt(c["per_task_points"].get(t), "+.1f") for t in tasks)
+            lines.append(f"| {c['row']} − {c['against']} | {c['isolates']} | "
+                         f"{c['points']:+.1f} ± {c['standard_error']:.1f} | {per} |")
     lines += ["", "## Targets", ""]
     for key, t in summary["targets"].items():
         se = (f" ± {t['standard_error']:.1f} (one standard error, {st['devices']} x "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -204,3 +205,27 @@ def test_seeds_average_and_budgets_and_cost_to_target_are_read_from_the_curves()
     assert row["accuracy_within_budget"] == pytest.approx({"0.25": 0.5, "1": 0.5})
     assert ref["accuracy_within_budget"] == pytest.approx({"0.25": 0.0, "1": 0.4})
     assert row["step_s"] == 0.5 and row["peak_rss_bytes"] == 300e6
+
+
+def test_the_ingredient_table_holds_every_contrast_whose_rows_ran(tmp_path):
+    from edgedfl.bench.paper import PaperSettings, summarise, write_results
+
+    s = PaperSettings.quick()
+    per_round = [(100, 0, 0.0), (100, 10, 0.5)]
+    reports = {"lora": _report(0, {"arith": 0.5, "strtf": 0.3}, per_round),
+               "edgedfl-flat": _report(0, {"arith": 0.6, "strtf": 0.3}, per_round),
+               "edgedfl": _report(0, {"arith": 0.8, "strtf": 0.4}, per_round)}
+    summary = summarise(reports, s)
+    got = {(c["row"], c["against"]): c for c in summary["ingredients"]}
+    # the rows that ran: the whole method, the adapter method alone, clusters and routing; nothing else
+    assert set(got) == {("edgedfl", "lora"), ("edgedfl-flat", "lora"), ("edgedfl", "edgedfl-flat")}
+    whole = got[("edgedfl", "lora")]
+    assert whole["points"] == pytest.approx(20.0)
+    assert whole["per_task_points"] == pytest.approx({"arith": 30.0, "strtf": 10.0})
+    rows = summary["rows"]
+    assert whole["standard_error"] == pytest.approx(
+        math.hypot(rows["edgedfl"]["avg_accuracy_se_points"], rows["lora"]["avg_accuracy_se_points"]))
+    assert got[("edgedfl", "edgedfl-flat")]["per_task_points"] == pytest.approx({"arith": 20.0, "strtf": 10.0})
+    write_results(summary, tmp_path, "edgedfl bench paper")
+    md = (tmp_path / "paper.md").read_text()
+    assert "| edgedfl − lora | the whole method" in md and "+20.0 ±" in md and "| +30.0 | +10.0 |" in md
