@@ -87,8 +87,16 @@ def test_a_family_trains_exports_a_peft_adapter_and_exports_or_says_why_not(fami
         want = plain(**batch).logits.numpy()
     assert code == 0 and (tmp_path / "m.onnx").stat().st_size > 10_000
     lm = OnnxLM(tmp_path / "m.onnx")  # one expert: routed or forced, it is the trained adapter
-    got = lm.forward(batch["input_ids"].numpy(), batch["attention_mask"].numpy(), lm.route_for(1, expert=0))
+    ids, mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    got = lm.forward(ids, mask, lm.route_for(1, expert=0))
     assert np.abs(got["logits"] - want).max() < 1e-3
+    # a cached decode step (the router past layer 0: the model's router-free branch) = the longer prompt at once
+    nxt = got["logits"][:, -1].argmax(-1)[:, None]  # (1, 1)
+    step = lm.forward(nxt, np.ones_like(nxt), got["route_weights"], lm.next_cache(got))
+    whole = lm.forward(np.concatenate([ids, nxt], 1), np.concatenate([mask, np.ones_like(nxt)], 1),
+                       lm.route_for(1, expert=0))
+    assert lm.meta["decode_branch"] and (step["distances"] == 0).all()
+    assert np.abs(step["logits"][:, -1] - whole["logits"][:, -1]).max() < 1e-3
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
