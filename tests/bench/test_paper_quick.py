@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -229,3 +230,26 @@ def test_the_ingredient_table_holds_every_contrast_whose_rows_ran(tmp_path):
     write_results(summary, tmp_path, "edgedfl bench paper")
     md = (tmp_path / "paper.md").read_text()
     assert "| edgedfl − lora | the whole method" in md and "+20.0 ±" in md and "| +30.0 | +10.0 |" in md
+
+
+def test_a_grid_that_gains_a_rate_keeps_every_score_already_measured(tmp_path, monkeypatch):
+    from edgedfl.bench import paper
+
+    s = paper.PaperSettings.quick()
+    scores = {m: {f"{lr:g}": {t: 0.5 for t in s.tasks} for lr in s.lrs} for m in ("lora", "ffa", "solora")}
+    scores["lora"][f"{s.lrs[0]:g}"] = {t: 0.75 for t in s.tasks}
+    path = tmp_path / "tuning-scores.json"
+    path.write_text(json.dumps({"settings": paper._tuning_key(s), "scores": scores}))
+    measured = []
+    monkeypatch.setattr(paper, "_tune_score", lambda s, m, lr, t: measured.append((m, lr, t)) or 1.0)
+    wider = dataclasses.replace(s, lrs=(1e-3, *s.lrs))
+    out = paper.tune_lrs(wider, path)
+    # only the new rate was measured, for every method and task; the old scores were taken as they were
+    assert sorted(measured) == sorted((m, 1e-3, t) for m in ("ffa", "lora", "solora") for t in s.tasks)
+    assert out["lora"]["scores"][f"{s.lrs[0]:g}"]["mean"] == 0.75 and out["lora"]["best"] == 1e-3
+    saved = json.loads(path.read_text())
+    assert saved["settings"]["lrs"] == [1e-3, *s.lrs] and saved["scores"]["lora"]["0.001"] == {t: 1.0 for t in s.tasks}
+    # another setting than the grid (here the seed) measures everything again
+    measured.clear()
+    paper.tune_lrs(dataclasses.replace(wider, seed=1), path)
+    assert len(measured) == 3 * len(wider.lrs) * len(s.tasks)
