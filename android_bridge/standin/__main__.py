@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("EDGEDFL_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from edgedfl._parent import exit_with_parent
     from edgedfl.node.config import NodeConfig
+
+    exit_with_parent()  # started by the emulator: stop once it is gone
 
     cfg = NodeConfig.load(args.config)
     bundle = Path(args.bundle) if args.bundle else Path(cfg.state_dir) / "bundle"

@@ -13,13 +13,16 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgedfl._parent import PARENT_ENV
 from edgedfl.config import ConfigBase, check, option
 from edgedfl.data.sources import HF_PREFIX, check_source, file_parts
 from edgedfl.data.tasks import TASKS
@@ -160,9 +163,14 @@ def resolve_tasks(spec: str) -> list[str]:
     return out
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _child_env() -> dict[str, str]:
     """The environment of a device process or host: one torch thread unless asked, no hub lookups."""
-    return dict(os.environ, EDGEDFL_THREADS=os.environ.get("EDGEDFL_THREADS", "1"), HF_HUB_OFFLINE="1")
+    return dict(os.environ, EDGEDFL_THREADS=os.environ.get("EDGEDFL_THREADS", "1"), HF_HUB_OFFLINE="1",
+                **{PARENT_ENV: str(os.getpid())})  # a child outliving this process stops (edgedfl._parent)
 
 
 def node_configs(cfg: FleetConfig, run_dir: Path, broker_url: str, *, app_shaping: bool | None = None) -> list[NodeConfig]:
@@ -470,7 +478,17 @@ class Fleet:
         from edgedfl.emulation.report import build_report
 
         t0 = time.monotonic()
-        self.start(on_broker)
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM unwinds like Ctrl-C, so the finally below stops every device and the broker
+            previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            self.start(on_broker)
+        except BaseException:
+            self.stop()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            raise
         try:
             if on_start is not None:
                 on_start(self)
@@ -479,6 +497,8 @@ class Fleet:
                 on_finish(self)
         finally:
             self.stop()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         s = self.cfg.swarm
         return build_report(self.run_dir, method=s.method, tasks=list(self.cfg.tasks), seed=s.seed,
                             topology=s.topology, model=s.model, wall_s=time.monotonic() - t0)

@@ -67,6 +67,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edgedfl._parent import exit_with_parent
 from edgedfl.errors import EdgeDFLError
 from edgedfl.node.config import NodeConfig
 from edgedfl.transport.netloop import NetworkLoop
@@ -356,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("EDGEDFL_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
+    exit_with_parent()  # started by the emulator: stop once it is gone
     host = DeviceHost([NodeConfig.load(c) for c in args.configs], threads=args.threads,
                       max_restarts=args.max_restarts, folder=args.folder)
     result = host.run()

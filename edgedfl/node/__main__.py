@@ -11,6 +11,9 @@ def main() -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--threads", type=int, default=int(os.environ.get("EDGEDFL_THREADS", "1")))
     args = p.parse_args()
+    from edgedfl._parent import exit_with_parent
+
+    exit_with_parent()  # started by the emulator: stop once it is gone
     logging.basicConfig(level=os.environ.get("EDGEDFL_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import torch
 
