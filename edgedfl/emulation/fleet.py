@@ -484,12 +484,6 @@ class Fleet:
             previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             self.start(on_broker)
-        except BaseException:
-            self.stop()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-            raise
-        try:
             if on_start is not None:
                 on_start(self)
             self.wait(on_tick)

@@ -125,6 +125,24 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> P
     return Path(dst)
 
 
+def _renamed(proto: Any, name: str) -> Any:
+    """A copy of an ONNX tensor or value info under another name."""
+    copy = type(proto)()
+    copy.CopyFrom(proto)
+    copy.name = name
+    return copy
+
+
+def _renamed_node(node: Any, rename_in: Any, rename_out: Any) -> Any:
+    """A copy of an ONNX node reading ``rename_in(input)`` and writing ``rename_out(output)``."""
+    from onnx import helper
+
+    copy = helper.make_node(node.op_type, [rename_in(i) for i in node.input], [rename_out(o) for o in node.output],
+                            name=rename_out(node.name), domain=node.domain or None)
+    copy.attribute.extend(node.attribute)
+    return copy
+
+
 def _prefixed_branch(graph: Any, prefix: str, keep: set[str], shared: dict[str, str], name: str) -> Any:
     """``graph`` as the body of an ``If`` branch: its nodes, every tensor name it makes prefixed (so the two
     branches never collide), reading the outer graph's inputs (``keep``) and initializers (``shared``: its
@@ -140,22 +158,9 @@ def _prefixed_branch(graph: Any, prefix: str, keep: set[str], shared: dict[str, 
     for node in graph.node:
         if any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
             raise RuntimeError(f"node {node.name} ({node.op_type}) holds a subgraph; cannot nest it in a branch")
-        copy = helper.make_node(node.op_type, [ref(i) for i in node.input], [prefix + o for o in node.output],
-                                name=prefix + node.name, domain=node.domain or None)
-        copy.attribute.extend(node.attribute)
-        nodes.append(copy)
-    outputs = []
-    for out in graph.output:
-        vi = type(out)()
-        vi.CopyFrom(out)
-        vi.name = ref(out.name)
-        outputs.append(vi)
-    infos = []
-    for info in graph.value_info:
-        vi = type(info)()
-        vi.CopyFrom(info)
-        vi.name = prefix + info.name
-        infos.append(vi)
+        nodes.append(_renamed_node(node, ref, lambda o: prefix + o))
+    outputs = [_renamed(out, ref(out.name)) for out in graph.output]
+    infos = [_renamed(info, prefix + info.name) for info in graph.value_info]
     return helper.make_graph(nodes, name, [], outputs, value_info=infos)
 
 
@@ -181,11 +186,8 @@ def join_on_given_route(full: Any, given: Any) -> Any:
                 np.array_equal(numpy_helper.to_array(mine), numpy_helper.to_array(t)):
             shared_given[t.name] = t.name
         else:  # a constant of the given graph alone (or one that differs under the same name)
-            renamed = type(t)()
-            renamed.CopyFrom(t)
-            renamed.name = "given/" + t.name
-            shared_given[t.name] = renamed.name
-            extra.append(renamed)
+            shared_given[t.name] = "given/" + t.name
+            extra.append(_renamed(t, shared_given[t.name]))
     then_graph = _prefixed_branch(given.graph, "given/", inputs, shared_given, "route_given")
     else_graph = _prefixed_branch(full.graph, "full/", inputs, shared_full, "routed")
     cond = [
@@ -224,27 +226,11 @@ def split_on_given_route(model: Any) -> tuple[Any, Any] | None:
         def plain(n: str) -> str:
             return n.removeprefix(prefix)
 
-        nodes, used = [], set()
-        for node in branch.node:
-            copy = helper.make_node(node.op_type, [plain(i) for i in node.input], [plain(o) for o in node.output],
-                                    name=plain(node.name), domain=node.domain or None)
-            copy.attribute.extend(node.attribute)
-            nodes.append(copy)
-            used.update(node.input)
-        inits = []
-        for name in sorted(used & set(top)):
-            t = type(top[name])()
-            t.CopyFrom(top[name])
-            t.name = plain(name)
-            inits.append(t)
-        outputs: list[Any] = []
-        infos: list[Any] = []
-        for src, dst in ((branch.output, outputs), (branch.value_info, infos)):
-            for vi in src:
-                c = type(vi)()
-                c.CopyFrom(vi)
-                c.name = plain(vi.name)
-                dst.append(c)
+        nodes = [_renamed_node(node, plain, plain) for node in branch.node]
+        used = {i for node in branch.node for i in node.input}
+        inits = [_renamed(top[name], plain(name)) for name in sorted(used & set(top))]
+        outputs = [_renamed(vi, plain(vi.name)) for vi in branch.output]
+        infos = [_renamed(vi, plain(vi.name)) for vi in branch.value_info]
         graph = helper.make_graph(nodes, model.graph.name, list(model.graph.input), outputs, initializer=inits,
                                   value_info=infos)
         return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
