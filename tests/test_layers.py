@@ -14,7 +14,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "edgedfl"
 
 LAYERS = {
-    "_version": 0, "_lazy": 0, "errors": 0, "config": 0,
+    "_version": 0, "_lazy": 0, "_parent": 0, "errors": 0, "config": 0,
     "wire": 1, "topology": 1, "devices": 1, "data": 1,
     "transport": 2, "brokers": 2, "netlab": 2, "model": 2, "adapters": 2,
     "protocol": 3, "train": 3, "aggregation": 3, "routing": 3, "export": 3, "infer": 3, "android": 3,
