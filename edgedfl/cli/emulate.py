@@ -190,13 +190,7 @@ def run(args: argparse.Namespace) -> int:
                       host_memory_mb=args.host_memory_mb, timeout_s=args.timeout, dtype=args.dtype)
     out = Path(args.out)
     clear_run_dir(out, overwrite=args.overwrite)
-    fleet = Fleet(cfg, out)
-    import signal
-
-    def _terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # the finally below stops every device process
-
-    signal.signal(signal.SIGTERM, _terminate)
+    fleet = Fleet(cfg, out)  # Fleet.run turns SIGTERM into an orderly stop while devices run
     state: dict[str, Any] = {"t0": time.monotonic(), "rounds": swarm.rounds}
     held: dict[str, Any] = {}
     on_broker = (lambda f: _start_dashboard(f, args, out, held)) if args.dashboard else None
@@ -224,6 +218,12 @@ def run(args: argparse.Namespace) -> int:
         dash.view.load_run(out)  # every device's last status, also one the broker had not delivered yet
         hold = "" if args.dashboard_hold is None else f" for {args.dashboard_hold:g} s"
         print(f"dashboard: {dash.url} shows the finished run{hold}; Ctrl-C to stop", flush=True)
+        import signal
+
+        def _terminate(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt  # SIGTERM ends the hold like Ctrl-C: the page stops, the run stays
+
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             dash.wait(args.dashboard_hold)
         except KeyboardInterrupt:

@@ -454,7 +454,7 @@ class RoutedDecoder(nn.Module):
         past_mask: torch.Tensor,  # (B, P) int64
         past: list[torch.Tensor],  # 2L tensors (B, n_kv, P, hd): key 0, value 0, key 1, ...
     ) -> tuple[torch.Tensor, ...]:
-        b, t = input_ids.shape
+        t = input_ids.shape[1]
         p = past_mask.shape[1]
         full_mask = torch.cat([past_mask, attention_mask], dim=1)  # (B, P+T)
         pos = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, p:]  # (B, T)
@@ -471,43 +471,41 @@ class RoutedDecoder(nn.Module):
         h = self.embed[input_ids]  # (B, T, d)
         if self.embed_scale != 1.0:
             h = h * self.embed_scale
-        if self.merge_slot is not None:  # the merged-adapter baseline: no router, no experts
+        weights, dist = self._weights(h, ropes, attention_mask, route)  # (B, K), (B, K)
+        w_rep = weights.repeat_interleave(self.rank, dim=1)[:, None, :]  # (B, 1, K*r)
+        presents: list[torch.Tensor] = []
+        for i in range(self.num_layers):
+            h, k, v = self._block(i, h, w_rep, ropes, biases, past[2 * i], past[2 * i + 1])
+            presents += [k, v]
+        return (self._logits(h), weights.argmax(-1), weights, dist, full_mask, *presents)
+
+    def _weights(
+        self, h: torch.Tensor, ropes: list[tuple[torch.Tensor, torch.Tensor]], attention_mask: torch.Tensor,
+        route: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expert weights (B, K), distances (B, K)) of this call, from the embedded input h (B, T, d).
+
+        The merged-adapter baseline always weighs its slot 1 (its layers carry no experts); the route-given
+        graph (the decode branch) takes ``route`` as it is, with zero distances; the routed graph runs the
+        router on the frozen base, its layers before the routing layer without experts and without cache."""
+        b, t, _ = h.shape
+        if self.merge_slot is not None:
             weights = torch.zeros(b, self.num_experts, dtype=h.dtype)
             weights[:, self.merge_slot] = 1.0  # (B, K)
-            presents_m: list[torch.Tensor] = []
-            for i in range(self.num_layers):
-                h, k, v = self._block(i, h, weights, ropes, biases, past[2 * i], past[2 * i + 1])
-                presents_m += [k, v]
-            logits = self._logits(h)
-            return (logits, weights.argmax(-1), weights, torch.zeros_like(weights), full_mask, *presents_m)
-        if self.route_given:  # the graph of steps whose every route is given: no router at all
-            weights, dist = route, torch.zeros_like(route)  # (B, K), (B, K)
-            w_rep_given = weights.repeat_interleave(self.rank, dim=1)[:, None, :]  # (B, 1, K*r)
-            presents_g: list[torch.Tensor] = []
-            for i in range(self.num_layers):
-                h, k, v = self._block(i, h, w_rep_given, ropes, biases, past[2 * i], past[2 * i + 1])
-                presents_g += [k, v]
-            return (self._logits(h), weights.argmax(-1), weights, dist, full_mask, *presents_g)
-        # router on the frozen base: layers before the routing layer run without experts (no cache)
+            return weights, torch.zeros_like(weights)
+        if self.route_given:
+            return route, torch.zeros_like(route)
         h_route = h
-        zero_rep = torch.zeros(b, 1, self.num_experts * self.rank, dtype=h.dtype)  # (B, 1, K*r)
         if self.routing_layer > 0:
+            zero_rep = torch.zeros(b, 1, self.num_experts * self.rank, dtype=h.dtype)  # (B, 1, K*r)
             t_pos = torch.arange(t)
             own = (t_pos[None, :] <= t_pos[:, None])[None] & (attention_mask[:, None, :] > 0)  # (B, T, T)
             own_biases = self._biases(own, t_pos, t_pos, self.windows)
             for i in range(self.routing_layer):
                 h_route, _, _ = self._block(i, h_route, zero_rep, ropes, own_biases, None, None)
         x_route = _rms(h_route, self.layer(self.routing_layer).ln1, self.eps)  # (B, T, d)
-        weights, dist = self._route(x_route, attention_mask, route)  # (B, K), (B, K)
-        w_rep = weights.repeat_interleave(self.rank, dim=1)[:, None, :]  # (B, 1, K*r)
-
-        presents: list[torch.Tensor] = []
-        for i in range(self.num_layers):
-            h, k, v = self._block(i, h, w_rep, ropes, biases, past[2 * i], past[2 * i + 1])
-            presents += [k, v]
-        logits = self._logits(h)
-        expert = weights.argmax(-1)  # (B,)
-        return (logits, expert, weights, dist, full_mask, *presents)
+        weights, dist = self._route(x_route, attention_mask, route)
+        return weights, dist
 
     # -- names for export and runtime ----------------------------------------------
 

@@ -96,8 +96,9 @@ def test_the_page_follows_a_live_swarm(tmp_path: Path) -> None:
             browser.screenshot(tmp_path / "dashboard.png")
             errors = list(browser.errors)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.terminate()  # SIGTERM inside the dashboard hold
+        rc = proc.wait(timeout=30)
+    assert rc == 0, f"SIGTERM during the hold must end it like Ctrl-C (exit 0), got {rc}"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
 
     # Assert: every device appears; the round counter advances; the byte counter grows; the right clusters
