@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgedfl.errors import TopologyError
 from edgedfl.model.loading import num_layers
 from edgedfl.model.placement import model_device, to_device, to_numpy
 from edgedfl.topology import project_signature
@@ -39,11 +40,14 @@ def pooled_hidden(adapted: Any, tok: Any, prompts: Sequence[str], *, max_length:
     body = getattr(causal, "model", None)  # the decoder without its LM head: no logits over the vocabulary
     total = num_layers(causal)
     layer = signature_layer(total, depth)
+    blocks = getattr(body, "layers", None)
     with torch.no_grad(), adapted.peft_model.disable_adapter():
         for i in range(0, len(prompts), batch_size):
             batch = to_device(collate_prompts(tok, prompts[i : i + batch_size], max_length), device)
             if body is not None and layer == total:
                 h = body(**batch).last_hidden_state  # (B, T, H), after the final norm
+            elif blocks is not None and len(blocks) == total:
+                h = _layer_output(body, blocks[layer - 1], batch)  # (B, T, H): the layers above never run
             elif body is not None:
                 h = body(**batch, output_hidden_states=True).hidden_states[layer]  # (B, T, H)
             else:
@@ -53,6 +57,31 @@ def pooled_hidden(adapted: Any, tok: Any, prompts: Sequence[str], *, max_length:
             rows.append(to_numpy((h * m).sum(1) / m.sum(1)))  # (B, H)
     adapted.activate(adapted.active_slot)  # leaving disable_adapter() re-enables A's gradient
     return np.concatenate(rows).astype(np.float64)
+
+
+class _Enough(Exception):
+    """Raised by the hook of the signature's layer: the forward stops there."""
+
+
+def _layer_output(body: Any, block: Any, batch: dict[str, Any]) -> Any:
+    """The output (B, T, H) of decoder layer ``block`` for ``batch``, with no layer above it run (a signature
+    at 0.6 of the depth skips 0.4 of the forward). The same tensor as ``hidden_states[layer]``."""
+    captured: list[Any] = []
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _Enough
+
+    handle = block.register_forward_hook(hook)
+    try:
+        body(**batch)
+    except _Enough:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise TopologyError("the signature's decoder layer never ran")
+    return captured[0]
 
 
 def signature_and_spread(adapted: Any, tok: Any, prompts: Sequence[str], *, seed: int,
