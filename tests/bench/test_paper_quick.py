@@ -253,3 +253,31 @@ def test_a_grid_that_gains_a_rate_keeps_every_score_already_measured(tmp_path, m
     measured.clear()
     paper.tune_lrs(dataclasses.replace(wider, seed=1), path)
     assert len(measured) == 3 * len(wider.lrs) * len(s.tasks)
+
+
+def test_cost_to_target_needs_the_final_row_too_and_off_curve_rows_print_na(tmp_path):
+    from edgedfl.bench.paper import PaperSettings, summarise, write_results
+
+    s = PaperSettings.quick()
+    s.budgets = (0.5, 1.0)
+    lora = _report(0, {"arith": 0.8, "strtf": 0.8}, [(100, 0, 0.0), (400, 10, 0.6), (400, 10, 0.9)])
+    # local: perfect on its own task each round, sends next to nothing, answers the other tasks badly
+    local = _report(0, {"arith": 0.3, "strtf": 0.2}, [(1, 0, 0.0), (0, 10, 1.0), (0, 10, 1.0)])
+    # a curve that passes LoRA's end but a final row below LoRA's: LoRA's accuracy is not reached
+    ffa = _report(0, {"arith": 0.7, "strtf": 0.7}, [(50, 0, 0.0), (50, 10, 0.95), (50, 10, 0.95)])
+    ours = _report(0, {"arith": 0.9, "strtf": 0.9}, [(50, 0, 0.0), (50, 10, 0.95), (50, 10, 0.95)])
+    summary = summarise({"lora": lora, "ffa": ffa, "edgedfl": ours, "local": local}, s)
+    rows = summary["rows"]
+    assert rows["edgedfl"]["bytes_to_lora_accuracy"] == pytest.approx(100)
+    assert rows["edgedfl"]["time_to_lora_accuracy_s"] == pytest.approx(10)
+    assert rows["ffa"]["bytes_to_lora_accuracy"] is None and rows["ffa"]["time_to_lora_accuracy_s"] is None
+    assert rows["ffa"]["accuracy_within_budget"]["0.5"] == pytest.approx(0.95)  # the curve itself is kept
+    assert rows["local"]["off_curve"] and not rows["edgedfl"]["off_curve"]
+    assert rows["local"]["bytes_to_lora_accuracy"] is None
+    assert set(rows["local"]["accuracy_within_budget"].values()) == {None}
+    write_results(summary, tmp_path, "edgedfl bench paper")
+    md = (tmp_path / "paper.md").read_text()
+    local_cost = [line for line in md.splitlines() if line.startswith("| local |")][1]
+    assert local_cost.count("n/a") == len(s.budgets) + 2
+    ffa_cost = [line for line in md.splitlines() if line.startswith("| ffa |")][1]
+    assert "not reached" in ffa_cost and "n/a" not in ffa_cost
