@@ -389,6 +389,7 @@ def _row(name: str, reps: list[dict[str, Any]], s: PaperSettings) -> dict[str, A
     finals = [rep["final"] for rep in reps]
     steps = [f["step_s_median"] for f in finals if f.get("step_s_median") is not None]
     rss = [f["peak_rss_bytes_max"] for f in finals if f.get("peak_rss_bytes_max")]
+    routes = [f["routing_accuracy"] for f in finals if f.get("routing_accuracy") is not None]  # mean over seeds
     return {"accuracy": acc, "accuracy_se": {t: _se(acc[t], n) for t in tasks},
             "avg_accuracy": _mean(list(acc.values())) if acc else float("nan"),
             "avg_accuracy_se_points": _se_points(acc, s, len(reps)),
@@ -398,7 +399,7 @@ def _row(name: str, reps: list[dict[str, Any]], s: PaperSettings) -> dict[str, A
             "bytes_per_device_per_round": _mean([f["bytes_per_device_per_round"] for f in finals]),
             "total_bytes": _mean([f["total_bytes"] for f in finals]), "wall_s": _mean([f["wall_s"] for f in finals]),
             "step_s": _mean(steps) if steps else None, "peak_rss_bytes": max(rss) if rss else None,
-            "routing_accuracy": finals[0].get("routing_accuracy") if name == "edgedfl" else None,
+            "routing_accuracy": _mean(routes) if name == "edgedfl" and routes else None,
             "curve": [(r["avg_accuracy"], r["bytes_sent"]) for r in reps[0]["rounds"]]}
 
 
@@ -445,23 +446,42 @@ def summarise(reports: dict[str, Any], s: PaperSettings) -> dict[str, Any]:
         se = math.hypot(ours["avg_accuracy_se_points"], lora["avg_accuracy_se_points"])
         targets["accuracy_gain_points_vs_lora"] = {"measured": gain, "target": ">= +5", "met": gain >= 5,
                                                    "standard_error": se}
+        if len(ours["seeds"]) > 1 and ours["seeds"] == lora["seeds"]:
+            # the binomial error leaves out how much a row moves from seed to seed: print each seed's gain
+            targets["accuracy_gain_points_vs_lora"]["per_seed"] = {
+                str(k): 100 * (a - b) for k, a, b in zip(ours["seeds"], ours["seed_avg_accuracy"],
+                                                         lora["seed_avg_accuracy"], strict=True)}
         if "edgedfl-oracle" in rows:
             # one sign convention everywhere: implicit - oracle (positive: routing beat the true task's expert)
             diff = (ours["avg_accuracy"] - rows["edgedfl-oracle"]["avg_accuracy"]) * 100
             targets["implicit_minus_oracle_points"] = {"measured": diff, "target": ">= -1", "met": diff >= -1}
-    return {"settings": dataclasses.asdict(s), "rows": rows, "targets": targets, "ingredients": ingredients(rows)}
+    return {"settings": dataclasses.asdict(s), "rows": rows, "targets": targets,
+            "ingredients": ingredients(rows, runs, s)}
 
 
-def ingredients(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def ingredients(rows: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]] | None = None,
+                s: PaperSettings | None = None) -> list[dict[str, Any]]:
     """Every :data:`CONTRASTS` pair whose rows both ran: average and per-task differences in points, with
-    the standard error of the average's difference (the rows' binomial errors, taken as independent)."""
+    the standard error of the average's difference (the rows' binomial errors, taken as independent).
+
+    With ``runs`` (variant -> its reports) and ``s``, both rows are taken over the seeds both ran
+    (``seeds`` in each entry): a row with two seeds is not set against a row with one, since the
+    seed-to-seed spread of a row can exceed its binomial error."""
     out = []
     for name, other, isolates in CONTRASTS:
         a, b = rows.get(name), rows.get(other)
         if a is None or b is None:
             continue
+        seeds = [k for k in a["seeds"] if k in b["seeds"]]
+        if runs is not None and s is not None and (seeds != a["seeds"] or seeds != b["seeds"]):
+            if not seeds:
+                continue
+            a, b = (_row(n, [rep for rep in runs[DERIVED[n][0] if n in DERIVED else n]
+                             if rep.get("seed", s.seed) in seeds], s) for n in (name, other))
+            if a is None or b is None:
+                continue
         tasks = [t for t in a["accuracy"] if t in b["accuracy"]]
-        out.append({"row": name, "against": other, "isolates": isolates,
+        out.append({"row": name, "against": other, "isolates": isolates, "seeds": seeds,
                     "points": 100 * (a["avg_accuracy"] - b["avg_accuracy"]),
                     "standard_error": math.hypot(a["avg_accuracy_se_points"], b["avg_accuracy_se_points"]),
                     "per_task_points": {t: 100 * (a["accuracy"][t] - b["accuracy"][t]) for t in tasks}})
@@ -556,6 +576,11 @@ def _fmt(x: float | None, spec: str, none: str = "-") -> str:
     return none if x is None else format(x, spec)
 
 
+def _points(x: float | None) -> float | None:
+    """``x`` rounded to the printed tenth, with no negative zero (-0.0 prints as +0.0)."""
+    return None if x is None else round(x, 1) + 0.0
+
+
 def write_results(summary: dict[str, Any], out_dir: str | Path, command: str) -> list[Path]:
     """paper.md (tables), paper.json, paper.png (average accuracy against cumulative bytes)."""
     out = Path(out_dir)
@@ -620,20 +645,24 @@ def write_results(summary: dict[str, Any], out_dir: str | Path, command: str) ->
     contrasts = summary.get("ingredients", [])
     if contrasts:
         lines += ["", "## What each ingredient contributes (row minus row, points; ± one standard error)", "",
-                  "| row − against | isolates | average | " + " | ".join(tasks) + " |",
-                  "|" + "---|" * (len(tasks) + 3)]
+                  "Both rows of a contrast are taken over the seeds both ran (the seeds column).", "",
+                  "| row − against | isolates | seeds | average | " + " | ".join(tasks) + " |",
+                  "|" + "---|" * (len(tasks) + 4)]
         for c in contrasts:
-            per = " | ".join(_fmt(c["per_task_points"].get(t), "+.1f") for t in tasks)
+            per = " | ".join(_fmt(_points(c["per_task_points"].get(t)), "+.1f") for t in tasks)
             lines.append(f"| {c['row']} − {c['against']} | {c['isolates']} | "
-                         f"{c['points']:+.1f} ± {c['standard_error']:.1f} | {per} |")
+                         f"{', '.join(str(k) for k in c.get('seeds', []))} | "
+                         f"{_points(c['points']):+.1f} ± {c['standard_error']:.1f} | {per} |")
     lines += ["", "## Targets", ""]
     for key, t in summary["targets"].items():
         se = (f" ± {t['standard_error']:.1f} (one standard error, {st['devices']} x "
               f"{st['n_eval']} answers per task and seed)") if "standard_error" in t else ""
-        lines.append(f"- {key}: measured {t['measured']:.3f}{se}, target {t['target']}: "
+        per_seed = ("; per seed: " + ", ".join(f"seed {k} {v:+.1f}" for k, v in t["per_seed"].items())
+                    if t.get("per_seed") else "")
+        lines.append(f"- {key}: measured {t['measured']:.3f}{se}{per_seed}, target {t['target']}: "
                      f"**{'met' if t['met'] else 'MISSED'}**")
     if summary["rows"].get("edgedfl", {}).get("routing_accuracy") is not None:
-        lines.append(f"- routing accuracy (implicit, held-out mixed prompts): "
+        lines.append(f"- routing accuracy (implicit, held-out mixed prompts, mean over seeds): "
                      f"{summary['rows']['edgedfl']['routing_accuracy']:.3f}")
     out.mkdir(parents=True, exist_ok=True)
     md, js, png = out / "paper.md", out / "paper.json", out / "paper.png"

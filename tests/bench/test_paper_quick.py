@@ -189,8 +189,10 @@ def test_seeds_average_and_budgets_and_cost_to_target_are_read_from_the_curves()
             _report(1, {"arith": 0.4, "strtf": 0.6}, [(100, 0, 0.0), (400, 10, 0.1), (400, 10, 0.5)])]
     ours = [_report(0, {"arith": 0.5, "strtf": 0.5}, [(50, 0, 0.0), (50, 20, 0.4), (50, 20, 0.6)]),
             _report(1, {"arith": 0.7, "strtf": 0.7}, [(50, 0, 0.0), (50, 20, 0.2), (50, 20, 0.4)])]
+    ours[0]["final"]["routing_accuracy"], ours[1]["final"]["routing_accuracy"] = 0.9, 0.8
     summary = summarise({"lora": lora, "edgedfl": ours}, s)
     row, ref = summary["rows"]["edgedfl"], summary["rows"]["lora"]
+    assert row["routing_accuracy"] == pytest.approx(0.85)  # both seeds, not the first alone
     assert row["accuracy"] == pytest.approx({"arith": 0.6, "strtf": 0.6})
     assert row["seeds"] == [0, 1] and row["seed_avg_accuracy"] == pytest.approx([0.5, 0.7])
     assert ref["avg_accuracy"] == pytest.approx(0.4)
@@ -198,6 +200,8 @@ def test_seeds_average_and_budgets_and_cost_to_target_are_read_from_the_curves()
     n = s.devices * s.n_eval * 2
     assert row["accuracy_se"]["arith"] == pytest.approx((0.6 * 0.4 / n) ** 0.5)
     assert summary["targets"]["accuracy_gain_points_vs_lora"]["measured"] == pytest.approx(20.0)
+    # each seed's own gain beside the average: 0.5 - 0.3 and 0.7 - 0.5
+    assert summary["targets"]["accuracy_gain_points_vs_lora"]["per_seed"] == pytest.approx({"0": 20.0, "1": 20.0})
     # seed k against LoRA's seed k: seed 0 needs LoRA's 0.3 (reached in round 1: 100 bytes, 20 s),
     # seed 1 LoRA's 0.5 (never: 0.4 at the end) -> not reached
     assert row["bytes_to_lora_accuracy"] is None and row["time_to_lora_accuracy_s"] is None
@@ -230,6 +234,38 @@ def test_the_ingredient_table_holds_every_contrast_whose_rows_ran(tmp_path):
     write_results(summary, tmp_path, "edgedfl bench paper")
     md = (tmp_path / "paper.md").read_text()
     assert "| edgedfl − lora | the whole method" in md and "+20.0 ±" in md and "| +30.0 | +10.0 |" in md
+
+
+def test_a_contrast_takes_both_rows_over_the_seeds_both_ran(tmp_path):
+    from edgedfl.bench.paper import PaperSettings, summarise, write_results
+
+    s = PaperSettings.quick()
+    per_round = [(100, 0, 0.0), (100, 10, 0.5)]
+    # the headline rows ran seeds 0 and 1, the flat row seed 0 only
+    reports = {"lora": [_report(0, {"arith": 0.5, "strtf": 0.5}, per_round),
+                        _report(1, {"arith": 0.9, "strtf": 0.9}, per_round)],
+               "edgedfl": [_report(0, {"arith": 0.9, "strtf": 0.9}, per_round),
+                           _report(1, {"arith": 0.9, "strtf": 0.9}, per_round)],
+               "edgedfl-flat": [_report(0, {"arith": 0.7, "strtf": 0.7}, per_round)]}
+    summary = summarise(reports, s)
+    got = {(c["row"], c["against"]): c for c in summary["ingredients"]}
+    # both seeds where both rows have them: 0.9 - 0.7 averaged
+    assert got[("edgedfl", "lora")]["seeds"] == [0, 1]
+    assert got[("edgedfl", "lora")]["points"] == pytest.approx(20.0)
+    # against the one-seed row, seed 0 alone on both sides (a mixed average would give 0.9 - 0.7 = +20 and
+    # 0.7 - 0.7 = 0 for flat - lora; seed 0 alone gives +20 and +20)
+    flat = got[("edgedfl-flat", "lora")]
+    assert flat["seeds"] == [0] and flat["points"] == pytest.approx(20.0)
+    n = s.devices * s.n_eval  # one seed's answers behind each side's error
+    se_one = 100 * math.sqrt(sum(0.7 * 0.3 / n for _ in range(2))) / 2
+    se_lora = 100 * math.sqrt(sum(0.5 * 0.5 / n for _ in range(2))) / 2
+    assert flat["standard_error"] == pytest.approx(math.hypot(se_one, se_lora))
+    assert got[("edgedfl", "edgedfl-flat")]["seeds"] == [0]
+    assert got[("edgedfl", "edgedfl-flat")]["points"] == pytest.approx(20.0)
+    write_results(summary, tmp_path, "edgedfl bench paper")
+    md = (tmp_path / "paper.md").read_text()
+    assert "| edgedfl-flat − lora | the adapter method alone (orthogonal A, sparse B), one flat swarm, no routing | 0 | +20.0 ±" in md
+    assert "| edgedfl − lora | the whole method against standard decentralized LoRA | 0, 1 | +20.0 ±" in md
 
 
 def test_a_grid_that_gains_a_rate_keeps_every_score_already_measured(tmp_path, monkeypatch):
