@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgedfl.bench.paper import PaperSettings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-tune", type=int, default=None, help="held-out training examples per task that score a rate")
     p.add_argument("--variants", default=None, help="comma-separated subset of the training variants")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--extra-seeds", default=None, metavar="K[,K...]",
+                   help="more seeds for the headline rows (standard LoRA and edgedfl), each a whole run of both; "
+                        "'none' for none (default: the preset's, 1 for --suite long). Rows already kept in "
+                        "--results are not run again, so adding a seed runs only that seed")
     p.add_argument("--round-deadline-s", type=float, default=None,
                    help="a round closes at this deadline if the quorum reported (raise it for many devices on few cores)")
     p.add_argument("--out", default=None, help="where paper.md / .json / .png go (default bench/results, "
@@ -39,10 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work", default=None, help="where the runs go (default runs/bench-paper[-long])")
 
 
-def run(args: argparse.Namespace) -> int:
+def settings(args: argparse.Namespace) -> PaperSettings:
+    """The benchmark's settings: the preset (``--quick``, ``--suite``) with the options given over it."""
     import dataclasses
 
-    from edgedfl.bench.paper import PaperSettings, run_paper, write_results
+    from edgedfl.bench.paper import PaperSettings
+    from edgedfl.errors import ConfigError
 
     if args.quick:
         s = PaperSettings.quick()
@@ -50,9 +60,6 @@ def run(args: argparse.Namespace) -> int:
         s = PaperSettings.long()
     else:
         s = PaperSettings()
-    results = args.results or ("bench/results/paper-long" if args.suite == "long" and not args.quick else None)
-    out = args.out or results or "bench/results"
-    work = args.work or ("runs/bench-paper-long" if args.suite == "long" else "runs/bench-paper")
     over: dict[str, object] = {}
     for key in ("devices", "model", "rounds", "local_steps", "n_eval", "n_tune", "seed", "round_deadline_s"):
         if getattr(args, key) is not None:
@@ -65,7 +72,23 @@ def run(args: argparse.Namespace) -> int:
         over["lrs"] = tuple(float(x) for x in args.lrs.split(","))
     if args.variants:
         over["variants"] = tuple(v for v in args.variants.split(",") if v)
-    s = dataclasses.replace(s, **over)  # type: ignore[arg-type]
+    if args.extra_seeds is not None:
+        raw = [k.strip() for k in args.extra_seeds.split(",") if k.strip() and k.strip() != "none"]
+        try:
+            over["extra_seeds"] = tuple(dict.fromkeys(int(k) for k in raw))
+        except ValueError:
+            raise ConfigError(f"--extra-seeds: expected seeds as integers, comma-separated, or 'none'; "
+                              f"got {args.extra_seeds!r}") from None
+    return dataclasses.replace(s, **over)  # type: ignore[arg-type]
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgedfl.bench.paper import run_paper, write_results
+
+    s = settings(args)
+    results = args.results or ("bench/results/paper-long" if args.suite == "long" and not args.quick else None)
+    out = args.out or results or "bench/results"
+    work = args.work or ("runs/bench-paper-long" if args.suite == "long" else "runs/bench-paper")
     command = "edgedfl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "edgedfl bench paper"
     summary = run_paper(s, work, tuning_file=args.tuning, results_dir=results,
                         on_variant=lambda partial: write_results(partial, out, command))

@@ -317,3 +317,28 @@ def test_cost_to_target_needs_the_final_row_too_and_off_curve_rows_print_na(tmp_
     assert local_cost.count("n/a") == len(s.budgets) + 2
     ffa_cost = [line for line in md.splitlines() if line.startswith("| ffa |")][1]
     assert "not reached" in ffa_cost and "n/a" not in ffa_cost
+
+
+def test_extra_seeds_come_from_the_command_line_and_run_only_the_headline_rows():
+    import argparse
+
+    from edgedfl.cli import bench as cli_bench
+    from edgedfl.errors import ConfigError
+
+    p = argparse.ArgumentParser()
+    cli_bench.add_arguments(p)
+    long = cli_bench.settings(p.parse_args(["paper", "--suite", "long"]))
+    assert long.extra_seeds == (1,)  # the preset's
+    more = cli_bench.settings(p.parse_args(["paper", "--suite", "long", "--extra-seeds", "1,2,2"]))
+    assert more.extra_seeds == (1, 2)
+    # every row at seed 0, the headline rows again at 1 and 2, nothing else
+    extra = [r for r in more.runs() if r[1] != 0]
+    assert extra == [("lora", 1), ("edgedfl", 1), ("lora", 2), ("edgedfl", 2)]
+    assert len(more.runs()) == len(more.variants) + 4
+    # the tuning does not depend on the seeds added: committed tuning stays valid
+    from edgedfl.bench.paper import _tuning_key
+
+    assert _tuning_key(more) == _tuning_key(long)
+    assert cli_bench.settings(p.parse_args(["paper", "--suite", "long", "--extra-seeds", "none"])).extra_seeds == ()
+    with pytest.raises(ConfigError, match="--extra-seeds"):
+        cli_bench.settings(p.parse_args(["paper", "--extra-seeds", "two"]))
