@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny model, 4 devices, 2 tasks, 2 rounds (minutes)")
     p.add_argument("--suite", choices=["short", "long"], default="short",
                    help="short: 4 tasks that never collide, a few rounds; long: 6 tasks that collide in pairs, "
-                        "12 devices, 300 steps each, 2 seeds for the headline rows (hours; resumable, results "
+                        "12 devices, 300 steps each, 3 seeds for the headline rows (hours; resumable, results "
                         "kept in --results, default bench/results/paper-long)")
     p.add_argument("--results", default=None,
                    help="keep every finished variant and tuning score here and take those already there "
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--extra-seeds", default=None, metavar="K[,K...]",
                    help="more seeds for the headline rows (standard LoRA and edgedfl), each a whole run of both; "
-                        "'none' for none (default: the preset's, 1 for --suite long). Rows already kept in "
+                        "'none' for none (default: the preset's, 1,2 for --suite long). Rows already kept in "
                         "--results are not run again, so adding a seed runs only that seed")
     p.add_argument("--round-deadline-s", type=float, default=None,
                    help="a round closes at this deadline if the quorum reported (raise it for many devices on few cores)")

@@ -328,13 +328,13 @@ def test_extra_seeds_come_from_the_command_line_and_run_only_the_headline_rows()
     p = argparse.ArgumentParser()
     cli_bench.add_arguments(p)
     long = cli_bench.settings(p.parse_args(["paper", "--suite", "long"]))
-    assert long.extra_seeds == (1,)  # the preset's
-    more = cli_bench.settings(p.parse_args(["paper", "--suite", "long", "--extra-seeds", "1,2,2"]))
-    assert more.extra_seeds == (1, 2)
-    # every row at seed 0, the headline rows again at 1 and 2, nothing else
+    assert long.extra_seeds == (1, 2)  # the preset's
+    more = cli_bench.settings(p.parse_args(["paper", "--suite", "long", "--extra-seeds", "1,2,3,3"]))
+    assert more.extra_seeds == (1, 2, 3)
+    # every row at seed 0, the headline rows again at 1, 2 and 3, nothing else
     extra = [r for r in more.runs() if r[1] != 0]
-    assert extra == [("lora", 1), ("edgedfl", 1), ("lora", 2), ("edgedfl", 2)]
-    assert len(more.runs()) == len(more.variants) + 4
+    assert extra == [("lora", 1), ("edgedfl", 1), ("lora", 2), ("edgedfl", 2), ("lora", 3), ("edgedfl", 3)]
+    assert len(more.runs()) == len(more.variants) + 6
     # the tuning does not depend on the seeds added: committed tuning stays valid
     from edgedfl.bench.paper import _tuning_key
 
