@@ -106,7 +106,10 @@ class SwarmConfig(ConfigBase):
     expert_every: int = option(0, help="share finished experts across clusters every N rounds (0 = only at the end)")
     n_train: int = option(400, help="training examples per device")
     n_eval: int = option(40, help="test examples per task for evaluation")
-    n_signature: int = option(16, help="prompts pooled into the task signature")
+    n_signature: int = option(32, help="prompts pooled into the task signature: the sampling noise of a signature "
+                              "(its spread) falls as 1/N while the distance between two tasks does not, so more prompts "
+                              "widen the margin the split rule works in (16 merged first/last on one long-suite seed: "
+                              "bench/results/clustering-long-n32.md)")
     n_calibration: int = option(16, help="prompts for the mask calibration")
     calibration_peers: int = option(16, help="the first N members of a cluster (by name) pool their mask calibration statistics and codes for all members (0 = every member): a cluster of m costs m x N messages instead of m x m")
     eval_tasks: list[str] = option(

@@ -342,3 +342,19 @@ def test_extra_seeds_come_from_the_command_line_and_run_only_the_headline_rows()
     assert cli_bench.settings(p.parse_args(["paper", "--suite", "long", "--extra-seeds", "none"])).extra_seeds == ()
     with pytest.raises(ConfigError, match="--extra-seeds"):
         cli_bench.settings(p.parse_args(["paper", "--extra-seeds", "two"]))
+
+
+def test_the_long_preset_is_the_committed_rows_fleet_so_they_are_reused():
+    """`edgedfl bench paper --suite long` (the README's command) takes every committed row instead of running
+    it again: its fleet settings are exactly those each committed row ran with."""
+    from pathlib import Path
+
+    from edgedfl.bench.paper import PaperSettings, _fleet
+
+    kept = Path(__file__).resolve().parents[2] / "bench" / "results" / "paper-long"
+    s = PaperSettings.long()
+    runs = s.runs()
+    assert len(runs) == 10  # 6 trained variants at seed 0, the 2 headline rows at seeds 1 and 2
+    for variant, seed in runs:
+        saved = json.loads((kept / f"{variant}-seed{seed}.json").read_text())
+        assert json.loads(json.dumps(_fleet(s, variant, saved["lr"], seed).to_dict())) == saved["fleet"], (variant, seed)
