@@ -381,6 +381,11 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
+def _source(name: str) -> str:
+    """The variant whose runs a row is read from (a derived row's, e.g. edgedfl for edgedfl-oracle)."""
+    return DERIVED[name][0] if name in DERIVED else name
+
+
 def _row(name: str, reps: list[dict[str, Any]], s: PaperSettings) -> dict[str, Any] | None:
     """One table row from the runs behind it (one per seed)."""
     if name in DERIVED:
@@ -415,9 +420,8 @@ def summarise(reports: dict[str, Any], s: PaperSettings) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {k: v if isinstance(v, list) else [v] for k, v in reports.items() if v}
     rows: dict[str, dict[str, Any]] = {}
     for name in ORDER:
-        src = DERIVED[name][0] if name in DERIVED else name
-        if src in runs:
-            row = _row(name, runs[src], s)
+        if _source(name) in runs:
+            row = _row(name, runs[_source(name)], s)
             if row is not None:
                 rows[name] = row
     lora = rows.get("lora")
@@ -427,7 +431,7 @@ def summarise(reports: dict[str, Any], s: PaperSettings) -> dict[str, Any]:
         lora_runs = runs["lora"]
         lora_total = _mean([rep["final"]["total_bytes"] for rep in lora_runs])
         for name, row in rows.items():
-            behind = runs[DERIVED[name][0] if name in DERIVED else name]
+            behind = runs[_source(name)]
             pairs = list(zip(behind, lora_runs * len(behind), strict=False))  # seed k against LoRA's seed k (or its first)
             to_bytes = [bytes_to_reach(rep, ref["rounds"][-1]["avg_accuracy"]) for rep, ref in pairs]
             to_time = [time_to_reach(rep, ref["rounds"][-1]["avg_accuracy"]) for rep, ref in pairs]
@@ -466,12 +470,12 @@ def summarise(reports: dict[str, Any], s: PaperSettings) -> dict[str, Any]:
             "ingredients": ingredients(rows, runs, s)}
 
 
-def ingredients(rows: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]] | None = None,
-                s: PaperSettings | None = None) -> list[dict[str, Any]]:
+def ingredients(rows: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]],
+                s: PaperSettings) -> list[dict[str, Any]]:
     """Every :data:`CONTRASTS` pair whose rows both ran: average and per-task differences in points, with
     the standard error of the average's difference (the rows' binomial errors, taken as independent).
 
-    With ``runs`` (variant -> its reports) and ``s``, both rows are taken over the seeds both ran
+    ``runs``: variant -> its reports. Both rows are taken over the seeds both ran
     (``seeds`` in each entry): a row with two seeds is not set against a row with one, since the
     seed-to-seed spread of a row can exceed its binomial error."""
     out = []
@@ -480,11 +484,11 @@ def ingredients(rows: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, 
         if a is None or b is None:
             continue
         seeds = [k for k in a["seeds"] if k in b["seeds"]]
-        if runs is not None and s is not None and (seeds != a["seeds"] or seeds != b["seeds"]):
+        if seeds != a["seeds"] or seeds != b["seeds"]:
             if not seeds:
                 continue
-            a, b = (_row(n, [rep for rep in runs[DERIVED[n][0] if n in DERIVED else n]
-                             if rep.get("seed", s.seed) in seeds], s) for n in (name, other))
+            a, b = (_row(n, [rep for rep in runs[_source(n)] if rep.get("seed", s.seed) in seeds], s)
+                    for n in (name, other))
             if a is None or b is None:
                 continue
         tasks = [t for t in a["accuracy"] if t in b["accuracy"]]
